@@ -1,0 +1,19 @@
+"""The broker: assigns tasks to ready workers and repairs the board."""
+
+from __future__ import annotations
+
+from broker.scheduler import QueuedTask, TodoQueue, plan
+from broker.service import Broker, BrokerSettings, BrokerStats
+from broker.view import BoardView, PeerView, RoomView
+
+__all__ = [
+    "BoardView",
+    "Broker",
+    "BrokerSettings",
+    "BrokerStats",
+    "PeerView",
+    "QueuedTask",
+    "RoomView",
+    "TodoQueue",
+    "plan",
+]

@@ -1,0 +1,105 @@
+"""Which queued task goes to which worker: pure code, no document, no socket.
+
+Order: requested model must match; then priority (higher first), then oldest first, then id.
+A task goes to the matching worker with the most free slots, so load spreads evenly.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Generator
+from contextlib import closing
+from dataclasses import dataclass
+
+from awareness.states import WorkerPresence, WorkerState
+
+
+@dataclass(frozen=True, order=True)
+class QueuedTask:
+    """A task waiting in `todo`, ordered as it should be served."""
+
+    sort_key: tuple[float, float, str]
+    id: str
+    model: str
+
+    @classmethod
+    def make(cls, task_id: str, model: str, priority: float, created_at: float) -> QueuedTask:
+        return cls((-priority, created_at, task_id), task_id, model)
+
+
+class TodoQueue:
+    """The queued tasks in service order, updated incrementally (a heap, lazily pruned)."""
+
+    def __init__(self) -> None:
+        self._heap: list[QueuedTask] = []
+        self._live: dict[str, QueuedTask] = {}
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._live
+
+    def add(self, task: QueuedTask) -> None:
+        self._live[task.id] = task
+        heapq.heappush(self._heap, task)
+
+    def discard(self, task_id: str) -> None:
+        self._live.pop(task_id, None)
+
+    def clear(self) -> None:
+        self._heap.clear()
+        self._live.clear()
+
+    def ordered(self) -> Generator[QueuedTask, None, None]:
+        """Live tasks in service order; stops cheaply when the caller stops iterating."""
+        popped: list[QueuedTask] = []
+        try:
+            while self._heap:
+                task = heapq.heappop(self._heap)
+                if self._live.get(task.id) is not task:
+                    continue  # removed or replaced since it was pushed
+                popped.append(task)
+                yield task
+        finally:
+            for task in popped:
+                heapq.heappush(self._heap, task)
+
+
+def eligible(worker: WorkerPresence) -> bool:
+    return worker.state is not WorkerState.DRAINING and worker.slots > 0
+
+
+def plan(
+    queue: TodoQueue, workers: list[WorkerPresence], load: dict[str, int]
+) -> list[tuple[str, str]]:
+    """Assignments `(task id, worker id)` for this round; `load` is tasks held per worker."""
+    free = {w.id: w.slots - load.get(w.id, 0) for w in workers if eligible(w)}
+    free = {wid: n for wid, n in free.items() if n > 0}
+    if not free:
+        return []
+    by_id = {w.id: w for w in workers}
+    assignments: list[tuple[str, str]] = []
+    with closing(queue.ordered()) as ordered:
+        for task in ordered:
+            if _assign(task, free, by_id, assignments):
+                break
+    return assignments
+
+
+def _assign(
+    task: QueuedTask,
+    free: dict[str, int],
+    by_id: dict[str, WorkerPresence],
+    assignments: list[tuple[str, str]],
+) -> bool:
+    """Assign one task if a worker can take it; True when no free slot is left."""
+    candidates = [wid for wid in free if by_id[wid].serves(task.model)]
+    if not candidates:
+        return False
+    chosen = max(candidates, key=lambda wid: (free[wid], wid))
+    assignments.append((task.id, chosen))
+    free[chosen] -= 1
+    if free[chosen] == 0:
+        del free[chosen]
+    return not free

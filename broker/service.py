@@ -1,0 +1,234 @@
+"""The broker: assigns queued tasks to workers and repairs the board when workers vanish."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus as StartStatus
+from pycrdt import Map, MapEvent
+
+import kanbanmesh
+from awareness.states import Role, WorkerPresence, workers_from_states
+from broker.scheduler import QueuedTask, TodoQueue, plan
+from broker.view import BoardView
+from kanbanmesh.board import constants as c
+from kanbanmesh.board.document import BoardDoc, now_ms
+from kanbanmesh.board.schema import TaskStatus
+from kanbanmesh.board.transitions import Column, Writer
+
+log = logging.getLogger(__name__)
+
+_BROKER_FIELDS_ON_REQUEUE = frozenset(
+    {c.F_WORKER, c.F_ASSIGNED_AT, c.F_STARTED_AT, c.F_TOKENS, c.F_OUTPUT}
+)
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    max_attempts: int = 3  # attempts before a task whose workers keep vanishing fails
+    orphan_grace_s: float = 5.0  # after start, how long workers unknown to us may reconnect
+    renew_s: float = 10.0  # awareness renewal (peers drop states older than 30 s)
+    name: str = "broker"
+
+
+@dataclass
+class BrokerStats:
+    assigned: int = 0
+    requeued: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    passes: int = 0
+
+
+@dataclass
+class _Tracking:
+    queue: TodoQueue = field(default_factory=TodoQueue)
+    cancel_requests: set[str] = field(default_factory=set)
+    seen_workers: set[str] = field(default_factory=set)
+
+
+class Broker:
+    """Runs assignment and repair passes on one board whenever it changes."""
+
+    def __init__(self, view: BoardView, settings: BrokerSettings) -> None:
+        self._view = view
+        self._settings = settings
+        self.id = f"broker-{uuid.uuid4().hex[:12]}"
+        self.stats = BrokerStats()
+        self._track = _Tracking()
+        self._started_at = 0.0
+
+    @property
+    def board(self) -> BoardDoc:
+        return self._view.board
+
+    async def run(self, *, task_status: StartStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve the board until cancelled."""
+        todo = self.board.column_map(Column.TODO)
+        sub = todo.observe_deep(self._on_todo_events)
+        try:
+            self._rebuild()
+            self._started_at = anyio.current_time()
+            last_renew = -1e9
+            task_status.started()
+            while True:
+                now = anyio.current_time()
+                if now - last_renew >= self._settings.renew_s:
+                    self._view.publish(self._presence())
+                    last_renew = now
+                self.run_pass()
+                with anyio.move_on_after(1.0):
+                    await self._view.changed.wait()
+        finally:
+            todo.unobserve(sub)
+
+    def _presence(self) -> dict[str, Any]:
+        return {
+            c.A_ROLE: Role.BROKER.value,
+            c.A_ID: self.id,
+            c.A_NAME: self._settings.name,
+            c.A_VERSION: kanbanmesh.__version__,
+        }
+
+    # -- keeping the queue in step with `todo` ----------------------------------------------
+
+    def _rebuild(self) -> None:
+        self._track.queue.clear()
+        for task_id, entry in self.board.entries(Column.TODO):
+            self._enqueue(task_id, entry)
+
+    def _enqueue(self, task_id: str, entry: Any) -> None:
+        if not isinstance(entry, Map):
+            return
+        if entry.get(c.F_CANCEL):
+            self._track.cancel_requests.add(task_id)
+        self._track.queue.add(
+            QueuedTask.make(
+                task_id,
+                str(entry.get(c.F_MODEL) or ""),
+                _number(entry.get(c.F_PRIORITY)),
+                _number(entry.get(c.F_CREATED_AT)),
+            )
+        )
+
+    def _on_todo_events(self, events: list[Any]) -> None:
+        for event in events:
+            if not isinstance(event, MapEvent):
+                continue
+            path = list(event.path)
+            if not path:
+                for key, change in event.keys.items():
+                    if change.get("action") == "delete":
+                        self._track.queue.discard(key)
+                    else:
+                        self._enqueue(key, change.get("newValue"))
+            elif len(path) == 1 and c.F_CANCEL in event.keys:
+                self._track.cancel_requests.add(str(path[0]))
+
+    # -- one pass ------------------------------------------------------------------------
+
+    def run_pass(self) -> None:
+        """Requeue orphans, cancel what was cancelled, assign what can be assigned."""
+        self.stats.passes += 1
+        workers = workers_from_states(self._view.presence())
+        present = {w.id for w in workers}
+        self._track.seen_workers |= present
+        with self.board.doc.transaction():
+            load = self._repair(present)
+            self._cancel_queued()
+            self._assign(workers, load)
+
+    def _repair(self, present: set[str]) -> dict[str, int]:
+        load: dict[str, int] = {}
+        in_grace = anyio.current_time() - self._started_at < self._settings.orphan_grace_s
+        for column in (Column.PREPARED, Column.DOING):
+            for task_id, entry in list(self.board.entries(column)):
+                worker = str(entry.get(c.F_WORKER) or "")
+                if worker in present:
+                    load[worker] = load.get(worker, 0) + 1
+                    if column is Column.PREPARED and entry.get(c.F_CANCEL):
+                        self._finish(task_id, column, TaskStatus.CANCELLED, None)
+                    continue
+                if in_grace and worker not in self._track.seen_workers:
+                    continue  # it may be reconnecting after a server restart
+                self._requeue(task_id, column, entry)
+        return load
+
+    def _requeue(self, task_id: str, column: Column, entry: Map) -> None:
+        attempt = int(_number(entry.get(c.F_ATTEMPT)) or 1)
+        if entry.get(c.F_CANCEL):
+            self._finish(task_id, column, TaskStatus.CANCELLED, None)
+        elif attempt >= self._settings.max_attempts:
+            self._finish(
+                task_id,
+                column,
+                TaskStatus.FAILED,
+                {
+                    "code": "worker_lost",
+                    "message": f"the worker was lost on each of {attempt} attempts",
+                },
+            )
+        else:
+            log.info("requeue %s (attempt %d, worker gone)", task_id, attempt)
+            self.board.move(
+                task_id,
+                column,
+                Column.TODO,
+                Writer.BROKER,
+                set_fields={c.F_ATTEMPT: attempt + 1},
+                drop_fields=_BROKER_FIELDS_ON_REQUEUE,
+                keep_output=False,
+            )
+            self.stats.requeued += 1
+
+    def _finish(
+        self, task_id: str, column: Column, status: TaskStatus, error: dict[str, str] | None
+    ) -> None:
+        fields: dict[str, Any] = {c.F_STATUS: status.value, c.F_FINISHED_AT: now_ms()}
+        if error is not None:
+            fields[c.F_ERROR] = error
+        if status is TaskStatus.CANCELLED:
+            fields[c.F_RESULT] = ""
+            self.stats.cancelled += 1
+        else:
+            self.stats.failed += 1
+        self.board.move(task_id, column, Column.DONE, Writer.BROKER, set_fields=fields)
+
+    def _cancel_queued(self) -> None:
+        todo = self.board.column_map(Column.TODO)
+        for task_id in list(self._track.cancel_requests):
+            self._track.cancel_requests.discard(task_id)
+            entry = todo.get(task_id)
+            if isinstance(entry, Map) and entry.get(c.F_CANCEL):
+                self._finish(task_id, Column.TODO, TaskStatus.CANCELLED, None)
+
+    def _assign(self, workers: list[WorkerPresence], load: dict[str, int]) -> None:
+        todo = self.board.column_map(Column.TODO)
+        for task_id, worker_id in plan(self._track.queue, workers, load):
+            entry = todo.get(task_id)
+            if not isinstance(entry, Map):
+                self._track.queue.discard(task_id)
+                continue
+            self.board.move(
+                task_id,
+                Column.TODO,
+                Column.PREPARED,
+                Writer.BROKER,
+                set_fields={
+                    c.F_WORKER: worker_id,
+                    c.F_ATTEMPT: int(_number(entry.get(c.F_ATTEMPT)) or 1),
+                    c.F_ASSIGNED_AT: now_ms(),
+                },
+            )
+            self.stats.assigned += 1
+
+
+def _number(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0.0

@@ -1,0 +1,51 @@
+"""The kanbanmesh Python SDK: everything a user imports comes from here."""
+
+from __future__ import annotations
+
+from awareness.states import WorkerPresence, WorkerState
+from client_sdk._async_client import AsyncClient, TaskHandle
+from client_sdk._models import BoardSnapshot
+from client_sdk._sync_client import Client, SyncTaskHandle
+from kanbanmesh.board.schema import ChatMessage, TaskEntry, TaskParams, TaskStatus, Timings, Usage
+from kanbanmesh.board.transitions import Column
+from kanbanmesh.errors import (
+    ConnectError,
+    ConnectionClosedError,
+    InvalidTaskError,
+    KanbanMeshError,
+    MessageTooLargeError,
+    StreamRestartedError,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskNotFoundError,
+    TransportError,
+    UpdateRefusedError,
+)
+
+__all__ = [
+    "AsyncClient",
+    "BoardSnapshot",
+    "ChatMessage",
+    "Client",
+    "Column",
+    "ConnectError",
+    "ConnectionClosedError",
+    "InvalidTaskError",
+    "KanbanMeshError",
+    "MessageTooLargeError",
+    "StreamRestartedError",
+    "SyncTaskHandle",
+    "TaskCancelledError",
+    "TaskEntry",
+    "TaskFailedError",
+    "TaskHandle",
+    "TaskNotFoundError",
+    "TaskParams",
+    "TaskStatus",
+    "Timings",
+    "TransportError",
+    "UpdateRefusedError",
+    "Usage",
+    "WorkerPresence",
+    "WorkerState",
+]

@@ -1,0 +1,311 @@
+"""The asynchronous Python client of a kanbanmesh board."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+from pydantic import ValidationError
+from pycrdt import Map, Text
+
+from awareness.states import PeerPresence, Role, WorkerPresence, workers_from_states
+from client_sdk._models import BoardSnapshot
+from kanbanmesh.board import constants as c
+from kanbanmesh.board.document import entry_from_map, request_from_fields
+from kanbanmesh.board.schema import ChatMessage, TaskEntry, TaskParams, TaskStatus
+from kanbanmesh.board.transitions import Column
+from kanbanmesh.errors import (
+    InvalidTaskError,
+    KanbanMeshError,
+    StreamRestartedError,
+    TaskCancelledError,
+    TaskFailedError,
+    TaskNotFoundError,
+)
+from kanbanmesh.peer import BoardPeer
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+class AsyncClient:
+    """A connection to one board: submit tasks, stream them, look at the board.
+
+    Use it as an async context manager::
+
+        async with AsyncClient("ws://127.0.0.1:8765", "default") as client:
+            task = await client.submit("Tell me a joke", params={"max_tokens": 64})
+            async for chunk in task.stream():
+                print(chunk, end="", flush=True)
+            entry = await task.result()
+
+    The client reconnects by itself after a dropped connection; streams resume where they were.
+    """
+
+    def __init__(
+        self,
+        url: str = "ws://127.0.0.1:8765",
+        board: str = c.DEFAULT_BOARD,
+        *,
+        token: str | None = None,
+        owner: str = "",
+        connect_timeout_s: float = 10.0,
+        max_message_bytes: int = 64 << 20,
+    ) -> None:
+        """
+        Args:
+            url: The server, `ws://HOST:PORT`.
+            board: The board name (one shared document per board).
+            token: An access token, sent as `?token=` (servers with auth on need one).
+            owner: The owner written into submitted tasks.
+            connect_timeout_s: How long the first connection and sync may take.
+            max_message_bytes: The largest websocket message accepted.
+        """
+        self.url = url
+        self.board = board
+        self.owner = owner
+        self.id = f"client-{uuid.uuid4().hex[:12]}"
+        self._connect_timeout_s = connect_timeout_s
+        self._peer = BoardPeer(
+            url, board, token=token, max_message_bytes=max_message_bytes,
+            connect_timeout_s=connect_timeout_s,
+        )
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    @property
+    def peer(self) -> BoardPeer:
+        """The underlying document peer (for advanced use: the raw pycrdt document)."""
+        return self._peer
+
+    async def __aenter__(self) -> AsyncClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Connect and wait for the first full sync.
+
+        Raises:
+            ConnectError: the server cannot be reached or refused the connection.
+        """
+        tg = anyio.create_task_group()
+        await tg.__aenter__()
+        try:
+            with anyio.fail_after(self._connect_timeout_s + 5):
+                await tg.start(self._peer.start)
+        except BaseException as exc:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+            if isinstance(exc, BaseExceptionGroup):
+                inner = [e for e in exc.exceptions if isinstance(e, KanbanMeshError)]
+                if inner:
+                    raise inner[0] from None
+            raise
+        self._tg = tg
+        self._peer.set_presence({c.A_ROLE: Role.CLIENT.value, c.A_ID: self.id, c.A_NAME: self.owner})
+
+    async def close(self) -> None:
+        if self._tg is None:
+            return
+        tg, self._tg = self._tg, None
+        await self._peer.flush_presence_and_stop()
+        await tg.__aexit__(None, None, None)
+
+    # -- tasks ---------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[ChatMessage | dict[str, Any]] | None = None,
+        model: str = "",
+        params: TaskParams | dict[str, Any] | None = None,
+        priority: int = 0,
+        task_id: str | None = None,
+        **extra: Any,
+    ) -> TaskHandle:
+        """Put a task into `todo` and return its handle.
+
+        Args:
+            prompt: A bare prompt (or give `messages`).
+            messages: Chat turns, `{"role": ..., "content": ...}`.
+            model: The model to run on ("" = any worker).
+            params: max_tokens, temperature, top_p, stop, seed.
+            priority: Higher runs first.
+            task_id: Your own id (default: a random one).
+
+        Raises:
+            InvalidTaskError: the request fails the task schema.
+        """
+        self._raise_if_broken()
+        request = request_from_fields(
+                {
+                    "id": task_id or new_task_id(),
+                    "owner": self.owner,
+                    "model": model,
+                    "messages": [
+                        m.model_dump() if isinstance(m, ChatMessage) else m for m in messages
+                    ]
+                    if messages is not None
+                    else None,
+                    "prompt": prompt,
+                    "params": params if params is not None else {},
+                    "priority": priority,
+                    **extra,
+                }
+            )
+        self._peer.board.create(request)
+        return TaskHandle(self, request.id)
+
+    def task(self, task_id: str) -> TaskHandle:
+        """A handle on an existing task."""
+        return TaskHandle(self, task_id)
+
+    def get(self, task_id: str) -> tuple[Column, TaskEntry]:
+        """The column and entry of a task on the board; raises `TaskNotFoundError`."""
+        return self._peer.board.read(task_id)
+
+    def snapshot(self) -> BoardSnapshot:
+        """The board's four columns and who is connected, as of now."""
+        snap = BoardSnapshot(board=self.board, workers=self.workers())
+        for state in self._peer.peers().values():
+            if state.get(c.A_ROLE) in (Role.BROKER.value, Role.CLIENT.value):
+                try:
+                    snap.peers.append(PeerPresence.model_validate(state))
+                except ValidationError:
+                    continue
+        for column in Column:
+            entries = getattr(snap, column.value)
+            for _, ymap in self._peer.board.entries(column):
+                try:
+                    entries.append(entry_from_map(ymap))
+                except InvalidTaskError:
+                    continue
+        return snap
+
+    def workers(self) -> list[WorkerPresence]:
+        """Workers present on the board, from awareness."""
+        return workers_from_states(self._peer.peers())
+
+    async def wait_for_workers(self, count: int = 1, timeout_s: float = 30.0) -> list[WorkerPresence]:
+        """Wait until at least `count` workers are present."""
+        with anyio.fail_after(timeout_s):
+            while len(self.workers()) < count:
+                self._raise_if_broken()
+                with anyio.move_on_after(0.5):
+                    await self._peer.presence_changed.wait()
+        return self.workers()
+
+    async def wait_changed(self, timeout_s: float | None = None) -> None:
+        """Wait for the next change from the server (or the timeout)."""
+        self._raise_if_broken()
+        with anyio.move_on_after(timeout_s):
+            await self._peer.changed.wait()
+        self._raise_if_broken()
+
+    def _raise_if_broken(self) -> None:
+        if self._peer.error is not None:
+            raise self._peer.error
+
+
+class TaskHandle:
+    """A submitted task: stream it, wait for it, cancel it."""
+
+    def __init__(self, client: AsyncClient, task_id: str) -> None:
+        self._client = client
+        self.id = task_id
+
+    def __repr__(self) -> str:
+        return f"TaskHandle({self.id!r})"
+
+    def _locate(self) -> tuple[Column, Map] | None:
+        try:
+            return self._client.peer.board.entry(self.id)
+        except TaskNotFoundError:
+            return None
+
+    def entry(self) -> tuple[Column, TaskEntry]:
+        """Where the task is now, and its entry."""
+        return self._client.get(self.id)
+
+    async def stream(self) -> AsyncIterator[str]:
+        """Yield the output text as it arrives, then end when the task is done.
+
+        The pieces joined equal the final `result`. After a retry (the worker died), the new
+        attempt's text is followed silently while it repeats what was already yielded;
+        if it differs, `StreamRestartedError` is raised.
+        """
+        delivered = ""
+        while True:
+            self._client._raise_if_broken()
+            found = self._locate()
+            if found is not None:
+                column, ymap = found
+                if column in (Column.DOING, Column.DONE):
+                    text = _text_of(ymap, column)
+                    if text.startswith(delivered):
+                        if len(text) > len(delivered):
+                            piece, delivered = text[len(delivered) :], text
+                            yield piece
+                            continue
+                    elif not delivered.startswith(text):
+                        raise StreamRestartedError(self.id, int(ymap.get(c.F_ATTEMPT) or 1))
+                    if column is Column.DONE:
+                        return
+            await self._client.wait_changed(1.0)
+
+    async def wait(self, timeout_s: float | None = None) -> TaskEntry:
+        """Wait until the task is in `done` and return its entry, whatever its status."""
+        with anyio.fail_after(timeout_s):
+            while True:
+                found = self._locate()
+                if found is not None and found[0] is Column.DONE:
+                    return entry_from_map(found[1])
+                await self._client.wait_changed(1.0)
+
+    async def result(self, timeout_s: float | None = None) -> TaskEntry:
+        """Wait for the task to succeed and return its entry (`.result` holds the text).
+
+        Raises:
+            TaskFailedError: the task ended `failed`.
+            TaskCancelledError: the task ended `cancelled`.
+        """
+        entry = await self.wait(timeout_s)
+        if entry.status is TaskStatus.FAILED:
+            err = entry.error
+            raise TaskFailedError(self.id, err.code if err else "failed", err.message if err else "")
+        if entry.status is TaskStatus.CANCELLED:
+            raise TaskCancelledError(self.id)
+        return entry
+
+    async def cancel(self, timeout_s: float | None = 10.0) -> TaskEntry:
+        """Ask for cancellation and wait until the task is done; returns its final entry.
+
+        A task that finished first keeps its status. The `cancel` flag is written again if the
+        task moved to another column while the request was on its way.
+        """
+        with anyio.fail_after(timeout_s):
+            while True:
+                found = self._locate()
+                if found is None:
+                    raise TaskNotFoundError(f"no task {self.id!r} on this board")
+                column, ymap = found
+                if column is Column.DONE:
+                    return entry_from_map(ymap)
+                if not ymap.get(c.F_CANCEL):
+                    ymap[c.F_CANCEL] = True
+                await self._client.wait_changed(1.0)
+
+
+def _text_of(ymap: Map, column: Column) -> str:
+    if column is Column.DONE and ymap.get(c.F_STATUS) == TaskStatus.SUCCEEDED.value:
+        result = ymap.get(c.F_RESULT)
+        if isinstance(result, str):
+            return result
+    output = ymap.get(c.F_OUTPUT)
+    return str(output) if isinstance(output, Text) else ""

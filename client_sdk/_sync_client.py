@@ -1,0 +1,131 @@
+"""The blocking Python client: the async client run on a private event loop thread."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
+from typing import Any
+
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+
+from awareness.states import WorkerPresence
+from client_sdk._async_client import AsyncClient, TaskHandle
+from client_sdk._models import BoardSnapshot
+from kanbanmesh.board import constants as c
+from kanbanmesh.board.schema import ChatMessage, TaskEntry, TaskParams
+
+
+class Client:
+    """Blocking twin of `AsyncClient`, for scripts and notebooks::
+
+        with Client("ws://127.0.0.1:8765") as client:
+            task = client.submit("Tell me a joke")
+            for chunk in task.stream():
+                print(chunk, end="", flush=True)
+    """
+
+    def __init__(
+        self,
+        url: str = "ws://127.0.0.1:8765",
+        board: str = c.DEFAULT_BOARD,
+        *,
+        token: str | None = None,
+        owner: str = "",
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self._async = AsyncClient(url, board, token=token, owner=owner, connect_timeout_s=connect_timeout_s)
+        self._stack = ExitStack()
+        self._portal: BlockingPortal | None = None
+
+    def __enter__(self) -> Client:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def portal(self) -> BlockingPortal:
+        if self._portal is None:
+            raise RuntimeError("the client is not connected; use `with Client(...)` or connect()")
+        return self._portal
+
+    def connect(self) -> None:
+        portal = self._stack.enter_context(start_blocking_portal())
+        try:
+            portal.call(self._async.connect)
+        except BaseException:
+            self._stack.close()
+            raise
+        self._portal = portal
+
+    def close(self) -> None:
+        if self._portal is not None:
+            self._portal.call(self._async.close)
+            self._portal = None
+        self._stack.close()
+
+    def submit(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[ChatMessage | dict[str, Any]] | None = None,
+        model: str = "",
+        params: TaskParams | dict[str, Any] | None = None,
+        priority: int = 0,
+        task_id: str | None = None,
+    ) -> SyncTaskHandle:
+        """See `AsyncClient.submit`."""
+        handle = self.portal.call(
+            lambda: self._async.submit(
+                prompt, messages=messages, model=model, params=params,
+                priority=priority, task_id=task_id,
+            )
+        )
+        return SyncTaskHandle(self.portal, handle)
+
+    def task(self, task_id: str) -> SyncTaskHandle:
+        return SyncTaskHandle(self.portal, self._async.task(task_id))
+
+    def snapshot(self) -> BoardSnapshot:
+        return self.portal.call(_sync_call, self._async.snapshot)
+
+    def workers(self) -> list[WorkerPresence]:
+        return self.portal.call(_sync_call, self._async.workers)
+
+    def wait_for_workers(self, count: int = 1, timeout_s: float = 30.0) -> list[WorkerPresence]:
+        return self.portal.call(self._async.wait_for_workers, count, timeout_s)
+
+
+class SyncTaskHandle:
+    """Blocking twin of `TaskHandle`."""
+
+    def __init__(self, portal: BlockingPortal, handle: TaskHandle) -> None:
+        self._portal = portal
+        self._handle = handle
+        self.id = handle.id
+
+    def stream(self) -> Iterator[str]:
+        agen = self._handle.stream()
+        try:
+            while True:
+                try:
+                    yield self._portal.call(agen.__anext__)
+                except StopAsyncIteration:
+                    return
+        finally:
+            self._portal.call(agen.aclose)
+
+    def result(self, timeout_s: float | None = None) -> TaskEntry:
+        return self._portal.call(self._handle.result, timeout_s)
+
+    def wait(self, timeout_s: float | None = None) -> TaskEntry:
+        return self._portal.call(self._handle.wait, timeout_s)
+
+    def cancel(self, timeout_s: float | None = 10.0) -> TaskEntry:
+        return self._portal.call(self._handle.cancel, timeout_s)
+
+
+async def _sync_call(fn: Any) -> Any:
+    # Board reads must run on the loop thread: pycrdt documents are not shared across threads.
+    return fn()

@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from kanbanmesh.cli import main
+
+main()

@@ -1,0 +1,69 @@
+"""Names of everything that travels on the wire, in one place.
+
+These strings are a contract with JavaScript clients and extensions (see docs/protocol.md):
+renaming one breaks every client written against the protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+DEFAULT_BOARD: Final = "default"
+
+# Root maps of a board document, in the order a task moves through them.
+TODO: Final = "todo"
+PREPARED: Final = "prepared"
+DOING: Final = "doing"
+DONE: Final = "done"
+COLUMNS: Final = (TODO, PREPARED, DOING, DONE)
+
+# Task entry fields written by the client (once, at creation).
+F_ID: Final = "id"
+F_OWNER: Final = "owner"
+F_MODEL: Final = "model"
+F_MESSAGES: Final = "messages"
+F_PROMPT: Final = "prompt"
+F_PARAMS: Final = "params"
+F_PRIORITY: Final = "priority"
+F_CONVERSATION: Final = "conversation"
+F_RAG: Final = "rag"
+F_CREATED_AT: Final = "created_at"
+# Written by the broker.
+F_WORKER: Final = "worker"
+F_ATTEMPT: Final = "attempt"
+F_ASSIGNED_AT: Final = "assigned_at"
+# Written by the worker.
+F_STARTED_AT: Final = "started_at"
+F_OUTPUT: Final = "output"
+F_TOKENS: Final = "tokens"
+# Outcome.
+F_STATUS: Final = "status"
+F_RESULT: Final = "result"
+F_ERROR: Final = "error"
+F_USAGE: Final = "usage"
+F_TIMINGS: Final = "timings"
+F_FINISHED_AT: Final = "finished_at"
+# Set by the owner, honoured in every column.
+F_CANCEL: Final = "cancel"
+
+# Awareness state fields.
+A_ROLE: Final = "role"
+A_ID: Final = "id"
+A_NAME: Final = "name"
+A_MODELS: Final = "models"
+A_SLOTS: Final = "slots"
+A_STATE: Final = "state"
+A_TASKS: Final = "tasks"
+A_ENGINE: Final = "engine"
+A_VERSION: Final = "version"
+
+# Websocket close codes (4000-4999 are free for applications per RFC 6455).
+CLOSE_NORMAL: Final = 1000
+CLOSE_GOING_AWAY: Final = 1001
+CLOSE_PROTOCOL_ERROR: Final = 1002
+CLOSE_POLICY_VIOLATION: Final = 1008
+CLOSE_MESSAGE_TOO_BIG: Final = 1009
+CLOSE_INTERNAL_ERROR: Final = 1011
+CLOSE_INVALID_UPDATE: Final = 4400
+CLOSE_INVALID_TASK: Final = 4422
+CLOSE_TASK_TOO_LARGE: Final = 4413

@@ -1,0 +1,166 @@
+"""Reading and writing task entries in a board's pycrdt document.
+
+A Yjs type cannot be moved, so a move creates a copy of the entry in the next map and deletes
+the old one, in one transaction (one update on the wire). `output` is a Y.Text; a move that
+keeps it creates a new Text with the same content, because a Text cannot be re-parented either.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from pycrdt import Doc, Map, Text
+from pydantic import ValidationError
+
+from kanbanmesh.board import constants as c
+from kanbanmesh.board.schema import TaskEntry, TaskRequest
+from kanbanmesh.board.transitions import Column, Writer, check_move, winner
+from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
+
+
+def now_ms() -> float:
+    """Wall-clock time in milliseconds since the epoch, as JavaScript's `Date.now()`."""
+    return time.time() * 1000.0
+
+
+class BoardDoc:
+    """The four root maps of one board document, and the operations on its entries."""
+
+    def __init__(self, doc: Doc) -> None:
+        self.doc = doc
+        self.maps: dict[Column, Map] = {col: doc.get(col.value, type=Map) for col in Column}
+
+    def column_map(self, column: Column) -> Map:
+        return self.maps[column]
+
+    def locate(self, task_id: str) -> Column | None:
+        """The column that holds `task_id` (the winning copy if several do), or None."""
+        found = [
+            (col, _attempt_of(self.maps[col][task_id]))
+            for col in Column
+            if task_id in self.maps[col]
+        ]
+        if not found:
+            return None
+        return winner(found)[0]
+
+    def entry(self, task_id: str) -> tuple[Column, Map]:
+        """The column and live Y.Map of a task; raises `TaskNotFoundError`."""
+        column = self.locate(task_id)
+        if column is None:
+            raise TaskNotFoundError(f"no task {task_id!r} on this board")
+        return column, self.maps[column][task_id]
+
+    def read(self, task_id: str) -> tuple[Column, TaskEntry]:
+        """A validated copy of a task's entry and the column it is in."""
+        column, ymap = self.entry(task_id)
+        return column, entry_from_map(ymap)
+
+    def ids(self, column: Column) -> list[str]:
+        return list(self.maps[column].keys())
+
+    def counts(self) -> dict[Column, int]:
+        return {col: len(self.maps[col]) for col in Column}
+
+    def create(self, request: TaskRequest) -> None:
+        """Put a new task into `todo` (the client's one write)."""
+        fields = request.to_fields()
+        if not fields.get(c.F_CREATED_AT):
+            fields[c.F_CREATED_AT] = now_ms()
+        with self.doc.transaction():
+            self.maps[Column.TODO][request.id] = Map(fields)
+
+    def move(
+        self,
+        task_id: str,
+        src: Column,
+        dst: Column,
+        writer: Writer,
+        *,
+        set_fields: Mapping[str, Any] | None = None,
+        drop_fields: frozenset[str] = frozenset(),
+        keep_output: bool = True,
+        new_output: bool = False,
+    ) -> Map:
+        """Move a task from `src` to `dst` in one transaction and return the new entry.
+
+        `set_fields` are written into the copy, `drop_fields` left out of it. `keep_output`
+        copies the current `output` text; `new_output` starts an empty one instead.
+        """
+        check_move(src, dst, writer)
+        with self.doc.transaction():
+            old = self.maps[src].get(task_id)
+            if old is None:
+                raise TaskNotFoundError(f"no task {task_id!r} in {src.value}")
+            fields = plain_fields(old)
+            output = fields.pop(c.F_OUTPUT, None)
+            for name in drop_fields:
+                fields.pop(name, None)
+            if set_fields:
+                fields.update(set_fields)
+            if new_output:
+                fields[c.F_OUTPUT] = Text()
+            elif keep_output and output is not None:
+                fields[c.F_OUTPUT] = Text(output)
+            new = Map(fields)
+            self.maps[dst][task_id] = new
+            del self.maps[src][task_id]
+        return new
+
+    def delete(self, task_id: str, column: Column) -> None:
+        with self.doc.transaction():
+            if task_id in self.maps[column]:
+                del self.maps[column][task_id]
+
+    def entries(self, column: Column) -> Iterator[tuple[str, Map]]:
+        yield from self.maps[column].items()
+
+
+def plain_fields(ymap: Map) -> dict[str, Any]:
+    """An entry's fields as plain Python values (`output` as its string)."""
+    fields: dict[str, Any] = {}
+    for key, value in ymap.items():
+        fields[key] = str(value) if isinstance(value, Text) else _plain(value)
+    return fields
+
+
+def _plain(value: Any) -> Any:
+    to_py = getattr(value, "to_py", None)
+    return to_py() if callable(to_py) else value
+
+
+def _attempt_of(ymap: Any) -> int:
+    try:
+        return int(ymap.get(c.F_ATTEMPT, 0) or 0)
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
+def entry_from_map(ymap: Map) -> TaskEntry:
+    """Validate a live entry into a `TaskEntry`; raises `InvalidTaskError`."""
+    return entry_from_fields(plain_fields(ymap))
+
+
+def entry_from_fields(fields: Mapping[str, Any]) -> TaskEntry:
+    try:
+        return TaskEntry.model_validate(dict(fields))
+    except ValidationError as exc:
+        raise InvalidTaskError(_explain(exc)) from exc
+
+
+def request_from_fields(fields: Mapping[str, Any]) -> TaskRequest:
+    """Validate the fields of a new `todo` entry; raises `InvalidTaskError`."""
+    try:
+        return TaskRequest.model_validate(dict(fields))
+    except ValidationError as exc:
+        raise InvalidTaskError(_explain(exc)) from exc
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:3]:
+        where = ".".join(str(p) for p in err["loc"]) or "entry"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid task: " + "; ".join(parts)

@@ -1,0 +1,145 @@
+"""Pydantic models of a task entry: what a client may write, and what the mesh writes back.
+
+Values read back from the CRDT come through JSON semantics (every number is a float), so the
+models accept floats for integer fields as long as they are whole numbers.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from kanbanmesh.board import constants as c
+
+TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
+
+
+class TaskStatus(str, Enum):
+    """How a task ended; written once, when it enters `done`."""
+
+    SUCCEEDED = "succeeded"  # the backend finished; `result` holds the text
+    FAILED = "failed"  # the backend or the mesh gave up; `error` says why
+    CANCELLED = "cancelled"  # the owner set `cancel` before it finished
+
+
+class ChatMessage(BaseModel):
+    """One turn of a chat, as OpenAI's API and the stock JS example spell it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class TaskParams(BaseModel):
+    """Sampling parameters; a field left out means the backend's default."""
+
+    model_config = ConfigDict(extra="allow")
+
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
+    temperature: float | None = Field(default=None, ge=0.0, le=5.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: list[str] | None = Field(default=None, max_length=16)
+    seed: int | None = None
+
+
+class RagSpec(BaseModel):
+    """Retrieval request: top `k` chunks of `collection` go into the prompt."""
+
+    collection: str = Field(min_length=1)
+    k: int = Field(default=4, ge=1, le=100)
+
+
+class TaskRequest(BaseModel):
+    """The fields a client writes once, when it creates the entry in `todo`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str = Field(pattern=TASK_ID_PATTERN)
+    owner: str = ""
+    model: str = ""
+    messages: list[ChatMessage] | None = Field(default=None, min_length=1)
+    prompt: str | None = None
+    params: TaskParams = Field(default_factory=TaskParams)
+    priority: int = 0
+    conversation: str | None = None
+    rag: RagSpec | None = None
+    created_at: float = 0.0
+
+    @model_validator(mode="after")
+    def _one_input(self) -> TaskRequest:
+        if (self.messages is None) == (self.prompt is None):
+            raise ValueError("a task needs exactly one of `messages` or `prompt`")
+        return self
+
+    def chat(self) -> list[ChatMessage]:
+        """The request as chat turns (a bare prompt is one user turn)."""
+        if self.messages is not None:
+            return list(self.messages)
+        return [ChatMessage(role="user", content=self.prompt or "")]
+
+    def to_fields(self) -> dict[str, Any]:
+        """The entry fields to write into the board (unset optional fields left out)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class TaskError(BaseModel):
+    """Why a task failed: a stable machine `code` and a sentence for people."""
+
+    code: str
+    message: str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Timings(BaseModel):
+    """Per-task timings, all measured by the worker's clock except `queued_ms`."""
+
+    queued_ms: float = 0.0  # created_at -> started_at
+    ttft_ms: float = 0.0  # started_at -> first chunk
+    total_ms: float = 0.0  # started_at -> finished
+    tokens_per_s: float = 0.0  # completion tokens / generation time
+
+
+class TaskEntry(TaskRequest):
+    """A whole entry as read from any column."""
+
+    worker: str | None = None
+    attempt: int = 0
+    assigned_at: float | None = None
+    started_at: float | None = None
+    output: str = ""
+    tokens: int = 0
+    status: TaskStatus | None = None
+    result: str | None = None
+    error: TaskError | None = None
+    usage: Usage | None = None
+    timings: Timings | None = None
+    finished_at: float | None = None
+    cancel: bool = False
+
+
+# Fields each writer may set on an existing entry (the security issue enforces these per role).
+CLIENT_FIELDS = frozenset({c.F_CANCEL})
+BROKER_FIELDS = frozenset(
+    {c.F_WORKER, c.F_ATTEMPT, c.F_ASSIGNED_AT, c.F_STATUS, c.F_ERROR, c.F_FINISHED_AT}
+)
+WORKER_FIELDS = frozenset(
+    {
+        c.F_STARTED_AT,
+        c.F_OUTPUT,
+        c.F_TOKENS,
+        c.F_STATUS,
+        c.F_RESULT,
+        c.F_ERROR,
+        c.F_USAGE,
+        c.F_TIMINGS,
+        c.F_FINISHED_AT,
+    }
+)

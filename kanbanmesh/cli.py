@@ -1,0 +1,220 @@
+"""The `kanbanmesh` command: parse flags, build `Settings`, call one function."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from pydantic import ValidationError
+
+from kanbanmesh import __version__
+from kanbanmesh.errors import KanbanMeshError
+from kanbanmesh.settings import Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def build_settings(**flags: Any) -> Settings:
+    """Settings from the flags that were given (None = not given) over the environment."""
+    given = {k: v for k, v in flags.items() if v is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        raise click.UsageError(problems) from None
+
+
+def client_options(fn: F) -> F:
+    """--url, --board and --token, shared by every command that talks to a server."""
+    fn = click.option("--token", default=None, help="Access token (env KANBANMESH_TOKEN).")(fn)
+    fn = click.option(
+        "--board", default=None, help="Board name (default: default; env KANBANMESH_BOARD)."
+    )(fn)
+    fn = click.option(
+        "--url", default=None,
+        help="Server, ws://HOST:PORT (default ws://127.0.0.1:8765; env KANBANMESH_URL).",
+    )(fn)
+    return fn
+
+
+def server_options(fn: F) -> F:
+    options = [
+        click.option("--host", default=None, help="Address to bind (default 127.0.0.1)."),
+        click.option("--port", type=int, default=None, help="Port (default 8765; 0 = any free)."),
+        click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                     help="Where boards are stored (default ~/.local/share/kanbanmesh)."),
+        click.option("--no-persist", "persist", flag_value=False, default=None,
+                     help="Keep boards in memory only."),
+        click.option("--no-broker", "embedded_broker", flag_value=False, default=None,
+                     help="Do not run the embedded broker (run `kanbanmesh broker` instead)."),
+        click.option("--max-attempts", type=int, default=None,
+                     help="Attempts before a task whose workers vanish fails (default 3)."),
+        click.option("--max-task-bytes", type=int, default=None,
+                     help="Largest accepted task entry (default 1 MiB)."),
+        click.option("--max-message-bytes", type=int, default=None,
+                     help="Largest websocket message (default 64 MiB)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def worker_options(fn: F) -> F:
+    options = [
+        click.option("--backend", type=click.Choice(["echo"]), default=None,
+                     help="LLM backend (default echo)."),
+        click.option("--slots", type=int, default=None, help="Tasks run at once (default 1)."),
+        click.option("--echo-delay", "echo_delay_ms", type=float, default=None,
+                     help="Echo backend: milliseconds between chunks."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn kanbanmesh errors into one line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KanbanMeshError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        except BaseExceptionGroup as group:
+            # anyio task groups wrap errors; show ours plainly, re-raise anything else
+            ours = group.subgroup(lambda e: isinstance(e, KanbanMeshError))
+            if ours is None:
+                raise
+            click.echo(f"error: {_first_leaf(ours)}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kanbanmesh")
+@click.option("--log-level", default="warning",
+              type=click.Choice(["debug", "info", "warning", "error"]), help="Log verbosity.")
+def main(log_level: str) -> None:
+    """kanbanmesh: a CRDT-synchronised kanban task mesh for LLM inference."""
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@main.command()
+@server_options
+@worker_options
+@click.option("--workers", type=int, default=None, help="Worker processes to start (default 1).")
+@click.option("--board", default=None, help="Board the workers serve (default: default).")
+@friendly_errors
+def up(**flags: Any) -> None:
+    """Start the whole mesh: server, embedded broker and workers, in one command."""
+    from kanbanmesh.commands.up import run_up
+
+    run_up(build_settings(**flags))
+
+
+@main.command()
+@server_options
+@friendly_errors
+def serve(**flags: Any) -> None:
+    """Run the board server (websocket + HTTP on one port), with the embedded broker."""
+    from kanbanmesh.commands.serve import run_serve
+
+    run_serve(build_settings(**flags))
+
+
+@main.command()
+@client_options
+@click.option("--max-attempts", type=int, default=None, help="Attempts before failing (default 3).")
+@friendly_errors
+def broker(**flags: Any) -> None:
+    """Run a standalone broker on a board of a running server."""
+    from kanbanmesh.commands.broker import run_broker
+
+    run_broker(build_settings(**flags))
+
+
+@main.command()
+@client_options
+@worker_options
+@click.option("--name", default=None, help="Worker name shown on the board.")
+@friendly_errors
+def worker(**flags: Any) -> None:
+    """Run a worker: serve one backend on a board."""
+    from kanbanmesh.commands.worker import run_worker
+
+    run_worker(build_settings(**flags))
+
+
+@main.command()
+@client_options
+@click.argument("prompt")
+@click.option("--model", default="", help="Model to run on (default: any).")
+@click.option("--system", default=None, help="A system message before the prompt.")
+@click.option("--max-tokens", type=int, default=None)
+@click.option("--temperature", type=float, default=None)
+@click.option("--top-p", type=float, default=None)
+@click.option("--stop", multiple=True, help="Stop sequence (repeatable).")
+@click.option("--seed", type=int, default=None)
+@click.option("--priority", type=int, default=0, help="Higher runs first.")
+@click.option("--no-stream", is_flag=True, help="Print only the final result.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final entry as JSON.")
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+@friendly_errors
+def submit(url: str | None, board: str | None, token: str | None, **options: Any) -> None:
+    """Submit PROMPT, print its output as it streams; exit non-zero if it fails."""
+    from kanbanmesh.commands.submit import SubmitOptions, run_submit
+
+    settings = build_settings(url=url, board=board, token=token)
+    sys.exit(run_submit(settings, SubmitOptions(**options)))
+
+
+@main.command()
+@client_options
+@click.option("--watch", is_flag=True, help="Keep the table live.")
+@friendly_errors
+def board(watch: bool, **flags: Any) -> None:
+    """Show the four columns and the workers of a board."""
+    from kanbanmesh.commands.board import run_board
+
+    run_board(build_settings(**flags), watch=watch)
+
+
+@main.group()
+def task() -> None:
+    """Look at single tasks."""
+
+
+@task.command("show")
+@client_options
+@click.argument("task_id")
+@friendly_errors
+def task_show(task_id: str, **flags: Any) -> None:
+    """Print a task's column and entry as JSON."""
+    from kanbanmesh.commands.board import show_task
+
+    click.echo(json.dumps(show_task(build_settings(**flags), task_id), indent=2))
+
+
+if __name__ == "__main__":
+    main()

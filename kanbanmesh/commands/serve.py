@@ -1,0 +1,33 @@
+"""`kanbanmesh serve`."""
+
+from __future__ import annotations
+
+import anyio
+import click
+
+from kanbanmesh.server.runner import serve
+from kanbanmesh.settings import Settings
+
+
+def describe_server(settings: Settings, url: str) -> str:
+    http = "http" + url[2:]
+    lines = [
+        f"kanbanmesh server on {url}  (boards: {url}/<board>, default board: {url}/default)",
+        f"  health  {http}/healthz",
+        f"  data    {settings.data_dir if settings.persist else '(in memory, --no-persist)'}",
+        f"  broker  {'embedded' if settings.embedded_broker else 'none (run `kanbanmesh broker`)'}",
+    ]
+    return "\n".join(lines)
+
+
+def run_serve(settings: Settings) -> None:
+    async def main() -> None:
+        async with anyio.create_task_group() as tg:
+            url = await tg.start(_serve, settings)
+            click.echo(describe_server(settings, url), err=False)
+
+    anyio.run(main)
+
+
+async def _serve(settings: Settings, *, task_status: anyio.abc.TaskStatus[str]) -> None:
+    await serve(settings, handle_signals=True, task_status=task_status)

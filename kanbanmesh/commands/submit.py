@@ -1,0 +1,79 @@
+"""`kanbanmesh submit`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+
+from client_sdk import AsyncClient
+from kanbanmesh.board.schema import TaskStatus
+from kanbanmesh.settings import Settings
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    prompt: str
+    model: str = ""
+    system: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    priority: int = 0
+    no_stream: bool = False
+    as_json: bool = False
+    timeout: float | None = None
+
+    def params(self) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "stop": list(self.stop) or None,
+            "seed": self.seed,
+        }
+        return {k: v for k, v in params.items() if v is not None}
+
+
+async def submit_async(settings: Settings, options: SubmitOptions) -> int:
+    async with AsyncClient(settings.url, settings.board, token=settings.token,
+                           owner=settings.owner) as client:
+        if options.system is not None:
+            task = await client.submit(
+                messages=[{"role": "system", "content": options.system},
+                          {"role": "user", "content": options.prompt}],
+                model=options.model, params=options.params(), priority=options.priority,
+            )
+        else:
+            task = await client.submit(options.prompt, model=options.model,
+                                       params=options.params(), priority=options.priority)
+        with anyio.fail_after(options.timeout):
+            if not options.no_stream and not options.as_json:
+                async for chunk in task.stream():
+                    sys.stdout.write(chunk)
+                    sys.stdout.flush()
+            entry = await task.wait()
+    if options.as_json:
+        print(json.dumps(entry.model_dump(mode="json"), indent=2))
+    elif options.no_stream:
+        print(entry.result or "")
+    else:
+        print()
+    if entry.status is TaskStatus.SUCCEEDED:
+        return 0
+    detail = f": {entry.error.code}: {entry.error.message}" if entry.error else ""
+    print(f"task {entry.id} {entry.status.value if entry.status else 'ended'}{detail}", file=sys.stderr)
+    return 1
+
+
+def run_submit(settings: Settings, options: SubmitOptions) -> int:
+    try:
+        return anyio.run(submit_async, settings, options)
+    except TimeoutError:
+        print(f"error: no result within {options.timeout} s", file=sys.stderr)
+        return 3

@@ -1,0 +1,78 @@
+"""`kanbanmesh up`: server, embedded broker and worker processes in one command.
+
+Workers run as child processes (one model load each, real parallelism across cores); a
+worker that dies is restarted. SIGINT/SIGTERM stop the workers first, then the server,
+which flushes the store before exiting.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import anyio
+import click
+from anyio.abc import Process
+
+from kanbanmesh.commands.serve import describe_server
+from kanbanmesh.server.runner import serve
+from kanbanmesh.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def worker_command(settings: Settings, url: str, index: int) -> list[str]:
+    return [
+        sys.executable, "-m", "kanbanmesh", "worker",
+        "--url", url, "--board", settings.board,
+        "--backend", settings.backend, "--slots", str(settings.slots),
+        "--echo-delay", str(settings.echo_delay_ms),
+        "--name", f"{settings.backend}-{index + 1}",
+    ]
+
+
+async def _supervise(command: list[str], stopping: anyio.Event) -> None:
+    delay = 0.5
+    while not stopping.is_set():
+        process: Process = await anyio.open_process(command, stdout=None, stderr=None)
+        try:
+            await process.wait()
+        finally:
+            if process.returncode is None:
+                process.terminate()
+                with anyio.move_on_after(5, shield=True):
+                    await process.wait()
+                if process.returncode is None:
+                    process.kill()
+        if stopping.is_set():
+            return
+        click.echo(f"a worker exited with code {process.returncode}; restarting", err=True)
+        await anyio.sleep(delay)
+        delay = min(delay * 2, 10.0)
+
+
+async def up_async(settings: Settings) -> None:
+    stopping = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(serve, settings)
+        click.echo(describe_server(settings, url))
+        click.echo(f"  workers {settings.workers} × {settings.backend} ({settings.slots} slot(s) each)")
+        click.echo(f'\nTry:  kanbanmesh submit --url {url} "Tell me a joke"\n      kanbanmesh board --url {url} --watch')
+        async with anyio.create_task_group() as workers:
+            for index in range(settings.workers):
+                workers.start_soon(_supervise, worker_command(settings, url, index), stopping)
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    click.echo(f"\n{signal.Signals(signum).name}: stopping workers and server", err=True)
+                    break
+            stopping.set()
+            workers.cancel_scope.cancel()
+        tg.cancel_scope.cancel()
+
+
+def run_up(settings: Settings) -> None:
+    anyio.run(up_async, settings)
+
+
+__all__ = ["run_up", "worker_command"]

@@ -1,0 +1,330 @@
+"""A y-websocket client of one board: a local pycrdt document kept in sync with the server.
+
+`pycrdt.Provider` has no awareness, no reconnect and no error signal, and echoes every remote
+update back to the server; this peer has all four fixed. Local updates are merged while the
+socket is busy, remote updates are never sent back, and a dropped connection is retried with
+backoff. After a reconnect the two sync steps exchange whatever either side missed, so local
+writes made while offline reach the server. A close with a refusal code (the server rejected
+one of our writes) stops the peer and surfaces as a typed error.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from pycrdt import Awareness, Doc, TransactionEvent, merge_updates
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from kanbanmesh.board import constants as c
+from kanbanmesh.board.document import BoardDoc
+from kanbanmesh.errors import (
+    ConnectError,
+    ConnectionClosedError,
+    KanbanMeshError,
+    MessageTooLargeError,
+    ProtocolError,
+    UpdateRefusedError,
+)
+from kanbanmesh.notify import ChangeSignal
+from kanbanmesh.protocol import codec
+
+log = logging.getLogger(__name__)
+
+# Close codes after which reconnecting would only repeat the refusal.
+_FATAL_CLOSE_CODES = {
+    c.CLOSE_PROTOCOL_ERROR,
+    c.CLOSE_POLICY_VIOLATION,
+    c.CLOSE_MESSAGE_TOO_BIG,
+    c.CLOSE_INVALID_UPDATE,
+    c.CLOSE_INVALID_TASK,
+    c.CLOSE_TASK_TOO_LARGE,
+}
+
+
+def board_url(url: str, board: str, token: str | None = None) -> str:
+    """`ws://host:port` + board (+ token) -> the websocket URL of that board."""
+    full = url.rstrip("/") + "/" + quote(board, safe="")
+    if token:
+        full += "?token=" + quote(token, safe="")
+    return full
+
+
+class BoardPeer:
+    """Keeps `doc` in sync with one board on a kanbanmesh server."""
+
+    def __init__(
+        self,
+        url: str,
+        board: str = c.DEFAULT_BOARD,
+        *,
+        token: str | None = None,
+        max_message_bytes: int = 64 << 20,
+        connect_timeout_s: float = 10.0,
+        reconnect: bool = True,
+        backoff_max_s: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.board_name = board
+        self.doc = Doc()
+        self.board = BoardDoc(self.doc)
+        self.awareness = Awareness(self.doc)
+        self.awareness.set_local_state(None)  # nobody until someone says who we are
+        self.changed = ChangeSignal()
+        self.presence_changed = ChangeSignal()
+        self.error: KanbanMeshError | None = None
+        self._full_url = board_url(url, board, token)
+        self._max_message_bytes = max_message_bytes
+        self._connect_timeout_s = connect_timeout_s
+        self._reconnect = reconnect
+        self._backoff_max_s = backoff_max_s
+        self._outbox: list[bytes] = []
+        self._awareness_dirty = False
+        self._wakeup = anyio.Event()
+        self._applying_remote = False
+        self._synced = anyio.Event()
+        self._connected = False
+        self._stopped = anyio.Event()
+        self._tg: TaskGroup | None = None
+        self._listeners: list[Callable[[], None]] = []
+        self.doc.observe(self._on_doc_update)
+        self.awareness.observe(self._on_awareness)
+
+    # -- public surface -------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    def on_remote_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after each update received from the server."""
+        self._listeners.append(listener)
+
+    def set_presence(self, state: dict[str, Any] | None) -> None:
+        """Set this peer's awareness state (None: not present)."""
+        self.awareness.set_local_state(state)
+
+    def peers(self) -> dict[int, dict[str, Any]]:
+        """Awareness states of the other peers on the board."""
+        return {
+            cid: state
+            for cid, state in self.awareness.states.items()
+            if cid != self.awareness.client_id and state
+        }
+
+    async def wait_synced(self, timeout_s: float | None = None) -> None:
+        """Wait until the first sync with the server is complete."""
+        with anyio.fail_after(timeout_s):
+            while not self._synced.is_set():
+                if self.error is not None:
+                    raise self.error
+                with anyio.move_on_after(0.5):
+                    await self._synced.wait()
+        if self.error is not None:
+            raise self.error
+
+    async def start(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Connect, sync, and keep the board in sync until `stop()`.
+
+        Signals started after the first sync; raises `ConnectError` if the first connection
+        cannot be made, and the server's refusal if it refuses us.
+        """
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self.awareness.start)
+            await tg.start(self._run)
+            task_status.started()
+
+    async def stop(self) -> None:
+        self._stopped.set()
+        self._wakeup.set()
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    async def __aenter__(self) -> BoardPeer:
+        self._exit_tg = anyio.create_task_group()
+        await self._exit_tg.__aenter__()
+        try:
+            await self._exit_tg.start(self.start)
+        except BaseException:
+            self._exit_tg.cancel_scope.cancel()
+            await self._exit_tg.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.flush_presence_and_stop()
+        await self._exit_tg.__aexit__(None, None, None)
+
+    async def flush_presence_and_stop(self) -> None:
+        """Tell peers we are leaving, then stop."""
+        if self._connected and self.awareness.get_local_state() is not None:
+            self.awareness.set_local_state(None)
+            with anyio.move_on_after(0.5):
+                while self._awareness_dirty or self._outbox:
+                    await anyio.sleep(0.01)
+        await self.stop()
+
+    # -- document and awareness hooks -----------------------------------------------------
+
+    def _on_doc_update(self, event: TransactionEvent) -> None:
+        if self._applying_remote:
+            return  # never echo the server's updates back to it
+        self._outbox.append(event.update)
+        self._wakeup.set()
+
+    def _on_awareness(self, topic: str, changes: tuple[dict[str, Any], Any]) -> None:
+        if topic == "update" and changes[1] == "local":
+            self._awareness_dirty = True
+            self._wakeup.set()
+        elif topic == "change":
+            self.presence_changed.notify()
+
+    # -- connection loop ------------------------------------------------------------------
+
+    async def _run(self, *, task_status: TaskStatus[None]) -> None:
+        started = False
+        delay = 0.05
+        while not self._stopped.is_set():
+            try:
+                ws = await connect(
+                    self._full_url,
+                    max_size=self._max_message_bytes,
+                    open_timeout=self._connect_timeout_s,
+                    ping_interval=20,
+                    ping_timeout=20,
+                    compression=None,
+                )
+            except InvalidStatus as exc:
+                error = ConnectError(
+                    f"server refused the connection to {self._full_url.split('?')[0]}: "
+                    f"HTTP {exc.response.status_code} {exc.response.body.decode(errors='replace').strip()}"
+                )
+                if not started or exc.response.status_code in (401, 403, 404):
+                    self.error = error
+                    raise error from exc
+            except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
+                if not started:
+                    self.error = ConnectError(f"cannot connect to {self.url}: {exc}")
+                    raise self.error from exc
+                log.info("reconnect to %s failed: %s", self.url, exc)
+            else:
+                delay = 0.05
+                try:
+                    await self._session(ws, None if started else task_status)
+                    started = True
+                except _Fatal as fatal:
+                    self.error = fatal.error
+                    self._synced.set()  # wake waiters so they see the error
+                    self.changed.notify()
+                    if not started:
+                        raise fatal.error from None
+                    return
+                started = True
+            if not self._reconnect:
+                self.error = ConnectionClosedError("connection to the server was lost")
+                self.changed.notify()
+                return
+            await anyio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self._backoff_max_s)
+
+    async def _session(self, ws: ClientConnection, task_status: TaskStatus[None] | None) -> None:
+        self._connected = True
+        self._outbox.clear()  # the sync steps below carry everything the server lacks
+        try:
+            await ws.send(codec.sync_step1(self.doc.get_state()))
+            if self.awareness.get_local_state() is not None:
+                self._awareness_dirty = True
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._writer, ws)
+                try:
+                    await self._reader(ws, task_status)
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            self._connected = False
+            stale = [cid for cid in self.awareness.states if cid != self.awareness.client_id]
+            if stale:
+                self.awareness.remove_awareness_states(stale, "connection-lost")
+            with anyio.CancelScope(shield=True):
+                await ws.close()
+
+    async def _reader(self, ws: ClientConnection, task_status: TaskStatus[None] | None) -> None:
+        try:
+            async for data in ws:
+                if isinstance(data, str):
+                    raise _Fatal(ProtocolError("server sent a text frame"))
+                self._handle(ws, bytes(data), task_status)
+                if task_status is not None and self._synced.is_set():
+                    task_status.started()
+                    task_status = None
+        except ConnectionClosed as exc:
+            code = exc.rcvd.code if exc.rcvd is not None else None
+            reason = exc.rcvd.reason if exc.rcvd is not None else ""
+            if code in _FATAL_CLOSE_CODES:
+                cls = MessageTooLargeError if code == c.CLOSE_MESSAGE_TOO_BIG else UpdateRefusedError
+                raise _Fatal(
+                    cls(f"the server closed the connection: {reason or code}", code=code, reason=reason)
+                ) from None
+        except ProtocolError as exc:
+            raise _Fatal(exc) from None
+
+    def _handle(self, ws: ClientConnection, data: bytes, task_status: TaskStatus[None] | None) -> None:
+        message = codec.parse_message(data)
+        if isinstance(message, codec.SyncMessage):
+            if message.step is codec.SyncStep.STEP1:
+                self._outbox.clear()
+                self._outbox.append(self.doc.get_update(message.payload))
+                self._wakeup.set()
+            else:
+                self._apply_remote(message.payload)
+                if message.step is codec.SyncStep.STEP2:
+                    self._synced.set()
+        elif isinstance(message, codec.AwarenessMessage):
+            self.awareness.apply_awareness_update(message.update, "remote")
+
+    def _apply_remote(self, update: bytes) -> None:
+        if update == codec.EMPTY_UPDATE:
+            return
+        self._applying_remote = True
+        try:
+            self.doc.apply_update(update)
+        except ValueError as exc:
+            raise ProtocolError(f"server sent an update that does not decode: {exc}") from exc
+        finally:
+            self._applying_remote = False
+        self.changed.notify()
+        for listener in self._listeners:
+            listener()
+
+    async def _writer(self, ws: ClientConnection) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            if self._outbox:
+                updates, self._outbox = self._outbox, []
+                update = updates[0] if len(updates) == 1 else merge_updates(*updates)
+                await ws.send(codec.sync_update(update))
+            if self._awareness_dirty:
+                self._awareness_dirty = False
+                await ws.send(
+                    codec.awareness_message(
+                        self.awareness.encode_awareness_update([self.awareness.client_id])
+                    )
+                )
+
+
+class _Fatal(Exception):
+    def __init__(self, error: KanbanMeshError) -> None:
+        super().__init__(str(error))
+        self.error = error

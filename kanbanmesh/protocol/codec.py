@@ -1,0 +1,216 @@
+"""Codecs of the y-websocket wire protocol: bytes in, values out, no I/O.
+
+Every decoder checks bounds and raises `ProtocolError` on bytes that are not a well-formed
+message, so that garbage from a peer becomes a clear refusal instead of an exception deep in
+the server.
+
+Message layout (lib0 encoding, as y-protocols writes it)::
+
+    message   = varUint(type) payload
+    SYNC      = varUint(0) varUint(step) varUint8Array(data)   step: 0 state vector, 1 update, 2 update
+    AWARENESS = varUint(1) varUint8Array(update)
+    awareness update = varUint(n) { varUint(clientID) varUint(clock) varString(JSON state) }*n
+    state vector     = varUint(n) { varUint(clientID) varUint(clock) }*n
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from kanbanmesh.errors import ProtocolError
+
+# JavaScript numbers are doubles: a client id or clock beyond 2**53 cannot come from Yjs.
+_MAX_VAR_UINT_BYTES = 8
+
+
+class MessageType(IntEnum):
+    """Top-level y-websocket message types."""
+
+    SYNC = 0  # document sync (steps 1 and 2) and incremental updates
+    AWARENESS = 1  # presence states
+    AUTH = 2  # y-websocket's permission-denied message (server to client)
+    QUERY_AWARENESS = 3  # "send me everyone's awareness"
+
+
+class SyncStep(IntEnum):
+    """Sub-types of a SYNC message."""
+
+    STEP1 = 0  # payload: the sender's state vector
+    STEP2 = 1  # payload: the update the receiver lacks
+    UPDATE = 2  # payload: an incremental update
+
+
+@dataclass(frozen=True)
+class SyncMessage:
+    step: SyncStep
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class AwarenessMessage:
+    update: bytes
+
+
+@dataclass(frozen=True)
+class QueryAwarenessMessage:
+    pass
+
+
+Message = SyncMessage | AwarenessMessage | QueryAwarenessMessage
+
+
+@dataclass(frozen=True)
+class AwarenessEntry:
+    """One client's awareness state; `state` None means the client left."""
+
+    client_id: int
+    clock: int
+    state: dict[str, Any] | None
+
+
+class Reader:
+    """A bounds-checked lib0 decoder."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.pos = 0
+
+    def done(self) -> bool:
+        return self.pos >= len(self.data)
+
+    def var_uint(self) -> int:
+        value = 0
+        shift = 0
+        for _ in range(_MAX_VAR_UINT_BYTES):
+            if self.pos >= len(self.data):
+                raise ProtocolError("message ends inside a number")
+            byte = self.data[self.pos]
+            self.pos += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+            shift += 7
+        raise ProtocolError("number too long")
+
+    def var_bytes(self) -> bytes:
+        length = self.var_uint()
+        end = self.pos + length
+        if end > len(self.data):
+            raise ProtocolError(f"message announces {length} bytes but has {len(self.data) - self.pos}")
+        chunk = self.data[self.pos : end]
+        self.pos = end
+        return chunk
+
+    def var_string(self) -> str:
+        try:
+            return self.var_bytes().decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProtocolError("string is not UTF-8") from exc
+
+
+def var_uint(num: int) -> bytes:
+    out = bytearray()
+    while num > 0x7F:
+        out.append(0x80 | (num & 0x7F))
+        num >>= 7
+    out.append(num)
+    return bytes(out)
+
+
+def var_bytes(data: bytes) -> bytes:
+    return var_uint(len(data)) + data
+
+
+def parse_message(data: bytes) -> Message:
+    """Decode one websocket message; raises `ProtocolError` for anything malformed."""
+    reader = Reader(data)
+    kind = reader.var_uint()
+    message: Message
+    if kind == MessageType.SYNC:
+        step = reader.var_uint()
+        if step not in (0, 1, 2):
+            raise ProtocolError(f"unknown sync step {step}")
+        message = SyncMessage(SyncStep(step), reader.var_bytes())
+    elif kind == MessageType.AWARENESS:
+        message = AwarenessMessage(reader.var_bytes())
+    elif kind == MessageType.QUERY_AWARENESS:
+        message = QueryAwarenessMessage()
+    else:
+        raise ProtocolError(f"unknown message type {kind}")
+    if not reader.done():
+        raise ProtocolError("trailing bytes after the message")
+    return message
+
+
+def sync_step1(state_vector: bytes) -> bytes:
+    return bytes((MessageType.SYNC, SyncStep.STEP1)) + var_bytes(state_vector)
+
+
+def sync_step2(update: bytes) -> bytes:
+    return bytes((MessageType.SYNC, SyncStep.STEP2)) + var_bytes(update)
+
+
+def sync_update(update: bytes) -> bytes:
+    return bytes((MessageType.SYNC, SyncStep.UPDATE)) + var_bytes(update)
+
+
+def awareness_message(update: bytes) -> bytes:
+    return bytes((MessageType.AWARENESS,)) + var_bytes(update)
+
+
+def query_awareness_message() -> bytes:
+    return bytes((MessageType.QUERY_AWARENESS,))
+
+
+# An update with no structs and no deletions: Yjs applies it as a no-op. Sent as a keepalive,
+# because y-websocket reconnects when it has received no *message* for 30 s (pings don't count).
+EMPTY_UPDATE = b"\x00\x00"
+KEEPALIVE = sync_update(EMPTY_UPDATE)
+
+
+def decode_awareness(update: bytes) -> list[AwarenessEntry]:
+    reader = Reader(update)
+    count = reader.var_uint()
+    entries = []
+    for _ in range(count):
+        client_id = reader.var_uint()
+        clock = reader.var_uint()
+        raw = reader.var_string()
+        try:
+            state = json.loads(raw)
+        except ValueError as exc:
+            raise ProtocolError("awareness state is not JSON") from exc
+        if state is not None and not isinstance(state, dict):
+            raise ProtocolError("awareness state is not a JSON object")
+        entries.append(AwarenessEntry(client_id, clock, state))
+    if not reader.done():
+        raise ProtocolError("trailing bytes after the awareness update")
+    return entries
+
+
+def encode_awareness(entries: list[AwarenessEntry]) -> bytes:
+    out = [var_uint(len(entries))]
+    for entry in entries:
+        out.append(var_uint(entry.client_id))
+        out.append(var_uint(entry.clock))
+        text = json.dumps(entry.state, separators=(",", ":"))
+        out.append(var_bytes(text.encode("utf-8")))
+    return b"".join(out)
+
+
+def decode_state_vector(data: bytes) -> dict[int, int]:
+    reader = Reader(data)
+    count = reader.var_uint()
+    vector = {}
+    for _ in range(count):
+        client_id = reader.var_uint()
+        vector[client_id] = reader.var_uint()
+    return vector
+
+
+def covers(state: dict[int, int], required: dict[int, int]) -> bool:
+    """True when `state` has integrated every clock `required` names."""
+    return all(state.get(client, 0) >= clock for client, clock in required.items())

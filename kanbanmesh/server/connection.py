@@ -1,0 +1,74 @@
+"""One peer's connection to a room: its outbox and the task that drains it.
+
+Updates for a peer are never dropped. While the peer is slow they pile up in its outbox and
+are merged into one update (`merge_updates`), so the outbox stays bounded by the size of the
+changes rather than by their number, and the peer gets one message instead of thousands.
+"""
+
+from __future__ import annotations
+
+import anyio
+from pycrdt import merge_updates
+
+from kanbanmesh.protocol import codec
+from kanbanmesh.protocol.channel import Channel
+
+# Merge in place once this many updates wait, so a stalled peer costs memory in proportion
+# to what changed, not to how many updates it missed.
+_COMPACT_AT = 512
+
+
+class Connection:
+    """A connected peer: `enqueue_*` never block; `run_sender` writes to the channel."""
+
+    def __init__(self, channel: Channel, *, keepalive_s: float) -> None:
+        self.channel = channel
+        self.keepalive_s = keepalive_s
+        self._updates: list[bytes] = []
+        self._other: list[bytes] = []
+        self._wakeup = anyio.Event()
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def enqueue_update(self, update: bytes) -> None:
+        if self._closed:
+            return
+        self._updates.append(update)
+        if len(self._updates) >= _COMPACT_AT:
+            self._updates = [merge_updates(*self._updates)]
+        self._wakeup.set()
+
+    def enqueue_message(self, message: bytes) -> None:
+        """Queue a ready-made message (awareness, sync step 2)."""
+        if self._closed:
+            return
+        self._other.append(message)
+        self._wakeup.set()
+
+    async def run_sender(self) -> None:
+        """Drain the outbox until the channel closes; sends a keepalive when idle."""
+        while not self._closed:
+            with anyio.move_on_after(self.keepalive_s) as idle:
+                await self._wakeup.wait()
+            self._wakeup = anyio.Event()
+            messages = self._other
+            self._other = []
+            if self._updates:
+                updates = self._updates
+                self._updates = []
+                update = updates[0] if len(updates) == 1 else merge_updates(*updates)
+                messages.append(codec.sync_update(update))
+            if idle.cancelled_caught and not messages:
+                messages.append(codec.KEEPALIVE)
+            for message in messages:
+                if not await self.channel.send(message):
+                    self._closed = True
+                    return
+
+    async def close(self, code: int, reason: str) -> None:
+        self._closed = True
+        self._wakeup.set()
+        await self.channel.close(code, reason)

@@ -1,0 +1,85 @@
+"""The hub: every board room of one server, their store, and the embedded brokers."""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from broker.service import Broker, BrokerSettings
+from broker.view import RoomView
+from kanbanmesh.errors import ConfigurationError
+from kanbanmesh.server.room import BoardRoom, RoomSettings
+from kanbanmesh.server.store import BoardStore
+from kanbanmesh.settings import BOARD_NAME_PATTERN
+
+log = logging.getLogger(__name__)
+
+_BOARD_NAME = re.compile(BOARD_NAME_PATTERN)
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    room: RoomSettings = RoomSettings()
+    broker: BrokerSettings | None = BrokerSettings(name="embedded")  # None: no embedded broker
+
+
+class Hub:
+    """Creates rooms on first use, loads them from the store, runs their brokers."""
+
+    def __init__(self, store: BoardStore | None, settings: HubSettings) -> None:
+        self._store = store
+        self._settings = settings
+        self._rooms: dict[str, BoardRoom] = {}
+        self._brokers: dict[str, Broker] = {}
+        self._lock = anyio.Lock()
+        self._tg: TaskGroup | None = None
+
+    @staticmethod
+    def valid_board(name: str) -> bool:
+        return bool(_BOARD_NAME.match(name))
+
+    @property
+    def rooms(self) -> dict[str, BoardRoom]:
+        return dict(self._rooms)
+
+    def broker(self, board: str) -> Broker | None:
+        return self._brokers.get(board)
+
+    async def start(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            if self._store is not None:
+                # Boards with history get their broker back at once, so their queues move
+                # even before anybody connects.
+                for name in await self._store.boards():
+                    if self.valid_board(name):
+                        await self.room(name)
+            task_status.started()
+            await anyio.sleep_forever()
+
+    async def room(self, name: str) -> BoardRoom:
+        """The room of board `name`, created and loaded on first use."""
+        if not self.valid_board(name):
+            raise ConfigurationError(f"invalid board name {name!r}")
+        room = self._rooms.get(name)
+        if room is not None:
+            return room
+        async with self._lock:
+            room = self._rooms.get(name)
+            if room is not None:
+                return room
+            if self._tg is None:
+                raise RuntimeError("the hub is not running")
+            room = BoardRoom(name, self._store, self._settings.room)
+            await self._tg.start(room.start)
+            self._rooms[name] = room
+            if self._settings.broker is not None:
+                broker = Broker(RoomView(room, random.getrandbits(32)), self._settings.broker)
+                await self._tg.start(broker.run)
+                self._brokers[name] = broker
+            return room

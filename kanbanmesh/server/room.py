@@ -1,0 +1,205 @@
+"""A board room: one pycrdt document, its connections, its awareness and its persistence.
+
+Built on pycrdt's document and the y-websocket protocol, not on pycrdt-websocket's `YRoom`,
+whose behaviours DESIGN.md lists as things to fix: it never loads from its store, echoes each
+update to its sender, drops updates when its fan-out buffer is full, does not send existing
+awareness to a peer that joins, keeps a closed peer's awareness for 30 s and shows its own
+empty state as a phantom peer. Here every update is persisted and fanned out from one
+`Doc.observe` callback, to every connection except the one it came from.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+from anyio.abc import TaskStatus
+from pycrdt import Doc, TransactionEvent
+
+from awareness.registry import AwarenessConflictError, AwarenessRegistry
+from kanbanmesh.board import constants as c
+from kanbanmesh.board.document import BoardDoc
+from kanbanmesh.errors import ConnectionClosedError, ProtocolError
+from kanbanmesh.protocol import codec
+from kanbanmesh.protocol.channel import Channel
+from kanbanmesh.server.connection import Connection
+from kanbanmesh.server.store import BoardStore
+from kanbanmesh.server.validation import UpdateRefused, UpdateValidator, ValidationLimits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoomSettings:
+    keepalive_s: float = 10.0  # y-websocket reconnects after 30 s without a message
+    awareness_timeout_s: float = 30.0  # as Yjs: a state not renewed for this long is gone
+    compact_every: int = 5000  # persisted rows of one board before they are squashed
+    limits: ValidationLimits = ValidationLimits()
+
+
+@dataclass
+class RoomStats:
+    updates_applied: int = 0
+    updates_refused: int = 0
+    connections_total: int = 0
+
+
+class BoardRoom:
+    """Serves one board to any number of connections."""
+
+    def __init__(self, name: str, store: BoardStore | None, settings: RoomSettings) -> None:
+        self.name = name
+        self.doc = Doc()
+        self.board = BoardDoc(self.doc)
+        self.awareness = AwarenessRegistry()
+        self.stats = RoomStats()
+        self._store = store
+        self._settings = settings
+        self._connections: set[Connection] = set()
+        self._origin: Connection | None = None
+        self._validator: UpdateValidator | None = None
+        self._ready = anyio.Event()
+        self._update_listeners: list[Callable[[], None]] = []
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    def on_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after every applied update (the embedded broker wakes on it)."""
+        self._update_listeners.append(listener)
+
+    async def start(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Load the board from the store, then serve until cancelled."""
+        if self._store is not None:
+            for update in await self._store.load(self.name):
+                self.doc.apply_update(update)
+        self._validator = UpdateValidator(self.doc, self._settings.limits)
+        self.doc.observe(self._on_doc_update)
+        self._ready.set()
+        task_status.started()
+        ticks = 0
+        while True:
+            await anyio.sleep(1.0)
+            ticks += 1
+            self._maybe_compact()
+            if ticks % 5 == 0:
+                removal = self.awareness.expire(self._settings.awareness_timeout_s)
+                if removal is not None:
+                    self._broadcast(codec.awareness_message(removal), None)
+
+    def _maybe_compact(self) -> None:
+        # Outside the observe callback: a snapshot cannot be taken mid-transaction.
+        if self._store is not None and self._store.pending_rows(self.name) > self._settings.compact_every:
+            self._store.compact(self.name, self.doc.get_update())
+
+    def _on_doc_update(self, event: TransactionEvent) -> None:
+        update: bytes = event.update
+        origin = self._origin
+        if origin is None and self._validator is not None:
+            self._validator.mirror(update)  # the server's own write: keep the twin level
+        for conn in self._connections:
+            if conn is not origin:
+                conn.enqueue_update(update)
+        if self._store is not None:
+            self._store.append(self.name, update)
+        self.stats.updates_applied += 1
+        for listener in self._update_listeners:
+            listener()
+
+    def _broadcast(self, message: bytes, exclude: Connection | None) -> None:
+        for conn in self._connections:
+            if conn is not exclude:
+                conn.enqueue_message(message)
+
+    def publish_awareness(self, owner: object, client_id: int, state: dict[str, object] | None) -> None:
+        """Set an awareness state owned by the server process (the embedded broker)."""
+        update = self.awareness.set_local(owner, client_id, state)
+        self._broadcast(codec.awareness_message(update), None)
+
+    async def serve(self, channel: Channel) -> None:
+        """Serve one connection until it closes; a peer breaking a rule is closed with a reason."""
+        await self._ready.wait()
+        conn = Connection(channel, keepalive_s=self._settings.keepalive_s)
+        self._connections.add(conn)
+        self.stats.connections_total += 1
+        conn.enqueue_message(codec.sync_step1(self.doc.get_state()))
+        existing = self.awareness.full_update()
+        if existing is not None:
+            conn.enqueue_message(codec.awareness_message(existing))
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._run_sender, conn, tg.cancel_scope)
+                try:
+                    await self._read_loop(conn)
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            self._connections.discard(conn)
+            removal = self.awareness.remove_owner(conn)
+            if removal is not None:
+                self._broadcast(codec.awareness_message(removal), None)
+
+    async def _run_sender(self, conn: Connection, scope: anyio.CancelScope) -> None:
+        await conn.run_sender()
+        scope.cancel()  # the peer is gone: stop reading too
+
+    async def _read_loop(self, conn: Connection) -> None:
+        while True:
+            try:
+                data = await conn.channel.recv()
+            except ConnectionClosedError:
+                return
+            try:
+                self._handle(conn, data)
+            except ProtocolError as exc:
+                self.stats.updates_refused += 1
+                await conn.close(c.CLOSE_PROTOCOL_ERROR, _reason(f"malformed message: {exc}"))
+                return
+            except UpdateRefused as exc:
+                self.stats.updates_refused += 1
+                log.info("board %s: refused an update: %s", self.name, exc.reason)
+                await conn.close(exc.code, _reason(exc.reason))
+                return
+            except AwarenessConflictError as exc:
+                await conn.close(c.CLOSE_POLICY_VIOLATION, _reason(str(exc)))
+                return
+
+    def _handle(self, conn: Connection, data: bytes) -> None:
+        message = codec.parse_message(data)
+        if isinstance(message, codec.SyncMessage):
+            if message.step is codec.SyncStep.STEP1:
+                try:
+                    reply = self.doc.get_update(message.payload)
+                except ValueError as exc:
+                    raise ProtocolError(f"state vector does not decode: {exc}") from exc
+                conn.enqueue_message(codec.sync_step2(reply))
+            else:
+                self._apply(conn, message.payload)
+        elif isinstance(message, codec.AwarenessMessage):
+            update = self.awareness.apply(conn, message.update)
+            # Echoed to the sender too: y-websocket counts it as a sign of life.
+            self._broadcast(codec.awareness_message(update), None)
+        else:
+            full = self.awareness.full_update()
+            if full is not None:
+                conn.enqueue_message(codec.awareness_message(full))
+
+    def _apply(self, conn: Connection, update: bytes) -> None:
+        if update == codec.EMPTY_UPDATE:
+            return
+        if self._validator is not None:
+            self._validator.check(update)
+        self._origin = conn
+        try:
+            self.doc.apply_update(update)
+        finally:
+            self._origin = None
+
+
+def _reason(text: str) -> str:
+    # A close frame's reason must fit in 123 bytes of UTF-8.
+    raw = text.encode("utf-8")[:123]
+    return raw.decode("utf-8", errors="ignore")

@@ -1,0 +1,107 @@
+"""Running the server: the store, the hub and uvicorn in one anyio task group.
+
+Signals are handled here rather than by uvicorn, whose handler re-raises the signal as soon as
+it stops serving, before the store could flush. SIGTERM and SIGINT stop serving, then the
+store's queue is committed, then the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
+
+import anyio
+import uvicorn
+from anyio.abc import TaskStatus
+
+from broker.service import BrokerSettings
+from kanbanmesh.errors import ConfigurationError
+from kanbanmesh.server.app import create_app
+from kanbanmesh.server.hub import Hub, HubSettings
+from kanbanmesh.server.room import RoomSettings
+from kanbanmesh.server.store import BoardStore
+from kanbanmesh.server.validation import ValidationLimits
+from kanbanmesh.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _Server(uvicorn.Server):
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # signals are ours (see the module docstring)
+
+
+def hub_settings(settings: Settings) -> HubSettings:
+    return HubSettings(
+        room=RoomSettings(
+            keepalive_s=settings.keepalive_s,
+            limits=ValidationLimits(max_task_bytes=settings.max_task_bytes),
+        ),
+        broker=BrokerSettings(
+            max_attempts=settings.max_attempts,
+            orphan_grace_s=settings.orphan_grace_s,
+            name="embedded",
+        )
+        if settings.embedded_broker
+        else None,
+    )
+
+
+async def serve(
+    settings: Settings,
+    *,
+    handle_signals: bool = False,
+    task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until cancelled (or signalled); signals started with the `ws://host:port` URL."""
+    sock = socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((settings.host, settings.port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from exc
+    host, port = sock.getsockname()[:2]
+    url = f"ws://{settings.host}:{port}"
+    config = uvicorn.Config(
+        app=None,  # set below, once the hub exists
+        ws="websockets-sansio",
+        ws_max_size=settings.max_message_bytes,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        ws_per_message_deflate=False,
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+    )
+    async with AsyncExitStack() as stack:
+        store = None
+        if settings.persist:
+            store = await stack.enter_async_context(
+                BoardStore(settings.data_dir / "boards.sqlite3")
+            )
+        hub = Hub(store, hub_settings(settings))
+        config.app = create_app(hub)
+        server = _Server(config)
+        async with anyio.create_task_group() as tg:
+            await tg.start(hub.start)
+            if handle_signals:
+                tg.start_soon(_stop_on_signal, server)
+            log.info("serving %s", url)
+            task_status.started(url)
+            try:
+                await server.serve(sockets=[sock])
+            finally:
+                tg.cancel_scope.cancel()
+
+
+async def _stop_on_signal(server: uvicorn.Server) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async for signum in signals:
+            log.info("received %s: stopping", signal.Signals(signum).name)
+            server.should_exit = True
+            return

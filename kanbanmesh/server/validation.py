@@ -1,0 +1,124 @@
+"""Checking an incoming update before it reaches the board.
+
+The update is first applied to a twin of the board document; `observe_deep` on the twin's four
+root maps tells exactly what it touched (a new entry, a field of an entry, a deletion, a text
+append). Only if the check passes is the same update applied to the board. A refused update
+leaves the twin ahead of the board, so the twin is rebuilt from the board.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from pycrdt import Doc, Map, MapEvent, Subscription
+
+from kanbanmesh.board import constants as c
+from kanbanmesh.board.document import entry_from_fields, plain_fields, request_from_fields
+from kanbanmesh.errors import InvalidTaskError
+
+
+class UpdateRefused(Exception):
+    """An incoming update breaks a rule; `code` is the websocket close code to send."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ValidationLimits:
+    max_task_bytes: int = 1 << 20  # a new task's fields as JSON
+
+
+@dataclass(frozen=True)
+class _NewEntry:
+    column: str
+    key: str
+    value: Any
+
+
+class UpdateValidator:
+    """Validates incoming updates against a twin of one board document."""
+
+    def __init__(self, board: Doc, limits: ValidationLimits) -> None:
+        self._board = board
+        self._limits = limits
+        self._new: list[_NewEntry] = []
+        self._subs: list[tuple[Map, Subscription]] = []
+        self._twin = self._make_twin()
+
+    def _make_twin(self) -> Doc:
+        for ymap, sub in self._subs:
+            ymap.unobserve(sub)
+        self._subs = []
+        twin = Doc()
+        twin.apply_update(self._board.get_update())
+        for name in c.COLUMNS:
+            ymap = twin.get(name, type=Map)
+            self._subs.append((ymap, ymap.observe_deep(self._collector(name))))
+        return twin
+
+    def _collector(self, column: str) -> Any:
+        def collect(events: list[Any]) -> None:
+            for event in events:
+                if not isinstance(event, MapEvent) or list(event.path):
+                    continue
+                for key, change in event.keys.items():
+                    if change.get("action") in ("add", "update"):
+                        value = change.get("newValue")
+                        # read it now: event values are only valid inside the callback
+                        fields = plain_fields(value) if isinstance(value, Map) else value
+                        self._new.append(_NewEntry(column, key, fields))
+
+        return collect
+
+    def mirror(self, update: bytes) -> None:
+        """Apply an update the server itself wrote to the board (the embedded broker)."""
+        self._twin.apply_update(update)
+        self._new.clear()
+
+    def check(self, update: bytes) -> None:
+        """Raise `UpdateRefused` unless `update` may be applied to the board."""
+        self._new.clear()
+        try:
+            self._twin.apply_update(update)
+        except ValueError as exc:
+            self._twin = self._make_twin()
+            raise UpdateRefused(c.CLOSE_INVALID_UPDATE, f"update does not decode: {exc}") from exc
+        try:
+            for entry in self._new:
+                self._check_entry(entry)
+        except UpdateRefused:
+            self._twin = self._make_twin()
+            raise
+        finally:
+            self._new.clear()
+
+    def _check_entry(self, entry: _NewEntry) -> None:
+        where = f"{entry.column}[{entry.key!r}]"
+        if not isinstance(entry.value, dict):
+            raise UpdateRefused(
+                c.CLOSE_INVALID_TASK,
+                f"{where} must be a Y.Map task entry, not {type(entry.value).__name__}",
+            )
+        fields = entry.value
+        size = len(json.dumps(fields, default=str))
+        if size > self._limits.max_task_bytes:
+            raise UpdateRefused(
+                c.CLOSE_TASK_TOO_LARGE,
+                f"{where} is {size} bytes, over the limit of {self._limits.max_task_bytes}",
+            )
+        if fields.get(c.F_ID) != entry.key:
+            raise UpdateRefused(
+                c.CLOSE_INVALID_TASK, f"{where} has id {fields.get(c.F_ID)!r}, not its key"
+            )
+        try:
+            if entry.column == c.TODO:
+                request_from_fields(fields)
+            else:
+                entry_from_fields(fields)
+        except InvalidTaskError as exc:
+            raise UpdateRefused(c.CLOSE_INVALID_TASK, f"{where}: {exc}") from exc

@@ -1,0 +1,68 @@
+"""Settings: one pydantic model, built once in the CLI from flags and `KANBANMESH_*` variables.
+
+Precedence: a flag given on the command line, then the environment variable
+(`KANBANMESH_PORT=9000`), then the default. The model is passed inward as a value; nothing
+below the CLI reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from kanbanmesh.board import constants as c
+
+BOARD_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "kanbanmesh"
+
+
+class Settings(BaseSettings):
+    """Every setting of every command; each command reads the ones it needs."""
+
+    model_config = SettingsConfigDict(env_prefix="KANBANMESH_", extra="ignore")
+
+    # Where clients connect (every client command).
+    url: str = "ws://127.0.0.1:8765"
+    board: str = Field(default=c.DEFAULT_BOARD, pattern=BOARD_NAME_PATTERN)
+    token: str | None = None
+    owner: str = ""
+
+    # Server.
+    host: str = "127.0.0.1"
+    port: int = Field(default=8765, ge=0, le=65535)
+    data_dir: Path = Field(default_factory=default_data_dir)
+    persist: bool = True
+    embedded_broker: bool = True
+    max_message_bytes: int = Field(default=64 << 20, ge=1024)
+    max_task_bytes: int = Field(default=1 << 20, ge=256)
+    keepalive_s: float = Field(default=10.0, gt=0)
+
+    # Broker.
+    max_attempts: int = Field(default=3, ge=1)
+    orphan_grace_s: float = Field(default=5.0, ge=0)
+
+    # Worker.
+    backend: Literal["echo"] = "echo"
+    slots: int = Field(default=1, ge=1, le=256)
+    name: str = ""
+    echo_delay_ms: float = Field(default=0.0, ge=0)
+    workers: int = Field(default=1, ge=0, le=64)
+
+    @field_validator("url")
+    @classmethod
+    def _ws_url(cls, value: str) -> str:
+        if not value.startswith(("ws://", "wss://")):
+            raise ValueError("the server URL must start with ws:// or wss://")
+        return value.rstrip("/")
+
+    def http_url(self) -> str:
+        """The server's HTTP base URL (same host and port as the websocket)."""
+        return "http" + self.url[2:]

@@ -1,0 +1,247 @@
+"""The worker: takes the tasks the broker assigned to it, streams a backend's output into them.
+
+Each task runs in its own slot task: `prepared -> doing` (with a fresh `output` Y.Text), one
+append per chunk, `doing -> done` with status, result, usage and timings. A task whose entry
+stops being ours (requeued to another attempt, or gone) is abandoned without writing more.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.abc import TaskStatus as StartStatus
+from pycrdt import Map, Text
+
+import kanbanmesh
+from awareness.states import Role, WorkerState
+from kanbanmesh.board import constants as c
+from kanbanmesh.board.document import entry_from_map, now_ms
+from kanbanmesh.board.schema import TaskEntry, TaskStatus, Timings, Usage
+from kanbanmesh.board.transitions import Column, Writer
+from kanbanmesh.errors import BackendError, InvalidTaskError
+from kanbanmesh.peer import BoardPeer
+from worker.backends.base import Backend, Finished, GenerationRequest, TextChunk
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    name: str = ""
+    slots: int = 1
+    worker_id: str = field(default_factory=lambda: f"worker-{uuid.uuid4().hex[:12]}")
+
+
+@dataclass
+class _Outcome:
+    status: TaskStatus = TaskStatus.SUCCEEDED
+    text: str = ""
+    error: dict[str, str] | None = None
+    usage: Usage = field(default_factory=Usage)
+    first_chunk_at: float | None = None
+    chunks: int = 0
+
+
+@dataclass
+class _Run:
+    attempt: int
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    cancelled: bool = False
+
+
+class Worker:
+    """Serves one backend on one board through a `BoardPeer`."""
+
+    def __init__(self, peer: BoardPeer, backend: Backend, settings: WorkerSettings) -> None:
+        if settings.slots < 1:
+            raise ValueError("a worker needs at least one slot")
+        self._peer = peer
+        self._backend = backend
+        self._settings = settings
+        self.id = settings.worker_id
+        self.name = settings.name or self.id
+        self._running: dict[str, _Run] = {}
+        self._draining = False
+        self.completed = 0
+
+    async def run(self, *, task_status: StartStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Announce the worker and serve assigned tasks until cancelled."""
+        await self._backend.start()
+        try:
+            self._publish()
+            async with anyio.create_task_group() as tg:
+                task_status.started()
+                while True:
+                    self._pick_up(tg)
+                    self._watch_cancels()
+                    with anyio.move_on_after(1.0):
+                        await self._peer.changed.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._backend.stop()
+
+    def drain(self) -> None:
+        """Take no new tasks (announced as `draining`); running ones finish."""
+        self._draining = True
+        self._publish()
+
+    def _publish(self) -> None:
+        busy = len(self._running)
+        if self._draining:
+            state = WorkerState.DRAINING
+        elif busy >= self._settings.slots:
+            state = WorkerState.WORKING
+        else:
+            state = WorkerState.READY
+        presence: dict[str, Any] = {
+            c.A_ROLE: Role.WORKER.value,
+            c.A_ID: self.id,
+            c.A_NAME: self.name,
+            c.A_MODELS: self._backend.models,
+            c.A_SLOTS: self._settings.slots,
+            c.A_STATE: state.value,
+            c.A_TASKS: sorted(self._running),
+            c.A_ENGINE: self._backend.engine,
+            c.A_VERSION: kanbanmesh.__version__,
+        }
+        self._peer.set_presence(presence)
+
+    def _pick_up(self, tg: TaskGroup) -> None:
+        if self._draining:
+            return
+        prepared = self._peer.board.column_map(Column.PREPARED)
+        for task_id, entry in list(prepared.items()):
+            if len(self._running) >= self._settings.slots:
+                break
+            if task_id in self._running or not isinstance(entry, Map):
+                continue
+            if entry.get(c.F_WORKER) != self.id:
+                continue
+            run = _Run(attempt=int(entry.get(c.F_ATTEMPT) or 1))
+            self._running[task_id] = run
+            tg.start_soon(self._execute, task_id, run)
+        self._publish()
+
+    def _watch_cancels(self) -> None:
+        doing = self._peer.board.column_map(Column.DOING)
+        for task_id, run in self._running.items():
+            entry = doing.get(task_id)
+            if isinstance(entry, Map) and entry.get(c.F_CANCEL) and not run.cancelled:
+                run.cancelled = True
+                run.scope.cancel()
+
+    def _ours(self, column: Column, task_id: str, run: _Run) -> Map | None:
+        entry = self._peer.board.column_map(column).get(task_id)
+        if not isinstance(entry, Map):
+            return None
+        if entry.get(c.F_WORKER) != self.id or int(entry.get(c.F_ATTEMPT) or 1) != run.attempt:
+            return None
+        return entry
+
+    async def _execute(self, task_id: str, run: _Run) -> None:
+        try:
+            await self._execute_inner(task_id, run)
+        finally:
+            self._running.pop(task_id, None)
+            self._publish()
+
+    async def _execute_inner(self, task_id: str, run: _Run) -> None:
+        board = self._peer.board
+        entry = self._ours(Column.PREPARED, task_id, run)
+        if entry is None:
+            return
+        started_at = now_ms()
+        try:
+            task = entry_from_map(entry)
+        except InvalidTaskError as exc:
+            board.move(task_id, Column.PREPARED, Column.DOING, Writer.WORKER,
+                       set_fields={c.F_STARTED_AT: started_at}, new_output=True)
+            self._finish(task_id, run, None, started_at, _Outcome(
+                TaskStatus.FAILED, error={"code": "invalid_task", "message": str(exc)}))
+            return
+        board.move(task_id, Column.PREPARED, Column.DOING, Writer.WORKER,
+                   set_fields={c.F_STARTED_AT: started_at}, new_output=True)
+        if task.cancel:
+            self._finish(task_id, run, task, started_at, _Outcome(TaskStatus.CANCELLED))
+            return
+        outcome = _Outcome()
+        with run.scope:
+            await self._generate(task_id, run, task, outcome)
+        if run.cancelled:
+            outcome.status = TaskStatus.CANCELLED
+        self._finish(task_id, run, task, started_at, outcome)
+
+    async def _generate(self, task_id: str, run: _Run, task: TaskEntry, outcome: _Outcome) -> None:
+        request = GenerationRequest(
+            messages=task.messages, prompt=task.prompt, params=task.params, model=task.model
+        )
+        try:
+            async with aclosing(self._backend.generate(request)) as events:
+                async for event in events:
+                    if isinstance(event, Finished):
+                        outcome.usage = event.usage
+                        continue
+                    if not self._append(task_id, run, event, outcome):
+                        run.scope.cancel()  # no longer ours: stop spending the backend
+                        return
+        except BackendError as exc:
+            outcome.status = TaskStatus.FAILED
+            outcome.error = {"code": exc.code, "message": exc.message}
+
+    def _append(self, task_id: str, run: _Run, chunk: TextChunk, outcome: _Outcome) -> bool:
+        entry = self._ours(Column.DOING, task_id, run)
+        if entry is None:
+            return False
+        if entry.get(c.F_CANCEL):
+            run.cancelled = True
+            return False
+        output = entry.get(c.F_OUTPUT)
+        if not isinstance(output, Text):
+            return False
+        # `entry["output"] += x` would replace the Text; append to the Text itself.
+        output += chunk.text
+        outcome.text += chunk.text
+        outcome.chunks += chunk.tokens
+        if outcome.first_chunk_at is None:
+            outcome.first_chunk_at = now_ms()
+        return True
+
+    def _finish(
+        self, task_id: str, run: _Run, task: TaskEntry | None, started_at: float, outcome: _Outcome
+    ) -> None:
+        if self._ours(Column.DOING, task_id, run) is None:
+            log.info("task %s attempt %d is no longer ours; dropping its outcome", task_id, run.attempt)
+            return
+        finished = now_ms()
+        usage = outcome.usage
+        if usage.completion_tokens == 0 and outcome.chunks:
+            usage = Usage(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=outcome.chunks,
+                total_tokens=usage.prompt_tokens + outcome.chunks,
+            )
+        gen_ms = finished - (outcome.first_chunk_at or started_at)
+        timings = Timings(
+            queued_ms=max(0.0, started_at - (task.created_at if task and task.created_at else started_at)),
+            ttft_ms=(outcome.first_chunk_at - started_at) if outcome.first_chunk_at else 0.0,
+            total_ms=finished - started_at,
+            tokens_per_s=(usage.completion_tokens / (gen_ms / 1000.0)) if gen_ms > 0 else 0.0,
+        )
+        fields: dict[str, Any] = {
+            c.F_STATUS: outcome.status.value,
+            c.F_RESULT: outcome.text,
+            c.F_TOKENS: usage.completion_tokens,
+            c.F_USAGE: usage.model_dump(),
+            c.F_TIMINGS: timings.model_dump(),
+            c.F_FINISHED_AT: finished,
+        }
+        if outcome.error is not None:
+            fields[c.F_ERROR] = outcome.error
+        self._peer.board.move(task_id, Column.DOING, Column.DONE, Writer.WORKER, set_fields=fields)
+        self.completed += 1
