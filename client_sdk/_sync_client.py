@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from contextlib import ExitStack
 from typing import Any
 
+import anyio
+from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from awareness.states import WorkerPresence
@@ -36,6 +39,8 @@ class Client:
         self._async = AsyncClient(url, board, token=token, owner=owner, connect_timeout_s=connect_timeout_s)
         self._stack = ExitStack()
         self._portal: BlockingPortal | None = None
+        self._held: Future[None] | None = None
+        self._closing: anyio.Event | None = None
 
     def __enter__(self) -> Client:
         self.connect()
@@ -53,15 +58,25 @@ class Client:
     def connect(self) -> None:
         portal = self._stack.enter_context(start_blocking_portal())
         try:
-            portal.call(self._async.connect)
+            self._held, _ = portal.start_task(self._hold)
         except BaseException:
             self._stack.close()
             raise
         self._portal = portal
 
+    async def _hold(self, *, task_status: TaskStatus[None]) -> None:
+        # The async client lives in one task of the portal, from connect to close: its task
+        # group must be entered and left by the same task.
+        self._closing = anyio.Event()
+        async with self._async:
+            task_status.started()
+            await self._closing.wait()
+
     def close(self) -> None:
-        if self._portal is not None:
-            self._portal.call(self._async.close)
+        if self._portal is not None and self._closing is not None:
+            self._portal.call(self._closing.set)
+            if self._held is not None:
+                self._held.result()
             self._portal = None
         self._stack.close()
 

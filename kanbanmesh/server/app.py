@@ -28,6 +28,7 @@ def create_app(hub: Hub) -> Starlette:
                 "version": kanbanmesh.__version__,
                 "boards": sorted(rooms),
                 "connections": sum(r.connections for r in rooms.values()),
+                "unflushed_writes": hub.unflushed_writes,
             }
         )
 

@@ -47,6 +47,11 @@ class Hub:
     def rooms(self) -> dict[str, BoardRoom]:
         return dict(self._rooms)
 
+    @property
+    def unflushed_writes(self) -> int:
+        """Updates applied but not yet committed to disk (0 without a store)."""
+        return self._store.unflushed if self._store is not None else 0
+
     def broker(self, board: str) -> Broker | None:
         return self._brokers.get(board)
 

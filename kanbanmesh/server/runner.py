@@ -96,6 +96,7 @@ async def serve(
             try:
                 await server.serve(sockets=[sock])
             finally:
+                sock.close()
                 tg.cancel_scope.cancel()
 
 

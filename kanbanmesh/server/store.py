@@ -280,6 +280,11 @@ class BoardStore:
         if wake and self._wake is not None and not self._wake.is_set():
             self._wake.set()
 
+    @property
+    def unflushed(self) -> int:
+        """Operations appended but not yet committed (0 once everything is on disk)."""
+        return self._enqueued - self._dequeued
+
     def _queued(self) -> bool:
         with self._queue_lock:
             return bool(self._queue)
