@@ -50,24 +50,30 @@ class AwarenessRegistry:
     def client_ids_of(self, owner: Hashable) -> list[int]:
         return [cid for cid, p in self._peers.items() if p.owner is owner and p.state is not None]
 
-    def apply(self, owner: Hashable, update: bytes) -> bytes:
-        """Apply an awareness update from `owner`; returns the update to forward to peers.
+    def apply(self, owner: Hashable, update: bytes) -> bytes | None:
+        """Apply an awareness update from `owner`; returns what to forward to peers (None: nothing).
 
-        Raises `ProtocolError` for malformed bytes and `AwarenessConflictError` when the update
-        touches a client id bound to another owner.
+        Stock y-websocket clients re-broadcast every awareness change they hear, other peers'
+        included, with the clock they heard: such an echo is ignored. Raises `ProtocolError`
+        for malformed bytes and `AwarenessConflictError` when the update would change a state
+        that another connection owns.
         """
         entries = decode_awareness(update)
-        for entry in entries:
-            peer = self._peers.get(entry.client_id)
-            if peer is not None and peer.owner is not owner and peer.state is not None:
-                raise AwarenessConflictError(
-                    f"client id {entry.client_id} belongs to another connection"
-                )
-        added, updated, removed = [], [], []
+        accepted: list[AwarenessEntry] = []
         for entry in entries:
             peer = self._peers.get(entry.client_id)
             if peer is not None and entry.clock < peer.clock:
                 continue  # stale, as Yjs ignores it too
+            if peer is not None and peer.owner is not owner and peer.state is not None:
+                if entry.clock == peer.clock:
+                    continue  # an echo of what we sent out
+                raise AwarenessConflictError(
+                    f"client id {entry.client_id} belongs to another connection"
+                )
+            accepted.append(entry)
+        added, updated, removed = [], [], []
+        for entry in accepted:
+            peer = self._peers.get(entry.client_id)
             if entry.state is None:
                 if peer is not None and peer.state is not None:
                     removed.append(entry.client_id)
@@ -77,7 +83,7 @@ class AwarenessRegistry:
                 updated.append(entry.client_id)
             self._peers[entry.client_id] = _Peer(owner, entry.clock, entry.state)
         self._emit(added, updated, removed)
-        return update
+        return encode_awareness(accepted) if accepted else None
 
     def set_local(self, owner: Hashable, client_id: int, state: dict[str, Any] | None) -> bytes:
         """Set a state owned by the server itself (the embedded broker); returns the update."""
@@ -85,7 +91,8 @@ class AwarenessRegistry:
         # Yjs ignores a state whose clock is not above the one it knows (0 for a stranger).
         clock = 1 if peer is None else peer.clock + 1
         entry = AwarenessEntry(client_id, clock, state)
-        return self.apply(owner, encode_awareness([entry]))
+        forwarded = self.apply(owner, encode_awareness([entry]))
+        return forwarded if forwarded is not None else encode_awareness([entry])
 
     def remove_owner(self, owner: Hashable) -> bytes | None:
         """Remove every client id of a closed connection; returns the update announcing it."""

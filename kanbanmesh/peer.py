@@ -210,9 +210,12 @@ class BoardPeer:
                     f"server refused the connection to {self._full_url.split('?')[0]}: "
                     f"HTTP {exc.response.status_code} {exc.response.body.decode(errors='replace').strip()}"
                 )
-                if not started or exc.response.status_code in (401, 403, 404):
+                if not started:
                     self.error = error
                     raise error from exc
+                if exc.response.status_code in (401, 403, 404):
+                    self._fail(error)
+                    return
             except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
                 if not started:
                     self.error = ConnectError(f"cannot connect to {self.url}: {exc}")
@@ -222,21 +225,26 @@ class BoardPeer:
                 delay = 0.05
                 try:
                     await self._session(ws, None if started else task_status)
-                    started = True
                 except _Fatal as fatal:
-                    self.error = fatal.error
-                    self._synced.set()  # wake waiters so they see the error
-                    self.changed.notify()
-                    if not started:
+                    if not (started or self._synced.is_set()):
+                        self.error = fatal.error
                         raise fatal.error from None
+                    self._fail(fatal.error)
                     return
-                started = True
+                started = started or self._synced.is_set()
             if not self._reconnect:
                 self.error = ConnectionClosedError("connection to the server was lost")
                 self.changed.notify()
                 return
             await anyio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self._backoff_max_s)
+
+    def _fail(self, error: KanbanMeshError) -> None:
+        """Stop for good with `error`, waking everyone who waits on the peer."""
+        self.error = error
+        self._synced.set()
+        self.changed.notify()
+        self.presence_changed.notify()
 
     async def _session(self, ws: ClientConnection, task_status: TaskStatus[None] | None) -> None:
         self._connected = True
@@ -245,12 +253,20 @@ class BoardPeer:
             await ws.send(codec.sync_step1(self.doc.get_state()))
             if self.awareness.get_local_state() is not None:
                 self._awareness_dirty = True
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._writer, ws)
-                try:
-                    await self._reader(ws, task_status)
-                finally:
-                    tg.cancel_scope.cancel()
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._writer, ws)
+                    try:
+                        await self._reader(ws, task_status)
+                    finally:
+                        tg.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                fatal = group.subgroup(lambda e: isinstance(e, _Fatal))
+                if fatal is None:
+                    raise
+                while isinstance(fatal, BaseExceptionGroup):
+                    fatal = fatal.exceptions[0]
+                raise fatal from None
         finally:
             self._connected = False
             stale = [cid for cid in self.awareness.states if cid != self.awareness.client_id]
@@ -308,6 +324,12 @@ class BoardPeer:
             listener()
 
     async def _writer(self, ws: ClientConnection) -> None:
+        try:
+            await self._write_loop(ws)
+        except ConnectionClosed:
+            return  # the reader sees the close and decides what it means
+
+    async def _write_loop(self, ws: ClientConnection) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup = anyio.Event()

@@ -96,17 +96,24 @@ class ServerProcess:
         return f"ws://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.process = subprocess.Popen(
-            cli("serve", "--port", str(self.port), "--data-dir", str(self.data_dir)),
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "KANBANMESH_ORPHAN_GRACE_S": "0.5"},
-        )
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                cli("serve", "--port", str(self.port), "--data-dir", str(self.data_dir)),
+                stdout=subprocess.DEVNULL, stderr=log,
+                env={**os.environ, "KANBANMESH_ORPHAN_GRACE_S": "0.5"},
+            )
         self.wait_healthy()
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "server.log"
 
     def wait_healthy(self, timeout_s: float = 20.0) -> dict[str, object]:
         deadline = anyio_deadline(timeout_s)
         while True:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stderr.read().decode() if self.process.stderr else ''}")
+                raise RuntimeError(f"server exited: {self.log_path.read_text(errors='replace')}")
             try:
                 reply = httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1.0)
                 if reply.status_code == 200:

@@ -180,8 +180,9 @@ class BoardRoom:
                 self._apply(conn, message.payload)
         elif isinstance(message, codec.AwarenessMessage):
             update = self.awareness.apply(conn, message.update)
-            # Echoed to the sender too: y-websocket counts it as a sign of life.
-            self._broadcast(codec.awareness_message(update), None)
+            if update is not None:
+                # Echoed to the sender too: y-websocket counts it as a sign of life.
+                self._broadcast(codec.awareness_message(update), None)
         else:
             full = self.awareness.full_update()
             if full is not None:

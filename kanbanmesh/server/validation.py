@@ -98,22 +98,24 @@ class UpdateValidator:
             self._new.clear()
 
     def _check_entry(self, entry: _NewEntry) -> None:
-        where = f"{entry.column}[{entry.key!r}]"
+        # Close reasons hold 123 bytes: say what is wrong first, name the entry briefly.
+        where = f"{entry.column}[{entry.key[:24]!r}]"
         if not isinstance(entry.value, dict):
             raise UpdateRefused(
                 c.CLOSE_INVALID_TASK,
-                f"{where} must be a Y.Map task entry, not {type(entry.value).__name__}",
+                f"invalid task: {where} must be a Y.Map, not {type(entry.value).__name__}",
             )
         fields = entry.value
         size = len(json.dumps(fields, default=str))
         if size > self._limits.max_task_bytes:
             raise UpdateRefused(
                 c.CLOSE_TASK_TOO_LARGE,
-                f"{where} is {size} bytes, over the limit of {self._limits.max_task_bytes}",
+                f"task too large: {where} is {size} bytes, over the limit of "
+                f"{self._limits.max_task_bytes}",
             )
         if fields.get(c.F_ID) != entry.key:
             raise UpdateRefused(
-                c.CLOSE_INVALID_TASK, f"{where} has id {fields.get(c.F_ID)!r}, not its key"
+                c.CLOSE_INVALID_TASK, f"invalid task: {where}: its id differs from its key"
             )
         try:
             if entry.column == c.TODO:
@@ -121,4 +123,4 @@ class UpdateValidator:
             else:
                 entry_from_fields(fields)
         except InvalidTaskError as exc:
-            raise UpdateRefused(c.CLOSE_INVALID_TASK, f"{where}: {exc}") from exc
+            raise UpdateRefused(c.CLOSE_INVALID_TASK, f"{exc} in {where}") from exc
