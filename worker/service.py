@@ -68,6 +68,7 @@ class Worker:
         self.name = settings.name or self.id
         self._running: dict[str, _Run] = {}
         self._draining = False
+        self._announced: dict[str, Any] | None = None
         self.completed = 0
 
     async def run(self, *, task_status: StartStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -110,7 +111,11 @@ class Worker:
             c.A_ENGINE: self._backend.engine,
             c.A_VERSION: kanbanmesh.__version__,
         }
-        self._peer.set_presence(presence)
+        # Only on change: every awareness update is fanned out to every peer of the board.
+        # (pycrdt's Awareness renews the state by itself every 15 s.)
+        if presence != self._announced:
+            self._announced = presence
+            self._peer.set_presence(presence)
 
     def _pick_up(self, tg: TaskGroup) -> None:
         if self._draining:
