@@ -1,0 +1,1 @@
+"""Benchmarks and external baselines for kanbanmesh (not part of the installed package)."""

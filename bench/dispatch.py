@@ -1,0 +1,166 @@
+"""Dispatch benchmark: kanbanmesh (server, embedded broker, 4 echo workers) against baselines.
+
+Run from the repository root::
+
+    .venv/bin/python -m bench.dispatch                # kanbanmesh, plus baselines if installed
+    PYTHON=.venv/bin/python bash bench/setup.sh       # installs redis-server and Celery first
+
+Measures, with the echo backend at zero delay and everything on loopback:
+
+* latency: one task at a time, from `submit` to the client seeing it in `done`, p50/p99;
+* throughput: N tasks submitted at once by 10 clients, tasks/s until every client has seen
+  all of its tasks done.
+
+The server and each worker run in their own process (as `kanbanmesh up` runs them); the clients
+run in this process, each with its own websocket connection and its own replica of the board.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import AsyncExitStack, contextmanager
+from pathlib import Path
+
+import anyio
+import httpx
+
+from bench.baselines import BenchResult, celery_available, redis_available, run_celery, run_redis_queue
+from client_sdk import AsyncClient, Column
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _kanbanmesh(*args: str) -> list[str]:
+    return [sys.executable, "-m", "kanbanmesh", *args]
+
+
+@contextmanager
+def mesh(workers: int, persist: bool) -> Iterator[str]:
+    """Server (+ embedded broker) and `workers` echo worker processes; yields the URL."""
+    port = _free_port()
+    url = f"ws://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as data:
+        args = ["serve", "--port", str(port), "--data-dir", data]
+        if not persist:
+            args.append("--no-persist")
+        procs = [subprocess.Popen(_kanbanmesh(*args), stdout=subprocess.DEVNULL)]
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline:
+                        raise
+                time.sleep(0.05)
+            for i in range(workers):
+                procs.append(subprocess.Popen(
+                    _kanbanmesh("worker", "--url", url, "--name", f"bench-{i}"),
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                ))
+            yield url
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+async def _latency(url: str, n: int, workers: int) -> list[float]:
+    samples = []
+    async with AsyncClient(url) as client:
+        await client.wait_for_workers(workers, timeout_s=30)
+        for i in range(n + 20):
+            start = time.perf_counter()
+            task = await client.submit(f"latency probe {i}")
+            await task.wait(timeout_s=30)
+            if i >= 20:  # warm-up excluded
+                samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+async def _throughput(url: str, total: int, clients: int) -> float:
+    per_client = total // clients
+    clients_list = [AsyncClient(url) for _ in range(clients)]
+    async with AsyncExitStack() as stack:
+        for client in clients_list:
+            await stack.enter_async_context(client)
+        ready = anyio.Event()
+        start = 0.0
+
+        async def run(client: AsyncClient, index: int) -> None:
+            await ready.wait()
+            ids = [(await client.submit(f"client {index} task {k}")).id for k in range(per_client)]
+            done = client.peer.board.column_map(Column.DONE)
+            with anyio.fail_after(300):
+                while not all(i in done for i in ids):
+                    await client.wait_changed(1.0)
+
+        async with anyio.create_task_group() as tg:
+            for index, client in enumerate(clients_list):
+                tg.start_soon(run, client, index)
+            start = time.perf_counter()
+            ready.set()
+        elapsed = time.perf_counter() - start
+    return per_client * clients / elapsed
+
+
+def run_kanbanmesh(n_latency: int, n_throughput: int, clients: int, workers: int, persist: bool) -> BenchResult:
+    with mesh(workers, persist) as url:
+        samples = anyio.run(_latency, url, n_latency, workers)
+    with mesh(workers, persist) as url:
+
+        async def warm_then_measure() -> float:
+            async with AsyncClient(url) as client:
+                await client.wait_for_workers(workers, timeout_s=30)
+            return await _throughput(url, n_throughput, clients)
+
+        tps = anyio.run(warm_then_measure)
+    q = statistics.quantiles(samples, n=100)
+    label = f"kanbanmesh, {workers} echo workers{'' if persist else ', no persistence'}"
+    return BenchResult(label, statistics.median(samples), q[98], tps)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--latency-tasks", type=int, default=300)
+    parser.add_argument("--throughput-tasks", type=int, default=5000)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--skip-baselines", action="store_true")
+    args = parser.parse_args()
+
+    results = [run_kanbanmesh(args.latency_tasks, args.throughput_tasks, args.clients, args.workers, True)]
+    if not args.skip_baselines:
+        if celery_available():
+            results.append(run_celery(args.latency_tasks, args.throughput_tasks, args.clients))
+        else:
+            print("(Celery baseline skipped: run `bash bench/setup.sh` to install celery and redis)")
+        if redis_available():
+            results.append(run_redis_queue(args.latency_tasks, args.throughput_tasks, args.clients, args.workers))
+    print(f"\nmachine: {os.cpu_count()} cores; {args.latency_tasks} latency tasks, "
+          f"{args.throughput_tasks} throughput tasks from {args.clients} clients\n")
+    print(f"| {'system':<48} | {'p50 ms':>7} | {'p99 ms':>7} | {'tasks/s':>8} |")
+    print(f"|{'-' * 50}|{'-' * 9}|{'-' * 9}|{'-' * 10}|")
+    for r in results:
+        print(f"| {r.system:<48} | {r.p50_ms:>7.2f} | {r.p99_ms:>7.2f} | {r.tasks_per_s:>8.0f} |")
+
+
+if __name__ == "__main__":
+    main()
