@@ -110,13 +110,17 @@ export function waitSynced (provider) {
  * Destroy the provider, give its socket a moment to close cleanly, then exit with `code`.
  * Never returns.
  */
+let shuttingDown = false
 export async function shutdown (provider, code) {
+  if (shuttingDown) return new Promise(() => {}) // the first call decides the exit code
+  shuttingDown = true
+  process.exitCode = code // should node run out of work before process.exit below
   if (provider) {
     const ws = provider.ws
     const closed = ws && ws.readyState !== WebSocket.CLOSED
       ? new Promise((resolve) => {
         ws.once('close', resolve)
-        setTimeout(resolve, 500).unref()
+        setTimeout(resolve, 500)
       })
       : Promise.resolve()
     try {
@@ -264,17 +268,23 @@ export function followTask (doc, id, { timeoutMs, log = () => {}, onChange = () 
   })
 }
 
-/** Report connection trouble on stderr (the scripts otherwise just time out). */
+/** Report connection trouble on stderr, each distinct message once (the scripts otherwise just time out). */
 export function reportConnectionTrouble (provider, log) {
+  const said = new Set()
+  const sayOnce = (line) => {
+    if (said.has(line)) return
+    said.add(line)
+    process.stderr.write(line + '\n')
+  }
   provider.on('status', ({ status }) => log(`provider status: ${status}`))
   provider.on('connection-error', (event) => {
     const message = event && (event.message || (event.error && event.error.message))
-    process.stderr.write(`connection error: ${message || 'unknown'}\n`)
+    sayOnce(`connection error: ${message || 'unknown'}`)
   })
   provider.on('connection-close', (event) => {
     if (event) {
       const reason = event.reason ? String(event.reason) : ''
-      process.stderr.write(`connection closed by server: code=${event.code} reason=${JSON.stringify(reason)}\n`)
+      sayOnce(`connection closed: code=${event.code} reason=${JSON.stringify(reason)}`)
     }
   })
 }
