@@ -111,6 +111,23 @@ export function waitSynced (provider) {
  * Never returns.
  */
 let shuttingDown = false
+/**
+ * Connect, report connection trouble, and wait for the first sync; on timeout, print a
+ * `{"event":"timeout","stage":"sync"}` line for task `id` and exit 3.
+ */
+export async function connectSynced (opts, id, log) {
+  const { doc, provider } = connect(opts)
+  reportConnectionTrouble(provider, log)
+  const deadline = setTimeout(() => {
+    emit({ event: 'timeout', id, column: null, streamed: '', stage: 'sync' })
+    shutdown(provider, EXIT_TIMEOUT)
+  }, opts.timeoutMs)
+  await waitSynced(provider)
+  clearTimeout(deadline)
+  log(`synced with ${provider.url}`)
+  return { doc, provider }
+}
+
 export async function shutdown (provider, code) {
   if (shuttingDown) return new Promise(() => {}) // the first call decides the exit code
   shuttingDown = true

@@ -11,8 +11,8 @@
 
 import { randomUUID } from 'node:crypto'
 import {
-  Y, connect, waitSynced, shutdown, emit, makeLog, parseCli, intOption, followTask,
-  reportConnectionTrouble, doneEvent,
+  Y, connectSynced, shutdown, emit, makeLog, parseCli, intOption, followTask,
+  doneEvent,
   EXIT_OK, EXIT_TASK_NOT_SUCCEEDED, EXIT_TIMEOUT, EXIT_USAGE
 } from './common.mjs'
 
@@ -73,17 +73,7 @@ function numOption (name) {
 }
 const log = makeLog(opts.verbose)
 
-const { doc, provider } = connect(opts)
-reportConnectionTrouble(provider, log)
-
-const deadline = setTimeout(() => {
-  emit({ event: 'timeout', id, column: null, streamed: '', stage: 'sync' })
-  shutdown(provider, EXIT_TIMEOUT)
-}, opts.timeoutMs)
-
-await waitSynced(provider)
-clearTimeout(deadline)
-log(`synced with ${provider.url}`)
+const { doc, provider } = await connectSynced(opts, id, log)
 
 // The whole entry is created in one transaction, so the server never sees half a task.
 doc.transact(() => {

@@ -10,7 +10,7 @@
 // exit: 0 succeeded, 2 failed or cancelled, 3 timeout, 1 bad command line.
 
 import {
-  connect, waitSynced, shutdown, emit, makeLog, parseCli, followTask, reportConnectionTrouble,
+  connectSynced, shutdown, emit, makeLog, parseCli, followTask,
   doneEvent, EXIT_OK, EXIT_TASK_NOT_SUCCEEDED, EXIT_TIMEOUT, EXIT_USAGE
 } from './common.mjs'
 
@@ -26,16 +26,7 @@ const id = opts.id
 const log = makeLog(opts.verbose)
 const startedAt = Date.now()
 
-const { doc, provider } = connect(opts)
-reportConnectionTrouble(provider, log)
-
-const deadline = setTimeout(() => {
-  emit({ event: 'timeout', id, column: null, streamed: '', stage: 'sync' })
-  shutdown(provider, EXIT_TIMEOUT)
-}, opts.timeoutMs)
-await waitSynced(provider)
-clearTimeout(deadline)
-log(`synced with ${provider.url}`)
+const { doc, provider } = await connectSynced(opts, id, log)
 
 // The task may not be on the board yet: followTask waits for it to appear in any column.
 const timeoutMs = Math.max(0, opts.timeoutMs - (Date.now() - startedAt))
