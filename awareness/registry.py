@@ -13,6 +13,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from kanbanmesh.board import constants as c
 from kanbanmesh.protocol.codec import AwarenessEntry, decode_awareness, encode_awareness
 
 
@@ -46,6 +47,14 @@ class AwarenessRegistry:
     def states(self) -> dict[int, dict[str, Any]]:
         """Current states of present peers (left peers excluded)."""
         return {cid: p.state for cid, p in self._peers.items() if p.state is not None}
+
+    def worker_ids_of(self, owner: Hashable) -> frozenset[str]:
+        """The worker ids `owner` announced, if every state it announced is a worker's
+        (empty otherwise: a peer that is also something else is not treated as a worker)."""
+        states = [p.state for p in self._peers.values() if p.owner is owner and p.state is not None]
+        if not states or any(s.get(c.A_ROLE) != "worker" for s in states):
+            return frozenset()
+        return frozenset(str(s.get(c.A_ID)) for s in states)
 
     def client_ids_of(self, owner: Hashable) -> list[int]:
         return [cid for cid, p in self._peers.items() if p.owner is owner and p.state is not None]

@@ -68,7 +68,7 @@ def mesh(workers: int, persist: bool) -> Iterator[str]:
                 time.sleep(0.05)
             for i in range(workers):
                 procs.append(subprocess.Popen(
-                    _kanbanmesh("worker", "--url", url, "--name", f"bench-{i}"),
+                    _kanbanmesh("worker", "--url", url, "--backend", "echo", "--name", f"bench-{i}"),
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 ))
             yield url

@@ -19,6 +19,7 @@ from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms
 from kanbanmesh.board.schema import TaskStatus
 from kanbanmesh.board.transitions import Column, Writer
+from kanbanmesh.notify import ChangeSignal
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,11 @@ class Broker:
         self.stats = BrokerStats()
         self._track = _Tracking()
         self._started_at = 0.0
+        self._running = False
+        self._workers: list[WorkerPresence] | None = None  # parsed presence, until it changes
+        self._presence_changed = ChangeSignal()
+        view.on_remote_change(self._after_remote_change)
+        view.on_presence_change(self._forget_workers)
 
     @property
     def board(self) -> BoardDoc:
@@ -73,6 +79,7 @@ class Broker:
         try:
             self._rebuild()
             self._started_at = anyio.current_time()
+            self._running = True
             last_renew = -1e9
             task_status.started()
             while True:
@@ -81,10 +88,27 @@ class Broker:
                     self._view.publish(self._presence())
                     last_renew = now
                 self.run_pass()
+                # Document changes run their pass as they arrive (`_after_remote_change`);
+                # this loop covers presence changes, and time (grace periods) once a second.
                 with anyio.move_on_after(1.0):
-                    await self._view.changed.wait()
+                    await self._presence_changed.wait()
         finally:
+            self._running = False
             todo.unobserve(sub)
+
+    def _after_remote_change(self) -> None:
+        # A pass right away, before the change is fanned out: a new task and its assignment
+        # then reach every peer in one message instead of two.
+        if not self._running:
+            return
+        try:
+            self.run_pass()
+        except Exception:  # the loop in run() retries on the next change or tick
+            log.exception("broker pass failed")
+
+    def _forget_workers(self) -> None:
+        self._workers = None
+        self._presence_changed.notify()
 
     def _presence(self) -> dict[str, Any]:
         return {
@@ -134,7 +158,9 @@ class Broker:
     def run_pass(self) -> None:
         """Requeue orphans, cancel what was cancelled, assign what can be assigned."""
         self.stats.passes += 1
-        workers = workers_from_states(self._view.presence())
+        if self._workers is None:
+            self._workers = workers_from_states(self._view.presence())
+        workers = self._workers
         present = {w.id for w in workers}
         self._track.seen_workers |= present
         with self.board.doc.transaction():

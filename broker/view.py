@@ -6,10 +6,10 @@ works on a `BoardPeer`. Both look the same to `Broker`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from kanbanmesh.board.document import BoardDoc
-from kanbanmesh.notify import ChangeSignal
 from kanbanmesh.peer import BoardPeer
 from kanbanmesh.server.room import BoardRoom
 
@@ -18,9 +18,13 @@ class BoardView(Protocol):
     @property
     def board(self) -> BoardDoc: ...
 
-    @property
-    def changed(self) -> ChangeSignal:
-        """Notified after any document or presence change."""
+    def on_remote_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` right after each change another peer made to the document,
+        outside its transaction: what the listener writes goes out with that change."""
+        ...
+
+    def on_presence_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after each change of the peers' awareness states."""
         ...
 
     def presence(self) -> dict[int, dict[str, Any]]:
@@ -38,17 +42,16 @@ class RoomView:
     def __init__(self, room: BoardRoom, client_id: int) -> None:
         self._room = room
         self._client_id = client_id
-        self._changed = ChangeSignal()
-        room.on_change(self._changed.notify)
-        room.awareness.subscribe(lambda *_: self._changed.notify())
 
     @property
     def board(self) -> BoardDoc:
         return self._room.board
 
-    @property
-    def changed(self) -> ChangeSignal:
-        return self._changed
+    def on_remote_change(self, listener: Callable[[], None]) -> None:
+        self._room.on_change(listener)
+
+    def on_presence_change(self, listener: Callable[[], None]) -> None:
+        self._room.awareness.subscribe(lambda *_: listener())
 
     def presence(self) -> dict[int, dict[str, Any]]:
         return {cid: s for cid, s in self._room.awareness.states().items() if cid != self._client_id}
@@ -62,17 +65,16 @@ class PeerView:
 
     def __init__(self, peer: BoardPeer) -> None:
         self._peer = peer
-        self._changed = ChangeSignal()
-        peer.on_remote_change(self._changed.notify)
-        peer.awareness.observe(lambda topic, _: self._changed.notify() if topic == "change" else None)
 
     @property
     def board(self) -> BoardDoc:
         return self._peer.board
 
-    @property
-    def changed(self) -> ChangeSignal:
-        return self._changed
+    def on_remote_change(self, listener: Callable[[], None]) -> None:
+        self._peer.on_remote_change(listener)
+
+    def on_presence_change(self, listener: Callable[[], None]) -> None:
+        self._peer.awareness.observe(lambda topic, _: listener() if topic == "change" else None)
 
     def presence(self) -> dict[int, dict[str, Any]]:
         return self._peer.peers()

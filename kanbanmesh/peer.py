@@ -79,6 +79,9 @@ class BoardPeer:
         self.changed = ChangeSignal()
         self.presence_changed = ChangeSignal()
         self.error: KanbanMeshError | None = None
+        # Counts updates received from the server: while it stands still, nobody else has
+        # touched the document, so what a caller checked in it still holds.
+        self.remote_updates = 0
         self._full_url = board_url(url, board, token)
         self._max_message_bytes = max_message_bytes
         self._connect_timeout_s = connect_timeout_s
@@ -319,6 +322,7 @@ class BoardPeer:
             raise ProtocolError(f"server sent an update that does not decode: {exc}") from exc
         finally:
             self._applying_remote = False
+        self.remote_updates += 1
         self.changed.notify()
         for listener in self._listeners:
             listener()

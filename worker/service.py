@@ -36,6 +36,9 @@ class WorkerSettings:
     name: str = ""
     slots: int = 1
     worker_id: str = field(default_factory=lambda: f"worker-{uuid.uuid4().hex[:12]}")
+    # Busy/ready flips are announced at most this often: every awareness update goes to
+    # every peer of the board, and a fast worker flips twice per task.
+    presence_interval_s: float = 0.25
 
 
 @dataclass
@@ -53,6 +56,10 @@ class _Run:
     attempt: int
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     cancelled: bool = False
+    # The entry's output text, as last found ours and not cancelled, and the peer's count of
+    # remote updates then: until another update arrives, appending needs no new check.
+    output: Text | None = None
+    checked_at: int = -1
 
 
 class Worker:
@@ -69,14 +76,16 @@ class Worker:
         self._running: dict[str, _Run] = {}
         self._draining = False
         self._announced: dict[str, Any] | None = None
+        self._presence_due = anyio.Event()
         self.completed = 0
 
     async def run(self, *, task_status: StartStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Announce the worker and serve assigned tasks until cancelled."""
         await self._backend.start()
         try:
-            self._publish()
+            self._announce()
             async with anyio.create_task_group() as tg:
+                tg.start_soon(self._announce_changes)
                 task_status.started()
                 while True:
                     self._pick_up(tg)
@@ -88,11 +97,22 @@ class Worker:
                 await self._backend.stop()
 
     def drain(self) -> None:
-        """Take no new tasks (announced as `draining`); running ones finish."""
+        """Take no new tasks (announced as `draining`, at once); running ones finish."""
         self._draining = True
-        self._publish()
+        self._announce()
 
     def _publish(self) -> None:
+        """Ask for the current presence to be announced (rate-limited)."""
+        self._presence_due.set()
+
+    async def _announce_changes(self) -> None:
+        while True:
+            await self._presence_due.wait()
+            self._presence_due = anyio.Event()
+            self._announce()
+            await anyio.sleep(self._settings.presence_interval_s)
+
+    def _announce(self) -> None:
         busy = len(self._running)
         if self._draining:
             state = WorkerState.DRAINING
@@ -118,9 +138,10 @@ class Worker:
             self._peer.set_presence(presence)
 
     def _pick_up(self, tg: TaskGroup) -> None:
-        if self._draining:
-            return
+        # Even while draining: a task in `prepared` with our id was assigned before the
+        # broker saw us draining, and nobody else will run it.
         prepared = self._peer.board.column_map(Column.PREPARED)
+        started = False
         for task_id, entry in list(prepared.items()):
             if len(self._running) >= self._settings.slots:
                 break
@@ -131,7 +152,9 @@ class Worker:
             run = _Run(attempt=int(entry.get(c.F_ATTEMPT) or 1))
             self._running[task_id] = run
             tg.start_soon(self._execute, task_id, run)
-        self._publish()
+            started = True
+        if started:
+            self._publish()
 
     def _watch_cancels(self) -> None:
         doing = self._peer.board.column_map(Column.DOING)
@@ -200,15 +223,18 @@ class Worker:
             outcome.error = {"code": exc.code, "message": exc.message}
 
     def _append(self, task_id: str, run: _Run, chunk: TextChunk, outcome: _Outcome) -> bool:
-        entry = self._ours(Column.DOING, task_id, run)
-        if entry is None:
-            return False
-        if entry.get(c.F_CANCEL):
-            run.cancelled = True
-            return False
-        output = entry.get(c.F_OUTPUT)
-        if not isinstance(output, Text):
-            return False
+        output = run.output
+        if output is None or run.checked_at != self._peer.remote_updates:
+            entry = self._ours(Column.DOING, task_id, run)
+            if entry is None:
+                return False
+            if entry.get(c.F_CANCEL):
+                run.cancelled = True
+                return False
+            output = entry.get(c.F_OUTPUT)
+            if not isinstance(output, Text):
+                return False
+            run.output, run.checked_at = output, self._peer.remote_updates
         # `entry["output"] += x` would replace the Text; append to the Text itself.
         output += chunk.text
         outcome.text += chunk.text

@@ -3,6 +3,11 @@
 Updates for a peer are never dropped. While the peer is slow they pile up in its outbox and
 are merged into one update (`merge_updates`), so the outbox stays bounded by the size of the
 changes rather than by their number, and the peer gets one message instead of thousands.
+
+An update can be queued as not urgent: it then waits up to `lazy_s` for company, and leaves
+with the next urgent message or when that time is up, whichever comes first. Workers get
+other people's traffic that way (see `BoardRoom`): on a small machine, waking every worker
+process for every update of every task costs more than the work itself.
 """
 
 from __future__ import annotations
@@ -21,39 +26,57 @@ _COMPACT_AT = 512
 class Connection:
     """A connected peer: `enqueue_*` never block; `run_sender` writes to the channel."""
 
-    def __init__(self, channel: Channel, *, keepalive_s: float) -> None:
+    def __init__(self, channel: Channel, *, keepalive_s: float, lazy_s: float = 0.05) -> None:
         self.channel = channel
         self.keepalive_s = keepalive_s
+        self.lazy_s = lazy_s
+        # The worker ids this peer announced, when every state it announced is a worker's:
+        # such a peer needs at once only the updates that concern those workers.
+        self.worker_ids: frozenset[str] = frozenset()
         self._updates: list[bytes] = []
         self._other: list[bytes] = []
         self._wakeup = anyio.Event()
+        self._urgent = False
+        self._lazy_deadline: float | None = None
         self._closed = False
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def enqueue_update(self, update: bytes) -> None:
+    def enqueue_update(self, update: bytes, *, urgent: bool = True) -> None:
         if self._closed:
             return
         self._updates.append(update)
         if len(self._updates) >= _COMPACT_AT:
             self._updates = [merge_updates(*self._updates)]
-        self._wakeup.set()
+        if urgent:
+            self._urgent = True
+            self._wakeup.set()
+        elif self._lazy_deadline is None:
+            self._lazy_deadline = anyio.current_time() + self.lazy_s
+            self._wakeup.set()  # the sender re-arms its timer for the deadline
 
     def enqueue_message(self, message: bytes) -> None:
         """Queue a ready-made message (awareness, sync step 2)."""
         if self._closed:
             return
         self._other.append(message)
+        self._urgent = True
         self._wakeup.set()
 
     async def run_sender(self) -> None:
         """Drain the outbox until the channel closes; sends a keepalive when idle."""
         while not self._closed:
-            with anyio.move_on_after(self.keepalive_s) as idle:
+            deadline = self._lazy_deadline
+            timeout = self.keepalive_s if deadline is None else deadline - anyio.current_time()
+            with anyio.move_on_after(timeout) as idle:
                 await self._wakeup.wait()
             self._wakeup = anyio.Event()
+            if not (self._urgent or idle.cancelled_caught):
+                continue  # only a lazy update arrived: wait for its deadline
+            self._urgent = False
+            self._lazy_deadline = None
             messages = self._other
             self._other = []
             if self._updates:

@@ -16,11 +16,12 @@ from dataclasses import dataclass
 
 import anyio
 from anyio.abc import TaskStatus
-from pycrdt import Doc, TransactionEvent
+from pycrdt import Doc, Map, MapEvent, TransactionEvent
 
 from awareness.registry import AwarenessConflictError, AwarenessRegistry
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc
+from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import ConnectionClosedError, ProtocolError
 from kanbanmesh.protocol import codec
 from kanbanmesh.protocol.channel import Channel
@@ -36,6 +37,7 @@ class RoomSettings:
     keepalive_s: float = 10.0  # y-websocket reconnects after 30 s without a message
     awareness_timeout_s: float = 30.0  # as Yjs: a state not renewed for this long is gone
     compact_every: int = 5000  # persisted rows of one board before they are squashed
+    worker_lazy_s: float = 0.05  # how long other tasks' updates may wait for a worker peer
     limits: ValidationLimits = ValidationLimits()
 
 
@@ -62,13 +64,21 @@ class BoardRoom:
         self._validator: UpdateValidator | None = None
         self._ready = anyio.Event()
         self._update_listeners: list[Callable[[], None]] = []
+        # Workers the update being applied concerns (assigned a task, or a task cancelled):
+        # they get it at once, other workers get it with their next batch.
+        self._concerned: set[str] = set()
 
     @property
     def connections(self) -> int:
         return len(self._connections)
 
     def on_change(self, listener: Callable[[], None]) -> None:
-        """Call `listener()` after every applied update (the embedded broker wakes on it)."""
+        """Call `listener()` after each update from a peer is applied to the board.
+
+        It runs at once, outside the update's transaction and before anything is sent, so
+        what it writes (the embedded broker's assignment) goes out in the same message as
+        the update that caused it.
+        """
         self._update_listeners.append(listener)
 
     async def start(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -77,6 +87,8 @@ class BoardRoom:
             for update in await self._store.load(self.name):
                 self.doc.apply_update(update)
         self._validator = UpdateValidator(self.doc, self._settings.limits)
+        # Shallow: fires when entries enter or leave `prepared`, not for their contents.
+        self.board.column_map(Column.PREPARED).observe(self._on_prepared_change)
         self.doc.observe(self._on_doc_update)
         self._ready.set()
         task_status.started()
@@ -95,19 +107,27 @@ class BoardRoom:
         if self._store is not None and self._store.pending_rows(self.name) > self._settings.compact_every:
             self._store.compact(self.name, self.doc.get_update())
 
+    def _on_prepared_change(self, event: MapEvent) -> None:
+        for change in event.keys.values():
+            if change.get("action") != "delete":
+                entry = change.get("newValue")
+                worker = entry.get(c.F_WORKER) if isinstance(entry, Map) else None
+                if isinstance(worker, str):
+                    self._concerned.add(worker)
+
     def _on_doc_update(self, event: TransactionEvent) -> None:
         update: bytes = event.update
         origin = self._origin
         if origin is None and self._validator is not None:
             self._validator.mirror(update)  # the server's own write: keep the twin level
+        concerned, self._concerned = self._concerned, set()
         for conn in self._connections:
             if conn is not origin:
-                conn.enqueue_update(update)
+                workers = conn.worker_ids
+                conn.enqueue_update(update, urgent=not workers or not workers.isdisjoint(concerned))
         if self._store is not None:
             self._store.append(self.name, update)
         self.stats.updates_applied += 1
-        for listener in self._update_listeners:
-            listener()
 
     def _broadcast(self, message: bytes, exclude: Connection | None) -> None:
         for conn in self._connections:
@@ -122,7 +142,9 @@ class BoardRoom:
     async def serve(self, channel: Channel) -> None:
         """Serve one connection until it closes; a peer breaking a rule is closed with a reason."""
         await self._ready.wait()
-        conn = Connection(channel, keepalive_s=self._settings.keepalive_s)
+        conn = Connection(
+            channel, keepalive_s=self._settings.keepalive_s, lazy_s=self._settings.worker_lazy_s
+        )
         self._connections.add(conn)
         self.stats.connections_total += 1
         conn.enqueue_message(codec.sync_step1(self.doc.get_state()))
@@ -180,6 +202,7 @@ class BoardRoom:
                 self._apply(conn, message.payload)
         elif isinstance(message, codec.AwarenessMessage):
             update = self.awareness.apply(conn, message.update)
+            conn.worker_ids = self.awareness.worker_ids_of(conn)
             if update is not None:
                 # Echoed to the sender too: y-websocket counts it as a sign of life.
                 self._broadcast(codec.awareness_message(update), None)
@@ -193,11 +216,17 @@ class BoardRoom:
             return
         if self._validator is not None:
             self._validator.check(update)
+            self._concerned |= self._validator.cancelled_workers
         self._origin = conn
         try:
             self.doc.apply_update(update)
         finally:
             self._origin = None
+        for listener in self._update_listeners:
+            try:
+                listener()
+            except Exception:  # a listener's bug must not cost the sender its connection
+                log.exception("board %s: change listener failed", self.name)
 
 
 def _reason(text: str) -> str:

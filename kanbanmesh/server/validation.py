@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from pycrdt import Doc, Map, MapEvent, Subscription
+from pycrdt import Doc, Map, MapEvent, Subscription, merge_updates
 
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_fields, plain_fields, request_from_fields
@@ -47,13 +47,17 @@ class UpdateValidator:
         self._board = board
         self._limits = limits
         self._new: list[_NewEntry] = []
+        self.cancelled_workers: set[str] = set()  # workers whose running task the last check cancelled
         self._subs: list[tuple[Map, Subscription]] = []
+        self._unmirrored: list[bytes] = []
+        self._collecting = True
         self._twin = self._make_twin()
 
     def _make_twin(self) -> Doc:
         for ymap, sub in self._subs:
             ymap.unobserve(sub)
         self._subs = []
+        self._unmirrored.clear()  # the board's state includes them
         twin = Doc()
         twin.apply_update(self._board.get_update())
         for name in c.COLUMNS:
@@ -63,8 +67,17 @@ class UpdateValidator:
 
     def _collector(self, column: str) -> Any:
         def collect(events: list[Any]) -> None:
+            if not self._collecting:
+                return
             for event in events:
-                if not isinstance(event, MapEvent) or list(event.path):
+                if not isinstance(event, MapEvent):
+                    continue
+                path = list(event.path)
+                if path:
+                    if column == c.DOING and len(path) == 1 and c.F_CANCEL in event.keys:
+                        worker = event.target.get(c.F_WORKER)
+                        if isinstance(worker, str):
+                            self.cancelled_workers.add(worker)
                     continue
                 for key, change in event.keys.items():
                     if change.get("action") in ("add", "update"):
@@ -76,13 +89,28 @@ class UpdateValidator:
         return collect
 
     def mirror(self, update: bytes) -> None:
-        """Apply an update the server itself wrote to the board (the embedded broker)."""
-        self._twin.apply_update(update)
-        self._new.clear()
+        """Note an update the server itself wrote to the board (the embedded broker).
+
+        It reaches the twin just before the next check, merged with its neighbours: the
+        broker's write then costs no twin work on its way out to the peers.
+        """
+        self._unmirrored.append(update)
+
+    def _catch_up(self) -> None:
+        if not self._unmirrored:
+            return
+        pending, self._unmirrored = self._unmirrored, []
+        self._collecting = False  # already on the board: nothing to check
+        try:
+            self._twin.apply_update(pending[0] if len(pending) == 1 else merge_updates(*pending))
+        finally:
+            self._collecting = True
 
     def check(self, update: bytes) -> None:
         """Raise `UpdateRefused` unless `update` may be applied to the board."""
+        self._catch_up()
         self._new.clear()
+        self.cancelled_workers.clear()
         try:
             self._twin.apply_update(update)
         except ValueError as exc:

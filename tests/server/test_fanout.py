@@ -1,0 +1,203 @@
+"""Fan-out of a room: who gets an update at once, who gets it with the next batch.
+
+A worker peer gets, at once, only the updates that concern one of its workers (a task
+assigned to it, one of its tasks cancelled); everything else waits up to `lazy_s` and then
+arrives merged. Every other peer gets every update at once. Nothing is ever dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import anyio
+import pytest
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from pycrdt import Doc, Map, Text
+
+from kanbanmesh.board import constants as c
+from kanbanmesh.errors import ConnectionClosedError
+from kanbanmesh.protocol import codec
+from kanbanmesh.server.connection import Connection
+from kanbanmesh.server.room import BoardRoom, RoomSettings
+
+pytestmark = pytest.mark.anyio
+
+LAZY_S = 0.5  # long enough that "at once" and "with the batch" cannot be confused
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class MemoryChannel:
+    """A `Channel` whose two ends are memory streams: what the room sends, the test reads."""
+
+    def __init__(self) -> None:
+        self.to_room: MemoryObjectSendStream[bytes]
+        self._from_test: MemoryObjectReceiveStream[bytes]
+        self.to_room, self._from_test = anyio.create_memory_object_stream[bytes](math.inf)
+        self._to_test: MemoryObjectSendStream[tuple[float, bytes]]
+        self.sent: MemoryObjectReceiveStream[tuple[float, bytes]]
+        self._to_test, self.sent = anyio.create_memory_object_stream[tuple[float, bytes]](math.inf)
+
+    @property
+    def path(self) -> str:
+        return "/test"
+
+    async def send(self, message: bytes) -> bool:
+        await self._to_test.send((anyio.current_time(), message))
+        return True
+
+    async def recv(self) -> bytes:
+        try:
+            return await self._from_test.receive()
+        except anyio.EndOfStream as exc:
+            raise ConnectionClosedError("closed") from exc
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.to_room.close()
+
+    def dispose(self) -> None:
+        for stream in (self.to_room, self._from_test, self._to_test, self.sent):
+            stream.close()
+
+
+class Peer:
+    """A test peer: a document and the channel it talks to the room through."""
+
+    def __init__(self) -> None:
+        self.doc: Doc[Any] = Doc()
+        self.channel = MemoryChannel()
+        self._updates: list[bytes] = []
+        self.doc.observe(lambda event: self._updates.append(event.update))
+
+    async def push(self) -> None:
+        """Send what this peer wrote since the last push."""
+        for update in self._updates:
+            await self.channel.to_room.send(codec.sync_update(update))
+        self._updates.clear()
+
+    async def announce(self, state: dict[str, Any]) -> None:
+        entry = codec.AwarenessEntry(self.doc.client_id, 1, state)
+        await self.channel.to_room.send(codec.awareness_message(codec.encode_awareness([entry])))
+
+    async def next_update(self, timeout_s: float) -> float:
+        """Apply the next document update the room sends; returns when it was sent."""
+        with anyio.fail_after(timeout_s):
+            while True:
+                at, data = await self.channel.sent.receive()
+                message = codec.parse_message(data)
+                if (
+                    isinstance(message, codec.SyncMessage)
+                    and message.step is not codec.SyncStep.STEP1
+                    and message.payload != codec.EMPTY_UPDATE
+                ):
+                    self.doc.apply_update(message.payload)
+                    return at
+
+    def column(self, name: str) -> Map[Any]:
+        return self.doc.get(name, type=Map)
+
+
+def task_fields(task_id: str, **extra: Any) -> dict[str, Any]:
+    return {"id": task_id, "owner": "", "model": "", "prompt": "hi", "params": {}, "priority": 0,
+            "created_at": 1.0, "attempt": 1, **extra}
+
+
+async def test_lazy_update_waits_for_its_deadline_and_urgent_one_takes_it_along() -> None:
+    channel = MemoryChannel()
+    conn = Connection(channel, keepalive_s=30, lazy_s=LAZY_S)
+    try:
+        await _run_lazy_scenario(channel, conn)
+    finally:
+        channel.dispose()
+
+
+async def _run_lazy_scenario(channel: MemoryChannel, conn: Connection) -> None:
+    source: Doc[Any] = Doc()
+    updates: list[bytes] = []
+    source.observe(lambda event: updates.append(event.update))
+    tasks = source.get("todo", type=Map)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(conn.run_sender)
+        start = anyio.current_time()
+        tasks["a"] = "lazy"
+        conn.enqueue_update(updates[-1], urgent=False)
+        at, _ = await channel.sent.receive()
+        assert at - start >= LAZY_S * 0.9, "a lazy update left before its deadline"
+
+        tasks["b"] = "lazy"
+        conn.enqueue_update(updates[-1], urgent=False)
+        tasks["c"] = "urgent"
+        start = anyio.current_time()
+        conn.enqueue_update(updates[-1], urgent=True)
+        at, data = await channel.sent.receive()
+        assert at - start < LAZY_S / 2, "an urgent update waited"
+        message = codec.parse_message(data)
+        assert isinstance(message, codec.SyncMessage)
+        replica: Doc[Any] = Doc()
+        replica.apply_update(updates[0])
+        replica.apply_update(message.payload)
+        assert replica.get("todo", type=Map).to_py() == {"a": "lazy", "b": "lazy", "c": "urgent"}
+        tg.cancel_scope.cancel()
+
+
+async def test_worker_peer_gets_its_assignment_at_once_and_other_traffic_batched() -> None:
+    room = BoardRoom("test", None, RoomSettings(worker_lazy_s=LAZY_S))
+    peers = client, worker, other_worker, watcher = Peer(), Peer(), Peer(), Peer()
+    try:
+        await _run_assignment_scenario(room, client, worker, other_worker, watcher)
+    finally:
+        for peer in peers:
+            peer.channel.dispose()
+
+
+async def _run_assignment_scenario(
+    room: BoardRoom, client: Peer, worker: Peer, other_worker: Peer, watcher: Peer
+) -> None:
+    async with anyio.create_task_group() as tg:
+        await tg.start(room.start)
+        for peer in (client, worker, other_worker, watcher):
+            tg.start_soon(room.serve, peer.channel)
+        await worker.announce({c.A_ROLE: "worker", c.A_ID: "w1", c.A_SLOTS: 1})
+        await other_worker.announce({c.A_ROLE: "worker", c.A_ID: "w2", c.A_SLOTS: 1})
+        await watcher.announce({c.A_ROLE: "client", c.A_ID: "c1"})
+        await client.announce({c.A_ROLE: "client", c.A_ID: "c2"})
+        with anyio.fail_after(5):
+            while len(room.awareness.states()) < 4:
+                await anyio.sleep(0.01)
+
+        # A new task concerns no worker: watchers get it at once, workers with their batch.
+        start = anyio.current_time()
+        client.column(c.TODO)["t1"] = Map(task_fields("t1"))
+        await client.push()
+        assert await watcher.next_update(5) - start < LAZY_S / 2
+        assert await worker.next_update(5) - start >= LAZY_S * 0.9
+        assert "t1" in worker.column(c.TODO)
+        await other_worker.next_update(5)
+
+        # An assignment to w1 goes to w1 at once (with the backlog), to w2 with its batch.
+        start = anyio.current_time()
+        with client.doc.transaction():
+            del client.column(c.TODO)["t1"]
+            client.column(c.PREPARED)["t1"] = Map(task_fields("t1", worker="w1"))
+        await client.push()
+        assert await worker.next_update(5) - start < LAZY_S / 2
+        assert worker.column(c.PREPARED)["t1"]["worker"] == "w1"
+        assert await other_worker.next_update(5) - start >= LAZY_S * 0.9
+
+        # w1 starts it; then a cancel of w1's running task reaches w1 at once.
+        with worker.doc.transaction():
+            fields = task_fields("t1", worker="w1", output=Text())
+            del worker.column(c.PREPARED)["t1"]
+            worker.column(c.DOING)["t1"] = Map(fields)
+        await worker.push()
+        await client.next_update(5)
+        start = anyio.current_time()
+        client.column(c.DOING)["t1"]["cancel"] = True
+        await client.push()
+        assert await worker.next_update(5) - start < LAZY_S / 2
+        assert worker.column(c.DOING)["t1"]["cancel"] is True
+        tg.cancel_scope.cancel()
