@@ -48,13 +48,12 @@ class AwarenessRegistry:
         """Current states of present peers (left peers excluded)."""
         return {cid: p.state for cid, p in self._peers.items() if p.state is not None}
 
-    def worker_ids_of(self, owner: Hashable) -> frozenset[str]:
-        """The worker ids `owner` announced, if every state it announced is a worker's
-        (empty otherwise: a peer that is also something else is not treated as a worker)."""
+    def roles_of(self, owner: Hashable) -> tuple[frozenset[str], frozenset[str]]:
+        """The roles `owner`'s states announce, and the worker ids among them."""
         states = [p.state for p in self._peers.values() if p.owner is owner and p.state is not None]
-        if not states or any(s.get(c.A_ROLE) != "worker" for s in states):
-            return frozenset()
-        return frozenset(str(s.get(c.A_ID)) for s in states)
+        roles = frozenset(str(s.get(c.A_ROLE)) for s in states)
+        workers = frozenset(str(s.get(c.A_ID)) for s in states if s.get(c.A_ROLE) == "worker")
+        return roles, workers
 
     def client_ids_of(self, owner: Hashable) -> list[int]:
         return [cid for cid, p in self._peers.items() if p.owner is owner and p.state is not None]

@@ -48,8 +48,14 @@ class BrokerStats:
 @dataclass
 class _Tracking:
     queue: TodoQueue = field(default_factory=TodoQueue)
-    cancel_requests: set[str] = field(default_factory=set)
+    cancel_requests: set[str] = field(default_factory=set)  # in `todo`
+    prepared_cancels: set[str] = field(default_factory=set)
     seen_workers: set[str] = field(default_factory=set)
+    # Who holds each task in `prepared` and `doing`, kept by observers so that a pass
+    # reads no entry unless something is to be done with it.
+    held: dict[Column, dict[str, str]] = field(
+        default_factory=lambda: {Column.PREPARED: {}, Column.DOING: {}}
+    )
 
 
 class Broker:
@@ -75,7 +81,14 @@ class Broker:
     async def run(self, *, task_status: StartStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Serve the board until cancelled."""
         todo = self.board.column_map(Column.TODO)
-        sub = todo.observe_deep(self._on_todo_events)
+        prepared = self.board.column_map(Column.PREPARED)
+        doing = self.board.column_map(Column.DOING)
+        subs = [
+            (todo, todo.observe_deep(self._on_todo_events)),
+            (prepared, prepared.observe_deep(self._on_prepared_events)),
+            # Shallow: `doing` entries change with every streamed chunk.
+            (doing, doing.observe(self._on_doing_event)),
+        ]
         try:
             self._rebuild()
             self._started_at = anyio.current_time()
@@ -94,7 +107,8 @@ class Broker:
                     await self._presence_changed.wait()
         finally:
             self._running = False
-            todo.unobserve(sub)
+            for ymap, sub in subs:
+                ymap.unobserve(sub)
 
     def _after_remote_change(self) -> None:
         # A pass right away, before the change is fanned out: a new task and its assignment
@@ -124,6 +138,36 @@ class Broker:
         self._track.queue.clear()
         for task_id, entry in self.board.entries(Column.TODO):
             self._enqueue(task_id, entry)
+        for column, held in self._track.held.items():
+            held.clear()
+            for task_id, entry in self.board.entries(column):
+                self._hold(column, task_id, entry)
+                if column is Column.PREPARED and isinstance(entry, Map) and entry.get(c.F_CANCEL):
+                    self._track.prepared_cancels.add(task_id)
+
+    def _hold(self, column: Column, task_id: str, entry: Any) -> None:
+        if isinstance(entry, Map):
+            self._track.held[column][task_id] = str(entry.get(c.F_WORKER) or "")
+
+    def _on_prepared_events(self, events: list[Any]) -> None:
+        for event in events:
+            if not isinstance(event, MapEvent):
+                continue
+            path = list(event.path)
+            if not path:
+                self._on_held_keys(Column.PREPARED, event)
+            elif len(path) == 1 and c.F_CANCEL in event.keys:
+                self._track.prepared_cancels.add(str(path[0]))
+
+    def _on_doing_event(self, event: MapEvent) -> None:
+        self._on_held_keys(Column.DOING, event)
+
+    def _on_held_keys(self, column: Column, event: MapEvent) -> None:
+        for key, change in event.keys.items():
+            if change.get("action") == "delete":
+                self._track.held[column].pop(key, None)
+            else:
+                self._hold(column, key, change.get("newValue"))
 
     def _enqueue(self, task_id: str, entry: Any) -> None:
         if not isinstance(entry, Map):
@@ -171,17 +215,22 @@ class Broker:
     def _repair(self, present: set[str]) -> dict[str, int]:
         load: dict[str, int] = {}
         in_grace = anyio.current_time() - self._started_at < self._settings.orphan_grace_s
-        for column in (Column.PREPARED, Column.DOING):
-            for task_id, entry in list(self.board.entries(column)):
-                worker = str(entry.get(c.F_WORKER) or "")
+        for column, held in self._track.held.items():
+            for task_id, worker in list(held.items()):
                 if worker in present:
                     load[worker] = load.get(worker, 0) + 1
-                    if column is Column.PREPARED and entry.get(c.F_CANCEL):
-                        self._finish(task_id, column, TaskStatus.CANCELLED, None)
                     continue
                 if in_grace and worker not in self._track.seen_workers:
                     continue  # it may be reconnecting after a server restart
-                self._requeue(task_id, column, entry)
+                entry = self.board.column_map(column).get(task_id)
+                if isinstance(entry, Map):
+                    self._requeue(task_id, column, entry)
+        prepared = self.board.column_map(Column.PREPARED)
+        for task_id in list(self._track.prepared_cancels):
+            self._track.prepared_cancels.discard(task_id)
+            entry = prepared.get(task_id)
+            if isinstance(entry, Map) and entry.get(c.F_CANCEL):
+                self._finish(task_id, Column.PREPARED, TaskStatus.CANCELLED, None)
         return load
 
     def _requeue(self, task_id: str, column: Column, entry: Map) -> None:

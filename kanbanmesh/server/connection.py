@@ -5,9 +5,9 @@ are merged into one update (`merge_updates`), so the outbox stays bounded by the
 changes rather than by their number, and the peer gets one message instead of thousands.
 
 An update can be queued as not urgent: it then waits up to `lazy_s` for company, and leaves
-with the next urgent message or when that time is up, whichever comes first. Workers get
-other people's traffic that way (see `BoardRoom`): on a small machine, waking every worker
-process for every update of every task costs more than the work itself.
+with the next urgent message or when that time is up, whichever comes first. Peers get other
+people's tasks that way (see `BoardRoom`): on a small machine, waking every process on the
+board for every update of every task costs more than the work itself.
 """
 
 from __future__ import annotations
@@ -30,9 +30,11 @@ class Connection:
         self.channel = channel
         self.keepalive_s = keepalive_s
         self.lazy_s = lazy_s
-        # The worker ids this peer announced, when every state it announced is a worker's:
-        # such a peer needs at once only the updates that concern those workers.
+        # What the room knows of the peer: whether it wants every update at once (a broker),
+        # the workers it announced, and the tasks it follows (its own, or assigned to it).
+        self.eager = False
         self.worker_ids: frozenset[str] = frozenset()
+        self.interests: set[str] = set()
         self._updates: list[bytes] = []
         self._other: list[bytes] = []
         self._wakeup = anyio.Event()

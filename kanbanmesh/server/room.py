@@ -31,13 +31,16 @@ from kanbanmesh.server.validation import UpdateRefused, UpdateValidator, Validat
 
 log = logging.getLogger(__name__)
 
+# Peers that act on any task get every update at once; others only their own tasks'.
+_EAGER_ROLES = frozenset({"broker", "admin"})
+
 
 @dataclass(frozen=True)
 class RoomSettings:
     keepalive_s: float = 10.0  # y-websocket reconnects after 30 s without a message
     awareness_timeout_s: float = 30.0  # as Yjs: a state not renewed for this long is gone
     compact_every: int = 5000  # persisted rows of one board before they are squashed
-    worker_lazy_s: float = 0.05  # how long other tasks' updates may wait for a worker peer
+    lazy_s: float = 0.05  # how long other people's tasks' updates may wait to be sent
     limits: ValidationLimits = ValidationLimits()
 
 
@@ -64,9 +67,12 @@ class BoardRoom:
         self._validator: UpdateValidator | None = None
         self._ready = anyio.Event()
         self._update_listeners: list[Callable[[], None]] = []
-        # Workers the update being applied concerns (assigned a task, or a task cancelled):
-        # they get it at once, other workers get it with their next batch.
-        self._concerned: set[str] = set()
+        # What the update being applied does, for its fan-out: the tasks it touches, the
+        # tasks it assigns (to which worker), the tasks it finishes. A peer gets it at once
+        # if it follows one of the touched tasks, else with its next batch.
+        self._touched: set[str] = set()
+        self._assigned: dict[str, str] = {}
+        self._finished: set[str] = set()
 
     @property
     def connections(self) -> int:
@@ -87,8 +93,10 @@ class BoardRoom:
             for update in await self._store.load(self.name):
                 self.doc.apply_update(update)
         self._validator = UpdateValidator(self.doc, self._settings.limits)
-        # Shallow: fires when entries enter or leave `prepared`, not for their contents.
-        self.board.column_map(Column.PREPARED).observe(self._on_prepared_change)
+        # Shallow observers: they fire when entries enter or leave a column, not for what
+        # happens inside an entry (the validator reports that for peers' updates).
+        for column in Column:
+            self.board.column_map(column).observe(self._column_observer(column))
         self.doc.observe(self._on_doc_update)
         self._ready.set()
         task_status.started()
@@ -107,24 +115,42 @@ class BoardRoom:
         if self._store is not None and self._store.pending_rows(self.name) > self._settings.compact_every:
             self._store.compact(self.name, self.doc.get_update())
 
-    def _on_prepared_change(self, event: MapEvent) -> None:
-        for change in event.keys.values():
-            if change.get("action") != "delete":
-                entry = change.get("newValue")
-                worker = entry.get(c.F_WORKER) if isinstance(entry, Map) else None
-                if isinstance(worker, str):
-                    self._concerned.add(worker)
+    def _column_observer(self, column: Column) -> Callable[[MapEvent], None]:
+        def observe(event: MapEvent) -> None:
+            for key, change in event.keys.items():
+                self._touched.add(key)
+                if change.get("action") == "delete":
+                    continue
+                if column is Column.PREPARED:
+                    entry = change.get("newValue")
+                    worker = entry.get(c.F_WORKER) if isinstance(entry, Map) else None
+                    if isinstance(worker, str):
+                        self._assigned[key] = worker
+                elif column is Column.DONE:
+                    self._finished.add(key)
+
+        return observe
 
     def _on_doc_update(self, event: TransactionEvent) -> None:
         update: bytes = event.update
         origin = self._origin
         if origin is None and self._validator is not None:
             self._validator.mirror(update)  # the server's own write: keep the twin level
-        concerned, self._concerned = self._concerned, set()
+        touched, self._touched = self._touched, set()
+        if self._assigned:
+            for conn in self._connections:
+                conn.interests.update(t for t, w in self._assigned.items() if w in conn.worker_ids)
+        # An assignment is news for the worker, not for the task's owner.
+        moved_on = touched.difference(self._assigned) if self._assigned else touched
         for conn in self._connections:
             if conn is not origin:
-                workers = conn.worker_ids
-                conn.enqueue_update(update, urgent=not workers or not workers.isdisjoint(concerned))
+                news = touched if conn.worker_ids else moved_on
+                conn.enqueue_update(update, urgent=conn.eager or not conn.interests.isdisjoint(news))
+        self._assigned = {}
+        if self._finished:
+            for conn in self._connections:
+                conn.interests.difference_update(self._finished)
+            self._finished = set()
         if self._store is not None:
             self._store.append(self.name, update)
         self.stats.updates_applied += 1
@@ -143,7 +169,7 @@ class BoardRoom:
         """Serve one connection until it closes; a peer breaking a rule is closed with a reason."""
         await self._ready.wait()
         conn = Connection(
-            channel, keepalive_s=self._settings.keepalive_s, lazy_s=self._settings.worker_lazy_s
+            channel, keepalive_s=self._settings.keepalive_s, lazy_s=self._settings.lazy_s
         )
         self._connections.add(conn)
         self.stats.connections_total += 1
@@ -202,7 +228,8 @@ class BoardRoom:
                 self._apply(conn, message.payload)
         elif isinstance(message, codec.AwarenessMessage):
             update = self.awareness.apply(conn, message.update)
-            conn.worker_ids = self.awareness.worker_ids_of(conn)
+            roles, conn.worker_ids = self.awareness.roles_of(conn)
+            conn.eager = not roles.isdisjoint(_EAGER_ROLES)
             if update is not None:
                 # Echoed to the sender too: y-websocket counts it as a sign of life.
                 self._broadcast(codec.awareness_message(update), None)
@@ -216,7 +243,8 @@ class BoardRoom:
             return
         if self._validator is not None:
             self._validator.check(update)
-            self._concerned |= self._validator.cancelled_workers
+            self._touched |= self._validator.touched
+            conn.interests.update(self._validator.created)
         self._origin = conn
         try:
             self.doc.apply_update(update)

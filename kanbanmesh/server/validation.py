@@ -47,7 +47,10 @@ class UpdateValidator:
         self._board = board
         self._limits = limits
         self._new: list[_NewEntry] = []
-        self.cancelled_workers: set[str] = set()  # workers whose running task the last check cancelled
+        # What the last checked update did: the tasks it changed inside their entries, and
+        # the tasks it created in `todo`.
+        self.touched: set[str] = set()
+        self.created: list[str] = []
         self._subs: list[tuple[Map, Subscription]] = []
         self._unmirrored: list[bytes] = []
         self._collecting = True
@@ -71,13 +74,13 @@ class UpdateValidator:
                 return
             for event in events:
                 if not isinstance(event, MapEvent):
+                    path = list(event.path)  # a text append: the task's output
+                    if path:
+                        self.touched.add(str(path[0]))
                     continue
                 path = list(event.path)
                 if path:
-                    if column == c.DOING and len(path) == 1 and c.F_CANCEL in event.keys:
-                        worker = event.target.get(c.F_WORKER)
-                        if isinstance(worker, str):
-                            self.cancelled_workers.add(worker)
+                    self.touched.add(str(path[0]))
                     continue
                 for key, change in event.keys.items():
                     if change.get("action") in ("add", "update"):
@@ -110,7 +113,8 @@ class UpdateValidator:
         """Raise `UpdateRefused` unless `update` may be applied to the board."""
         self._catch_up()
         self._new.clear()
-        self.cancelled_workers.clear()
+        self.touched.clear()
+        self.created.clear()
         try:
             self._twin.apply_update(update)
         except ValueError as exc:
@@ -119,6 +123,8 @@ class UpdateValidator:
         try:
             for entry in self._new:
                 self._check_entry(entry)
+                if entry.column == c.TODO:
+                    self.created.append(entry.key)
         except UpdateRefused:
             self._twin = self._make_twin()
             raise

@@ -192,7 +192,7 @@ async def test_worker_killed_mid_stream_is_requeued_without_duplicated_text(
     import subprocess
 
     victim = subprocess.Popen(
-        cli("worker", "--url", server_url, "--echo-delay", "25", "--name", "victim"),
+        cli("worker", "--url", server_url, "--backend", "echo", "--echo-delay", "25", "--name", "victim"),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -250,7 +250,7 @@ async def test_cli_up_starts_a_working_mesh(tmp_path: object) -> None:
     port = free_port()
     url = f"ws://127.0.0.1:{port}"
     async with await anyio.open_process(
-        cli("up", "--port", str(port), "--data-dir", str(tmp_path), "--workers", "2")
+        cli("up", "--port", str(port), "--data-dir", str(tmp_path), "--workers", "2", "--backend", "echo")
     ) as up:
         try:
             with anyio.fail_after(60):

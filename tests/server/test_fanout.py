@@ -1,8 +1,9 @@
 """Fan-out of a room: who gets an update at once, who gets it with the next batch.
 
-A worker peer gets, at once, only the updates that concern one of its workers (a task
-assigned to it, one of its tasks cancelled); everything else waits up to `lazy_s` and then
-arrives merged. Every other peer gets every update at once. Nothing is ever dropped.
+A peer gets at once the updates about the tasks it follows: a client the tasks it created
+(except their assignment, which is the worker's news), a worker the tasks assigned to it.
+A broker gets everything at once. Everything else waits up to `lazy_s` and then arrives
+merged with whatever else is pending. Nothing is ever dropped.
 """
 
 from __future__ import annotations
@@ -144,60 +145,74 @@ async def _run_lazy_scenario(channel: MemoryChannel, conn: Connection) -> None:
         tg.cancel_scope.cancel()
 
 
-async def test_worker_peer_gets_its_assignment_at_once_and_other_traffic_batched() -> None:
-    room = BoardRoom("test", None, RoomSettings(worker_lazy_s=LAZY_S))
-    peers = client, worker, other_worker, watcher = Peer(), Peer(), Peer(), Peer()
+async def test_each_peer_gets_at_once_only_the_news_of_its_own_tasks() -> None:
+    room = BoardRoom("test", None, RoomSettings(lazy_s=LAZY_S))
+    peers = client, broker, worker, other_worker = Peer(), Peer(), Peer(), Peer()
     try:
-        await _run_assignment_scenario(room, client, worker, other_worker, watcher)
+        await _run_ownership_scenario(room, client, broker, worker, other_worker)
     finally:
         for peer in peers:
             peer.channel.dispose()
 
 
-async def _run_assignment_scenario(
-    room: BoardRoom, client: Peer, worker: Peer, other_worker: Peer, watcher: Peer
+async def _run_ownership_scenario(
+    room: BoardRoom, client: Peer, broker: Peer, worker: Peer, other_worker: Peer
 ) -> None:
     async with anyio.create_task_group() as tg:
         await tg.start(room.start)
-        for peer in (client, worker, other_worker, watcher):
+        for peer in (client, broker, worker, other_worker):
             tg.start_soon(room.serve, peer.channel)
+        await client.announce({c.A_ROLE: "client", c.A_ID: "c1"})
+        await broker.announce({c.A_ROLE: "broker", c.A_ID: "b1"})
         await worker.announce({c.A_ROLE: "worker", c.A_ID: "w1", c.A_SLOTS: 1})
         await other_worker.announce({c.A_ROLE: "worker", c.A_ID: "w2", c.A_SLOTS: 1})
-        await watcher.announce({c.A_ROLE: "client", c.A_ID: "c1"})
-        await client.announce({c.A_ROLE: "client", c.A_ID: "c2"})
         with anyio.fail_after(5):
             while len(room.awareness.states()) < 4:
                 await anyio.sleep(0.01)
 
-        # A new task concerns no worker: watchers get it at once, workers with their batch.
+        # A new task: a broker wants it at once, workers get it with their batch.
         start = anyio.current_time()
         client.column(c.TODO)["t1"] = Map(task_fields("t1"))
         await client.push()
-        assert await watcher.next_update(5) - start < LAZY_S / 2
+        assert await broker.next_update(5) - start < LAZY_S / 2
         assert await worker.next_update(5) - start >= LAZY_S * 0.9
         assert "t1" in worker.column(c.TODO)
         await other_worker.next_update(5)
 
-        # An assignment to w1 goes to w1 at once (with the backlog), to w2 with its batch.
+        # Its assignment to w1: news for w1 at once; w2 and the owner get it batched.
         start = anyio.current_time()
-        with client.doc.transaction():
-            del client.column(c.TODO)["t1"]
-            client.column(c.PREPARED)["t1"] = Map(task_fields("t1", worker="w1"))
-        await client.push()
+        with broker.doc.transaction():
+            del broker.column(c.TODO)["t1"]
+            broker.column(c.PREPARED)["t1"] = Map(task_fields("t1", worker="w1"))
+        await broker.push()
         assert await worker.next_update(5) - start < LAZY_S / 2
         assert worker.column(c.PREPARED)["t1"]["worker"] == "w1"
         assert await other_worker.next_update(5) - start >= LAZY_S * 0.9
+        assert await client.next_update(5) - start >= LAZY_S * 0.9
 
-        # w1 starts it; then a cancel of w1's running task reaches w1 at once.
+        # w1 starts it and streams: the owner sees every piece at once.
+        output = Text()
         with worker.doc.transaction():
-            fields = task_fields("t1", worker="w1", output=Text())
             del worker.column(c.PREPARED)["t1"]
-            worker.column(c.DOING)["t1"] = Map(fields)
+            worker.column(c.DOING)["t1"] = Map(task_fields("t1", worker="w1", output=output))
+        start = anyio.current_time()
         await worker.push()
-        await client.next_update(5)
+        assert await client.next_update(5) - start < LAZY_S / 2
+        output += "Hello"
+        start = anyio.current_time()
+        await worker.push()
+        assert await client.next_update(5) - start < LAZY_S / 2
+        assert str(client.column(c.DOING)["t1"]["output"]) == "Hello"
+
+        # The owner cancels: w1 hears of it at once.
         start = anyio.current_time()
         client.column(c.DOING)["t1"]["cancel"] = True
         await client.push()
         assert await worker.next_update(5) - start < LAZY_S / 2
         assert worker.column(c.DOING)["t1"]["cancel"] is True
+
+        # w2 got nothing at once all along, and yet has everything in the end.
+        with anyio.fail_after(5):
+            while "t1" not in other_worker.column(c.DOING) or not other_worker.column(c.DOING)["t1"].get("cancel"):
+                assert await other_worker.next_update(5) - start >= LAZY_S * 0.9
         tg.cancel_scope.cancel()
