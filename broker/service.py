@@ -150,14 +150,10 @@ class Broker:
             self._track.held[column][task_id] = str(entry.get(c.F_WORKER) or "")
 
     def _on_prepared_events(self, events: list[Any]) -> None:
-        for event in events:
-            if not isinstance(event, MapEvent):
-                continue
-            path = list(event.path)
-            if not path:
-                self._on_held_keys(Column.PREPARED, event)
-            elif len(path) == 1 and c.F_CANCEL in event.keys:
-                self._track.prepared_cancels.add(str(path[0]))
+        roots, cancels = _column_changes(events)
+        for event in roots:
+            self._on_held_keys(Column.PREPARED, event)
+        self._track.prepared_cancels.update(cancels)
 
     def _on_doing_event(self, event: MapEvent) -> None:
         self._on_held_keys(Column.DOING, event)
@@ -184,18 +180,14 @@ class Broker:
         )
 
     def _on_todo_events(self, events: list[Any]) -> None:
-        for event in events:
-            if not isinstance(event, MapEvent):
-                continue
-            path = list(event.path)
-            if not path:
-                for key, change in event.keys.items():
-                    if change.get("action") == "delete":
-                        self._track.queue.discard(key)
-                    else:
-                        self._enqueue(key, change.get("newValue"))
-            elif len(path) == 1 and c.F_CANCEL in event.keys:
-                self._track.cancel_requests.add(str(path[0]))
+        roots, cancels = _column_changes(events)
+        for event in roots:
+            for key, change in event.keys.items():
+                if change.get("action") == "delete":
+                    self._track.queue.discard(key)
+                else:
+                    self._enqueue(key, change.get("newValue"))
+        self._track.cancel_requests.update(cancels)
 
     # -- one pass ------------------------------------------------------------------------
 
@@ -300,6 +292,22 @@ class Broker:
                 },
             )
             self.stats.assigned += 1
+
+
+def _column_changes(events: list[Any]) -> tuple[list[MapEvent], list[str]]:
+    """A column's deep events: those on the column itself (entries added or removed), and
+    the ids of entries whose `cancel` flag was written."""
+    roots: list[MapEvent] = []
+    cancels: list[str] = []
+    for event in events:
+        if not isinstance(event, MapEvent):
+            continue
+        path = list(event.path)
+        if not path:
+            roots.append(event)
+        elif len(path) == 1 and c.F_CANCEL in event.keys:
+            cancels.append(str(path[0]))
+    return roots, cancels
 
 
 def _number(value: object) -> float:
