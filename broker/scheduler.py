@@ -26,6 +26,10 @@ class QueuedTask:
     def make(cls, task_id: str, model: str, priority: float, created_at: float) -> QueuedTask:
         return cls((-priority, created_at, task_id), task_id, model)
 
+    @property
+    def created_at(self) -> float:
+        return self.sort_key[1]
+
 
 class TodoQueue:
     """The queued tasks in service order, updated incrementally (a heap, lazily pruned)."""
@@ -43,6 +47,9 @@ class TodoQueue:
     def add(self, task: QueuedTask) -> None:
         self._live[task.id] = task
         heapq.heappush(self._heap, task)
+
+    def get(self, task_id: str) -> QueuedTask | None:
+        return self._live.get(task_id)
 
     def discard(self, task_id: str) -> None:
         self._live.pop(task_id, None)

@@ -9,7 +9,7 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus as StartStatus
-from pycrdt import Map, MapEvent
+from pycrdt import Map, MapEvent, Text
 
 import kanbanmesh
 from awareness.states import Role, WorkerPresence, workers_from_states
@@ -170,12 +170,12 @@ class Broker:
             return
         if entry.get(c.F_CANCEL):
             self._track.cancel_requests.add(task_id)
+        # A task without `created_at` (a JavaScript client may leave it out) is as old as
+        # its arrival here, not older than every other task; it is stamped when assigned.
+        created_at = _number(entry.get(c.F_CREATED_AT)) or now_ms()
         self._track.queue.add(
             QueuedTask.make(
-                task_id,
-                str(entry.get(c.F_MODEL) or ""),
-                _number(entry.get(c.F_PRIORITY)),
-                _number(entry.get(c.F_CREATED_AT)),
+                task_id, str(entry.get(c.F_MODEL) or ""), _number(entry.get(c.F_PRIORITY)), created_at
             )
         )
 
@@ -255,11 +255,17 @@ class Broker:
     def _finish(
         self, task_id: str, column: Column, status: TaskStatus, error: dict[str, str] | None
     ) -> None:
-        fields: dict[str, Any] = {c.F_STATUS: status.value, c.F_FINISHED_AT: now_ms()}
+        # The text streamed so far stays the result: a cancelled or failed task keeps what
+        # its (last) worker wrote, as it does when the worker itself finishes it.
+        output = self.board.column_map(column)[task_id].get(c.F_OUTPUT)
+        fields: dict[str, Any] = {
+            c.F_STATUS: status.value,
+            c.F_FINISHED_AT: now_ms(),
+            c.F_RESULT: str(output) if isinstance(output, Text) else "",
+        }
         if error is not None:
             fields[c.F_ERROR] = error
         if status is TaskStatus.CANCELLED:
-            fields[c.F_RESULT] = ""
             self.stats.cancelled += 1
         else:
             self.stats.failed += 1
@@ -280,17 +286,15 @@ class Broker:
             if not isinstance(entry, Map):
                 self._track.queue.discard(task_id)
                 continue
-            self.board.move(
-                task_id,
-                Column.TODO,
-                Column.PREPARED,
-                Writer.BROKER,
-                set_fields={
-                    c.F_WORKER: worker_id,
-                    c.F_ATTEMPT: int(_number(entry.get(c.F_ATTEMPT)) or 1),
-                    c.F_ASSIGNED_AT: now_ms(),
-                },
-            )
+            assignment: dict[str, Any] = {
+                c.F_WORKER: worker_id,
+                c.F_ATTEMPT: int(_number(entry.get(c.F_ATTEMPT)) or 1),
+                c.F_ASSIGNED_AT: now_ms(),
+            }
+            queued = self._track.queue.get(task_id)
+            if not _number(entry.get(c.F_CREATED_AT)) and queued is not None:
+                assignment[c.F_CREATED_AT] = queued.created_at
+            self.board.move(task_id, Column.TODO, Column.PREPARED, Writer.BROKER, set_fields=assignment)
             self.stats.assigned += 1
 
 

@@ -18,6 +18,7 @@ const columns = ['todo', 'prepared', 'doing', 'done'].map((name) => doc.getMap(n
 const id = `js-${Date.now()}-${Math.random().toString(36).slice(2, 8)}`
 // Wherever the task sits now; a copy in `done` wins over any other.
 const findTask = () => [...columns].reverse().map((col) => col.get(id)).find(Boolean)
+let cancelling = false // set by Ctrl-C, below
 
 provider.once('sync', () => {
   // A task is a Y.Map in `todo`, created in ONE transaction, keyed by its id.
@@ -38,6 +39,11 @@ provider.once('sync', () => {
   let printed = ''
   doc.on('update', () => {
     const task = findTask()
+    // A cancel written while the task was being moved is lost with the old copy: write it
+    // again on the copy that holds the task now, until the task is done.
+    if (cancelling && task && !columns[3].has(id) && task.get('cancel') !== true) {
+      task.set('cancel', true)
+    }
     const text = task?.get('output')?.toString() ?? ''
     // Print only new text; after a retry, wait until the output has passed what we printed.
     if (text.length > printed.length && text.startsWith(printed)) {
@@ -57,6 +63,7 @@ provider.once('sync', () => {
 // Ctrl-C cancels: set `cancel` on the entry wherever it sits; it then lands in `done`.
 process.on('SIGINT', () => {
   const task = findTask()
-  if (task && !task.get('cancel')) task.set('cancel', true)
-  else process.exit(130) // a second Ctrl-C just quits
+  if (cancelling || !task) process.exit(130) // a second Ctrl-C just quits
+  cancelling = true
+  task.set('cancel', true)
 })

@@ -125,10 +125,22 @@ class TaskEntry(TaskRequest):
     cancel: bool = False
 
 
+# The fields of a request (what the client writes when it creates a task).
+REQUEST_FIELDS = frozenset(TaskRequest.model_fields)
+
 # Fields each writer may set on an existing entry (the security issue enforces these per role).
 CLIENT_FIELDS = frozenset({c.F_CANCEL})
 BROKER_FIELDS = frozenset(
-    {c.F_WORKER, c.F_ATTEMPT, c.F_ASSIGNED_AT, c.F_STATUS, c.F_ERROR, c.F_FINISHED_AT}
+    {
+        c.F_WORKER,
+        c.F_ATTEMPT,
+        c.F_ASSIGNED_AT,
+        c.F_CREATED_AT,  # only where the client left it out
+        c.F_STATUS,
+        c.F_RESULT,  # the text streamed so far, when it cancels or fails a task
+        c.F_ERROR,
+        c.F_FINISHED_AT,
+    }
 )
 WORKER_FIELDS = frozenset(
     {

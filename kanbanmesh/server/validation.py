@@ -16,6 +16,7 @@ from pycrdt import Doc, Map, MapEvent, Subscription, merge_updates
 
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_fields, plain_fields, request_from_fields
+from kanbanmesh.board.schema import REQUEST_FIELDS
 from kanbanmesh.errors import InvalidTaskError
 
 
@@ -30,7 +31,7 @@ class UpdateRefused(Exception):
 
 @dataclass(frozen=True)
 class ValidationLimits:
-    max_task_bytes: int = 1 << 20  # a new task's fields as JSON
+    max_task_bytes: int = 1 << 20  # a task's request fields as UTF-8 JSON
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,10 @@ class UpdateValidator:
                 f"invalid task: {where} must be a Y.Map, not {type(entry.value).__name__}",
             )
         fields = entry.value
-        size = len(json.dumps(fields, default=str))
+        # The limit is on what a client asks (the request), in UTF-8 bytes: an entry moved
+        # on with its output and result may rightly be bigger than any request.
+        request = {k: v for k, v in fields.items() if k in REQUEST_FIELDS}
+        size = len(json.dumps(request, ensure_ascii=False, default=str).encode("utf-8"))
         if size > self._limits.max_task_bytes:
             raise UpdateRefused(
                 c.CLOSE_TASK_TOO_LARGE,
