@@ -17,6 +17,7 @@ from broker.scheduler import QueuedTask, TodoQueue, plan
 from broker.view import BoardView
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms
+from kanbanmesh.board.events import event_keys, event_path
 from kanbanmesh.board.schema import TaskStatus
 from kanbanmesh.board.transitions import Column, Writer
 from kanbanmesh.notify import ChangeSignal
@@ -159,7 +160,7 @@ class Broker:
         self._on_held_keys(Column.DOING, event)
 
     def _on_held_keys(self, column: Column, event: MapEvent) -> None:
-        for key, change in event.keys.items():
+        for key, change in event_keys(event).items():
             if change.get("action") == "delete":
                 self._track.held[column].pop(key, None)
             else:
@@ -182,7 +183,7 @@ class Broker:
     def _on_todo_events(self, events: list[Any]) -> None:
         roots, cancels = _column_changes(events)
         for event in roots:
-            for key, change in event.keys.items():
+            for key, change in event_keys(event).items():
                 if change.get("action") == "delete":
                     self._track.queue.discard(key)
                 else:
@@ -225,7 +226,7 @@ class Broker:
                 self._finish(task_id, Column.PREPARED, TaskStatus.CANCELLED, None)
         return load
 
-    def _requeue(self, task_id: str, column: Column, entry: Map) -> None:
+    def _requeue(self, task_id: str, column: Column, entry: Map[Any]) -> None:
         attempt = int(_number(entry.get(c.F_ATTEMPT)) or 1)
         if entry.get(c.F_CANCEL):
             self._finish(task_id, column, TaskStatus.CANCELLED, None)
@@ -306,10 +307,10 @@ def _column_changes(events: list[Any]) -> tuple[list[MapEvent], list[str]]:
     for event in events:
         if not isinstance(event, MapEvent):
             continue
-        path = list(event.path)
+        path = event_path(event)
         if not path:
             roots.append(event)
-        elif len(path) == 1 and c.F_CANCEL in event.keys:
+        elif len(path) == 1 and c.F_CANCEL in event_keys(event):
             cancels.append(str(path[0]))
     return roots, cancels
 

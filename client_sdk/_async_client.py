@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, Sequence
+from typing import Any, Self
 
 import anyio
-from pydantic import ValidationError
 from pycrdt import Map, Text
+from pydantic import ValidationError
 
 from awareness.states import PeerPresence, Role, WorkerPresence, workers_from_states
 from client_sdk._models import BoardSnapshot
@@ -80,7 +80,7 @@ class AsyncClient:
         """The underlying document peer (for advanced use: the raw pycrdt document)."""
         return self._peer
 
-    async def __aenter__(self) -> AsyncClient:
+    async def __aenter__(self) -> Self:
         await self.connect()
         return self
 
@@ -223,7 +223,7 @@ class TaskHandle:
     def __repr__(self) -> str:
         return f"TaskHandle({self.id!r})"
 
-    def _locate(self) -> tuple[Column, Map] | None:
+    def _locate(self) -> tuple[Column, Map[Any]] | None:
         try:
             return self._client.peer.board.entry(self.id)
         except TaskNotFoundError:
@@ -233,7 +233,7 @@ class TaskHandle:
         """Where the task is now, and its entry."""
         return self._client.get(self.id)
 
-    async def stream(self) -> AsyncIterator[str]:
+    async def stream(self) -> AsyncGenerator[str, None]:
         """Yield the output text as it arrives, then end when the task is done.
 
         The pieces joined equal the final `result`. After a retry (the worker died), the new
@@ -302,7 +302,7 @@ class TaskHandle:
                 await self._client.wait_changed(1.0)
 
 
-def _text_of(ymap: Map, column: Column) -> str:
+def _text_of(ymap: Map[Any], column: Column) -> str:
     if column is Column.DONE and ymap.get(c.F_STATUS) == TaskStatus.SUCCEEDED.value:
         result = ymap.get(c.F_RESULT)
         if isinstance(result, str):

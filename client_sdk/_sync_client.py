@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import ExitStack
-from typing import Any
+from typing import Any, Self, TypeVar
 
 import anyio
 from anyio.abc import TaskStatus
@@ -16,6 +16,8 @@ from client_sdk._async_client import AsyncClient, TaskHandle
 from client_sdk._models import BoardSnapshot
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.schema import ChatMessage, TaskEntry, TaskParams
+
+_T = TypeVar("_T")
 
 
 class Client:
@@ -42,7 +44,7 @@ class Client:
         self._held: Future[None] | None = None
         self._closing: anyio.Event | None = None
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Self:
         self.connect()
         return self
 
@@ -141,6 +143,6 @@ class SyncTaskHandle:
         return self._portal.call(self._handle.cancel, timeout_s)
 
 
-async def _sync_call(fn: Any) -> Any:
+async def _sync_call(fn: Callable[[], _T]) -> _T:
     # Board reads must run on the loop thread: pycrdt documents are not shared across threads.
     return fn()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 import anyio
@@ -72,7 +72,7 @@ class BoardPeer:
     ) -> None:
         self.url = url
         self.board_name = board
-        self.doc = Doc()
+        self.doc: Doc[Any] = Doc()
         self.board = BoardDoc(self.doc)
         self.awareness = Awareness(self.doc)
         self.awareness.set_local_state(None)  # nobody until someone says who we are
@@ -154,7 +154,7 @@ class BoardPeer:
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
 
-    async def __aenter__(self) -> BoardPeer:
+    async def __aenter__(self) -> Self:
         self._exit_tg = anyio.create_task_group()
         await self._exit_tg.__aenter__()
         try:

@@ -164,7 +164,7 @@ class Worker:
                 run.cancelled = True
                 run.scope.cancel()
 
-    def _ours(self, column: Column, task_id: str, run: _Run) -> Map | None:
+    def _ours(self, column: Column, task_id: str, run: _Run) -> Map[Any] | None:
         entry = self._peer.board.column_map(column).get(task_id)
         if not isinstance(entry, Map):
             return None

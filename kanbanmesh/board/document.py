@@ -28,11 +28,11 @@ def now_ms() -> float:
 class BoardDoc:
     """The four root maps of one board document, and the operations on its entries."""
 
-    def __init__(self, doc: Doc) -> None:
+    def __init__(self, doc: Doc[Any]) -> None:
         self.doc = doc
-        self.maps: dict[Column, Map] = {col: doc.get(col.value, type=Map) for col in Column}
+        self.maps: dict[Column, Map[Any]] = {col: doc.get(col.value, type=Map) for col in Column}
 
-    def column_map(self, column: Column) -> Map:
+    def column_map(self, column: Column) -> Map[Any]:
         return self.maps[column]
 
     def locate(self, task_id: str) -> Column | None:
@@ -46,7 +46,7 @@ class BoardDoc:
             return None
         return winner(found)[0]
 
-    def entry(self, task_id: str) -> tuple[Column, Map]:
+    def entry(self, task_id: str) -> tuple[Column, Map[Any]]:
         """The column and live Y.Map of a task; raises `TaskNotFoundError`."""
         column = self.locate(task_id)
         if column is None:
@@ -83,7 +83,7 @@ class BoardDoc:
         drop_fields: frozenset[str] = frozenset(),
         keep_output: bool = True,
         new_output: bool = False,
-    ) -> Map:
+    ) -> Map[Any]:
         """Move a task from `src` to `dst` in one transaction and return the new entry.
 
         `set_fields` are written into the copy, `drop_fields` left out of it. `keep_output`
@@ -114,11 +114,11 @@ class BoardDoc:
             if task_id in self.maps[column]:
                 del self.maps[column][task_id]
 
-    def entries(self, column: Column) -> Iterator[tuple[str, Map]]:
+    def entries(self, column: Column) -> Iterator[tuple[str, Map[Any]]]:
         yield from self.maps[column].items()
 
 
-def plain_fields(ymap: Map) -> dict[str, Any]:
+def plain_fields(ymap: Map[Any]) -> dict[str, Any]:
     """An entry's fields as plain Python values (`output` as its string)."""
     fields: dict[str, Any] = {}
     for key, value in ymap.items():
@@ -138,7 +138,7 @@ def _attempt_of(ymap: Any) -> int:
         return 0
 
 
-def entry_from_map(ymap: Map) -> TaskEntry:
+def entry_from_map(ymap: Map[Any]) -> TaskEntry:
     """Validate a live entry into a `TaskEntry`; raises `InvalidTaskError`."""
     return entry_from_fields(plain_fields(ymap))
 

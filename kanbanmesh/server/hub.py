@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -24,8 +24,9 @@ _BOARD_NAME = re.compile(BOARD_NAME_PATTERN)
 
 @dataclass(frozen=True)
 class HubSettings:
-    room: RoomSettings = RoomSettings()
-    broker: BrokerSettings | None = BrokerSettings(name="embedded")  # None: no embedded broker
+    room: RoomSettings = field(default_factory=RoomSettings)
+    # None: no embedded broker.
+    broker: BrokerSettings | None = field(default_factory=lambda: BrokerSettings(name="embedded"))
 
 
 class Hub:

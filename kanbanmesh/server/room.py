@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 from anyio.abc import TaskStatus
@@ -21,6 +22,7 @@ from pycrdt import Doc, Map, MapEvent, TransactionEvent
 from awareness.registry import AwarenessConflictError, AwarenessRegistry
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc
+from kanbanmesh.board.events import event_keys
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import ConnectionClosedError, ProtocolError
 from kanbanmesh.protocol import codec
@@ -41,7 +43,7 @@ class RoomSettings:
     awareness_timeout_s: float = 30.0  # as Yjs: a state not renewed for this long is gone
     compact_every: int = 5000  # persisted rows of one board before they are squashed
     lazy_s: float = 0.05  # how long other people's tasks' updates may wait to be sent
-    limits: ValidationLimits = ValidationLimits()
+    limits: ValidationLimits = field(default_factory=ValidationLimits)
 
 
 @dataclass
@@ -56,7 +58,7 @@ class BoardRoom:
 
     def __init__(self, name: str, store: BoardStore | None, settings: RoomSettings) -> None:
         self.name = name
-        self.doc = Doc()
+        self.doc: Doc[Any] = Doc()
         self.board = BoardDoc(self.doc)
         self.awareness = AwarenessRegistry()
         self.stats = RoomStats()
@@ -117,7 +119,7 @@ class BoardRoom:
 
     def _column_observer(self, column: Column) -> Callable[[MapEvent], None]:
         def observe(event: MapEvent) -> None:
-            for key, change in event.keys.items():
+            for key, change in event_keys(event).items():
                 self._touched.add(key)
                 if change.get("action") == "delete":
                     continue

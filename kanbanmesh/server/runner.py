@@ -68,19 +68,8 @@ async def serve(
     except OSError as exc:
         sock.close()
         raise ConfigurationError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from exc
-    host, port = sock.getsockname()[:2]
+    port = sock.getsockname()[1]
     url = f"ws://{settings.host}:{port}"
-    config = uvicorn.Config(
-        app=None,  # set below, once the hub exists
-        ws="websockets-sansio",
-        ws_max_size=settings.max_message_bytes,
-        ws_ping_interval=20.0,
-        ws_ping_timeout=20.0,
-        ws_per_message_deflate=False,
-        lifespan="off",
-        log_level="warning",
-        access_log=False,
-    )
     async with AsyncExitStack() as stack:
         store = None
         if settings.persist:
@@ -88,7 +77,17 @@ async def serve(
                 BoardStore(settings.data_dir / "boards.sqlite3")
             )
         hub = Hub(store, hub_settings(settings))
-        config.app = create_app(hub)
+        config = uvicorn.Config(
+            app=create_app(hub),
+            ws="websockets-sansio",
+            ws_max_size=settings.max_message_bytes,
+            ws_ping_interval=20.0,
+            ws_ping_timeout=20.0,
+            ws_per_message_deflate=False,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+        )
         server = _Server(config)
         async with anyio.create_task_group() as tg:
             await tg.start(hub.start)

@@ -16,6 +16,7 @@ from pycrdt import Doc, Map, MapEvent, Subscription, merge_updates
 
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_fields, plain_fields, request_from_fields
+from kanbanmesh.board.events import event_keys, event_path
 from kanbanmesh.board.schema import REQUEST_FIELDS
 from kanbanmesh.errors import InvalidTaskError
 
@@ -44,7 +45,7 @@ class _NewEntry:
 class UpdateValidator:
     """Validates incoming updates against a twin of one board document."""
 
-    def __init__(self, board: Doc, limits: ValidationLimits) -> None:
+    def __init__(self, board: Doc[Any], limits: ValidationLimits) -> None:
         self._board = board
         self._limits = limits
         self._new: list[_NewEntry] = []
@@ -52,17 +53,17 @@ class UpdateValidator:
         # the tasks it created in `todo`.
         self.touched: set[str] = set()
         self.created: list[str] = []
-        self._subs: list[tuple[Map, Subscription]] = []
+        self._subs: list[tuple[Map[Any], Subscription]] = []
         self._unmirrored: list[bytes] = []
         self._collecting = True
         self._twin = self._make_twin()
 
-    def _make_twin(self) -> Doc:
+    def _make_twin(self) -> Doc[Any]:
         for ymap, sub in self._subs:
             ymap.unobserve(sub)
         self._subs = []
         self._unmirrored.clear()  # the board's state includes them
-        twin = Doc()
+        twin: Doc[Any] = Doc()
         twin.apply_update(self._board.get_update())
         for name in c.COLUMNS:
             ymap = twin.get(name, type=Map)
@@ -75,15 +76,15 @@ class UpdateValidator:
                 return
             for event in events:
                 if not isinstance(event, MapEvent):
-                    path = list(event.path)  # a text append: the task's output
+                    path = event_path(event)  # a text append: the task's output
                     if path:
                         self.touched.add(str(path[0]))
                     continue
-                path = list(event.path)
+                path = event_path(event)
                 if path:
                     self.touched.add(str(path[0]))
                     continue
-                for key, change in event.keys.items():
+                for key, change in event_keys(event).items():
                     if change.get("action") in ("add", "update"):
                         value = change.get("newValue")
                         # read it now: event values are only valid inside the callback

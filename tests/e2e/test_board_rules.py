@@ -57,7 +57,7 @@ async def test_worker_lost_on_the_last_attempt_keeps_the_streamed_text(tmp_path:
     settings = Settings(port=0, data_dir=tmp_path, max_attempts=1, orphan_grace_s=0.2)
     async with anyio.create_task_group() as tg:
         url = await tg.start(serve, settings)
-        victim = subprocess.Popen(
+        victim = await anyio.open_process(
             cli("worker", "--url", url, "--backend", "echo", "--echo-delay", "25"),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
@@ -74,9 +74,10 @@ async def test_worker_lost_on_the_last_attempt_keeps_the_streamed_text(tmp_path:
                             break
                     entry = await task.wait()
         finally:
-            if victim.poll() is None:
+            if victim.returncode is None:
                 victim.kill()
-            victim.wait(5)
+            with anyio.fail_after(5):
+                await victim.wait()
         tg.cancel_scope.cancel()
     assert entry.status is TaskStatus.FAILED
     assert entry.error is not None and entry.error.code == "worker_lost"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import anyio
 import pytest
@@ -16,9 +15,9 @@ from client_sdk import (
     TaskCancelledError,
     TaskStatus,
 )
+from kanbanmesh.board.schema import TaskParams
 from tests.conftest import WorkerPool, cli
 from worker.backends import GenerationRequest, echo_text
-from kanbanmesh.board.schema import TaskParams
 
 pytestmark = pytest.mark.anyio
 
@@ -189,11 +188,9 @@ async def test_three_workers_300_tasks_10_clients(server_url: str, workers: Work
 async def test_worker_killed_mid_stream_is_requeued_without_duplicated_text(
     server_url: str, workers: WorkerPool
 ) -> None:
-    import subprocess
-
-    victim = subprocess.Popen(
+    victim = await anyio.open_process(
         cli("worker", "--url", server_url, "--backend", "echo", "--echo-delay", "25", "--name", "victim"),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=None, stderr=None,
     )
     try:
         prompt = " ".join(f"word{i}" for i in range(60))
@@ -207,15 +204,16 @@ async def test_worker_killed_mid_stream_is_requeued_without_duplicated_text(
                     chunks.append(chunk)
                     if len(chunks) == 5:
                         victim.kill()  # SIGKILL, mid-stream
-                        victim.wait(5)
+                        await victim.wait()
                         await workers.start(delay_ms=1, name="rescuer")
                         break
                 async for chunk in stream:
                     chunks.append(chunk)
                 entry = await task.result()
     finally:
-        if victim.poll() is None:
+        if victim.returncode is None:
             victim.kill()
+            await victim.wait()
     assert entry.attempt == 2, "the task must have been retried once"
     assert entry.worker == workers.workers[0].id
     assert "".join(chunks) == entry.result == expected(prompt)

@@ -8,7 +8,7 @@ backend must stop generating within one token when that happens. Backends raise
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -65,6 +65,6 @@ class Backend(Protocol):
         """Release resources."""
         ...
 
-    def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         """Stream the generation; raises `BackendError` for requests it cannot run."""
         ...

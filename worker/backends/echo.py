@@ -8,7 +8,7 @@ between chunks to imitate a model's pace.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import anyio
 
@@ -54,7 +54,7 @@ class EchoBackend:
     async def stop(self) -> None:
         return None
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         if request.model and request.model != self._model:
             raise BackendError("model_not_found", f"this worker serves {self._model!r}, not {request.model!r}")
         pieces = _PIECE.findall(echo_text(request))
