@@ -68,11 +68,26 @@ def server_options(fn: F) -> F:
 
 def worker_options(fn: F) -> F:
     options = [
-        click.option("--backend", type=click.Choice(["echo"]), default=None,
-                     help="LLM backend (default echo)."),
+        click.option("--backend", type=click.Choice(["llama", "openai", "echo"]), default=None,
+                     help="LLM backend: llama (llama.cpp, the default), openai (any "
+                          "OpenAI-compatible server), echo (model-free, for tests)."),
         click.option("--slots", type=int, default=None, help="Tasks run at once (default 1)."),
+        click.option("--model", default=None,
+                     help="llama: path to a GGUF file (default: the bundled SmolLM2-135M-Instruct); "
+                          "openai: the model name to ask the server for."),
+        click.option("--chat-format", default=None,
+                     help="llama: prompt format (chatml, llama-3, gemma, ...; none = complete bare "
+                          "prompts); default: the GGUF's chat template."),
+        click.option("--n-ctx", type=int, default=None,
+                     help="llama: context size per slot in tokens, prompt and answer (default 2048)."),
+        click.option("--threads", type=int, default=None,
+                     help="llama: CPU threads per slot (default: the cores shared by the slots)."),
+        click.option("--base-url", default=None,
+                     help="openai: the server's API root, e.g. http://127.0.0.1:8080/v1."),
+        click.option("--api-key-env", default=None,
+                     help="openai: name of the environment variable that holds the API key."),
         click.option("--echo-delay", "echo_delay_ms", type=float, default=None,
-                     help="Echo backend: milliseconds between chunks."),
+                     help="echo: milliseconds between chunks."),
     ]
     for option in reversed(options):
         fn = option(fn)

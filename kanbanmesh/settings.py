@@ -50,11 +50,18 @@ class Settings(BaseSettings):
     orphan_grace_s: float = Field(default=5.0, ge=0)
 
     # Worker.
-    backend: Literal["echo"] = "echo"
+    backend: Literal["echo", "llama", "openai"] = "llama"
     slots: int = Field(default=1, ge=1, le=256)
     name: str = ""
     echo_delay_ms: float = Field(default=0.0, ge=0)
     workers: int = Field(default=1, ge=0, le=64)
+    # llama: a GGUF path ("" = the bundled default); openai: the model name to ask for.
+    model: str = ""
+    chat_format: str = ""  # llama: a named format, or "none"; "" = the GGUF's template
+    n_ctx: int = Field(default=2048, ge=16, le=1 << 20)
+    threads: int = Field(default=0, ge=0, le=1024)  # llama threads per slot; 0 = automatic
+    base_url: str = ""  # openai: e.g. https://api.openai.com/v1
+    api_key_env: str = ""  # openai: name of the environment variable holding the API key
 
     @field_validator("url")
     @classmethod

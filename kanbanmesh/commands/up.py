@@ -16,6 +16,7 @@ import click
 from anyio.abc import Process
 
 from kanbanmesh.commands.serve import describe_server
+from kanbanmesh.commands.worker import make_backend
 from kanbanmesh.server.runner import serve
 from kanbanmesh.settings import Settings
 
@@ -23,13 +24,36 @@ log = logging.getLogger(__name__)
 
 
 def worker_command(settings: Settings, url: str, index: int) -> list[str]:
-    return [
+    command = [
         sys.executable, "-m", "kanbanmesh", "worker",
         "--url", url, "--board", settings.board,
         "--backend", settings.backend, "--slots", str(settings.slots),
-        "--echo-delay", str(settings.echo_delay_ms),
         "--name", f"{settings.backend}-{index + 1}",
     ]
+    if settings.backend == "echo":
+        command += ["--echo-delay", str(settings.echo_delay_ms)]
+    if settings.backend == "llama":
+        command += ["--n-ctx", str(settings.n_ctx), "--threads", str(settings.threads)]
+        command += ["--chat-format", settings.chat_format] if settings.chat_format else []
+    if settings.backend == "openai":
+        command += ["--base-url", settings.base_url]
+        command += ["--api-key-env", settings.api_key_env] if settings.api_key_env else []
+    if settings.model:
+        command += ["--model", settings.model]
+    return command
+
+
+def check_backend(settings: Settings) -> str:
+    """Fail before starting anything when the workers could never start (missing model, no
+    chat format, no base URL): a supervisor would otherwise restart them forever."""
+    if settings.workers == 0:
+        return "none"
+    if settings.backend == "llama":
+        from worker.backends.llama import LlamaConfig, inspect_model
+
+        return inspect_model(LlamaConfig(model=settings.model, chat_format=settings.chat_format))
+    backend = make_backend(settings)
+    return f"{backend.engine}: {', '.join(backend.models)}"
 
 
 async def _supervise(command: list[str], stopping: anyio.Event) -> None:
@@ -54,10 +78,11 @@ async def _supervise(command: list[str], stopping: anyio.Event) -> None:
 
 async def up_async(settings: Settings) -> None:
     stopping = anyio.Event()
+    model = check_backend(settings)
     async with anyio.create_task_group() as tg:
         url = await tg.start(serve, settings)
         click.echo(describe_server(settings, url))
-        click.echo(f"  workers {settings.workers} × {settings.backend} ({settings.slots} slot(s) each)")
+        click.echo(f"  workers {settings.workers} × {model} ({settings.slots} slot(s) each)")
         click.echo(f'\nTry:  kanbanmesh submit --url {url} "Tell me a joke"\n      kanbanmesh board --url {url} --watch')
         async with anyio.create_task_group() as workers:
             for index in range(settings.workers):
@@ -75,4 +100,4 @@ def run_up(settings: Settings) -> None:
     anyio.run(up_async, settings)
 
 
-__all__ = ["run_up", "worker_command"]
+__all__ = ["check_backend", "run_up", "worker_command"]

@@ -1,14 +1,22 @@
-"""`kanbanmesh worker`."""
+"""`kanbanmesh worker`: load a backend, then serve it on a board until stopped.
+
+The model is loaded before the first connection (a load failure exits with its reason and
+status 1, before the worker is ever announced) and kept across reconnects. Only an unreachable
+server is waited for; a server that refuses the worker ends the process with the reason and a
+non-zero status, so a supervisor (`kanbanmesh up`, systemd) restarts it.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
+from collections.abc import Mapping
 
 import anyio
 import click
 
-from kanbanmesh.errors import ConnectError
+from kanbanmesh.errors import ConfigurationError, ConnectError, ConnectionClosedError
 from kanbanmesh.peer import BoardPeer
 from kanbanmesh.settings import Settings
 from worker.backends.base import Backend
@@ -18,12 +26,55 @@ from worker.service import Worker, WorkerSettings
 log = logging.getLogger(__name__)
 
 
-def make_backend(settings: Settings) -> Backend:
-    """The backend named by `--backend`, configured from the settings."""
-    return EchoBackend(delay_ms=settings.echo_delay_ms)
+def make_backend(settings: Settings, environ: Mapping[str, str] | None = None) -> Backend:
+    """The backend named by `--backend`, configured from the settings (not started)."""
+    if settings.backend == "echo":
+        return EchoBackend(delay_ms=settings.echo_delay_ms)
+    if settings.backend == "openai":
+        return _openai_backend(settings, os.environ if environ is None else environ)
+    # Imported here: llama_cpp takes a moment to import and the other backends do not need it.
+    from worker.backends.llama import LlamaBackend, LlamaConfig
+
+    return LlamaBackend(LlamaConfig(
+        model=settings.model, chat_format=settings.chat_format, n_ctx=settings.n_ctx,
+        threads=settings.threads, slots=settings.slots,
+    ))
+
+
+def _openai_backend(settings: Settings, environ: Mapping[str, str]) -> Backend:
+    from worker.backends.openai_http import OpenAIBackend, OpenAIConfig
+
+    if not settings.base_url:
+        raise ConfigurationError("the openai backend needs --base-url (e.g. http://127.0.0.1:8080/v1)")
+    api_key = None
+    if settings.api_key_env:
+        api_key = environ.get(settings.api_key_env)
+        if not api_key:
+            raise ConfigurationError(f"--api-key-env names {settings.api_key_env}, which is not set")
+    return OpenAIBackend(OpenAIConfig(base_url=settings.base_url, model=settings.model, api_key=api_key))
+
+
+def describe_backend(backend: Backend) -> str:
+    details = f"{backend.engine}: {', '.join(backend.models)}"
+    chat_format = getattr(backend, "chat_format", "")
+    threads = getattr(backend, "threads", 0)
+    extra = [f"chat format {chat_format}"] if chat_format else []
+    extra += [f"{threads} thread(s) per slot"] if threads else []
+    return details + (f" ({', '.join(extra)})" if extra else "")
 
 
 async def run_worker_async(settings: Settings) -> None:
+    backend = make_backend(settings)
+    await backend.start()  # raises BackendError: the CLI prints it and exits 1
+    click.echo(f"loaded {describe_backend(backend)}", err=True)
+    try:
+        await _serve(settings, backend)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await backend.stop()
+
+
+async def _serve(settings: Settings, backend: Backend) -> None:
     worker_settings = WorkerSettings(name=settings.name, slots=settings.slots)
     delay = 0.2
     while True:
@@ -32,19 +83,31 @@ async def run_worker_async(settings: Settings) -> None:
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(peer.start)
-                worker = Worker(peer, make_backend(settings), worker_settings)
+                worker = Worker(peer, backend, worker_settings)
                 await tg.start(worker.run)
                 click.echo(
                     f"worker {worker.name} ({worker.id}) serving {settings.url}/{settings.board} "
                     f"with {settings.slots} slot(s)", err=True,
                 )
                 tg.start_soon(_stop_on_signal, tg.cancel_scope)
+                tg.start_soon(_fail_when_refused, peer)
             return
         except* ConnectError as group:
             log.warning("server not reachable (%s); retrying", group.exceptions[0])
             click.echo(f"waiting for the server at {settings.url} ...", err=True)
         await anyio.sleep(delay)
         delay = min(delay * 2, 5.0)
+
+
+async def _fail_when_refused(peer: BoardPeer) -> None:
+    """Raise the peer's fatal error (the server closed on us for good) instead of idling."""
+    while peer.error is None:
+        await peer.changed.wait()
+    error = peer.error
+    if isinstance(error, ConnectionClosedError):
+        raise error
+    # Not a ConnectError: that one would be taken for "server down" and retried.
+    raise ConnectionClosedError(f"the server refused this worker: {error}") from error
 
 
 async def _stop_on_signal(scope: anyio.CancelScope) -> None:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -13,9 +12,9 @@ from llama_cpp import Llama
 
 from kanbanmesh.board.schema import ChatMessage, TaskParams
 from kanbanmesh.errors import BackendError
-from tests.worker.llama_direct import direct_chat, direct_llama
+from tests.worker.llama_direct import direct_chat, llama_fixtures
 from worker.backends.base import Finished, GenerationEvent, GenerationRequest, TextChunk
-from worker.backends.llama import LlamaBackend, LlamaConfig
+from worker.backends.llama import LlamaBackend
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -24,19 +23,7 @@ THREADS = 1
 GREEDY = {"temperature": 0.0, "seed": 7, "repeat_penalty": 1.1}
 
 
-@pytest.fixture(scope="module")
-def backend() -> Iterator[LlamaBackend]:
-    llama = LlamaBackend(LlamaConfig(n_ctx=N_CTX, threads=THREADS, slots=2))
-    anyio.run(llama.start)
-    yield llama
-    anyio.run(llama.stop)
-
-
-@pytest.fixture(scope="module")
-def direct(bundled_gguf: Path) -> Iterator[Llama]:
-    llama = direct_llama(bundled_gguf, n_ctx=N_CTX, threads=THREADS)
-    yield llama
-    llama.close()
+backend, direct = llama_fixtures(n_ctx=N_CTX, threads=THREADS)
 
 
 def ask(content: str, **params: Any) -> GenerationRequest:

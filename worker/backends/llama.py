@@ -9,7 +9,7 @@ thread has ended, so a cancelled generation never overlaps the next one.
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from functools import partial
 from typing import NoReturn
@@ -109,7 +109,7 @@ class LlamaBackend:
         for llama in loaded:
             llama.close()
 
-    async def generate(self, request: GenerationRequest) -> AsyncIterator[GenerationEvent]:
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         if request.model and request.model not in self._file.names:
             raise BackendError(
                 "model_not_found",

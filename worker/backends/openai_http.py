@@ -1,0 +1,213 @@
+"""The OpenAI-compatible HTTP backend: streams from any `/v1/chat/completions` server.
+
+OpenAI, llama.cpp's `llama-server`, vLLM, Ollama and others speak it. Every task goes to the
+chat endpoint; a bare `prompt` is sent as one user turn, as the board protocol defines it (the
+legacy `/v1/completions` endpoint is gone from OpenAI and would apply no chat template).
+Parameters the client set are forwarded as they are, and nothing else, so the server's own
+defaults apply. Closing the generation closes the HTTP stream, which is how such servers
+learn to stop generating.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from kanbanmesh.board.schema import Usage
+from kanbanmesh.errors import BackendError
+from worker.backends.base import Finished, GenerationEvent, GenerationRequest, TextChunk
+from worker.backends.sampling import sampling_from
+from worker.backends.sse import aiter_events
+
+log = logging.getLogger(__name__)
+
+ENGINE = "openai"
+_CONTEXT_HINTS = ("context_length", "context length", "context window", "context size", "too many tokens")
+
+
+@dataclass(frozen=True)
+class OpenAIConfig:
+    """Where the server is and which model to ask it for (`--base-url`, `--model`)."""
+
+    base_url: str  # up to and including the version: https://api.openai.com/v1
+    model: str
+    api_key: str | None = None
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 300.0  # the longest silence between two streamed chunks
+
+
+class _Delta(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    content: str | None = None
+
+
+class _Choice(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    delta: _Delta = _Delta()
+    finish_reason: str | None = None
+
+
+class _Chunk(BaseModel):
+    """One `chat.completion.chunk` event (only the fields used)."""
+
+    model_config = ConfigDict(extra="ignore")
+    choices: list[_Choice] = []
+    usage: Usage | None = None
+
+
+class OpenAIBackend:
+    """Serves one model name of one OpenAI-compatible server."""
+
+    def __init__(self, config: OpenAIConfig) -> None:
+        if not config.base_url.startswith(("http://", "https://")):
+            raise BackendError("bad_config", f"--base-url must be an http(s) URL, not {config.base_url!r}")
+        if not config.model:
+            raise BackendError("bad_config", "the openai backend needs --model NAME (the model to ask the server for)")
+        self._config = config
+        self._base = config.base_url.rstrip("/")
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def engine(self) -> str:
+        return ENGINE
+
+    @property
+    def models(self) -> list[str]:
+        return [self._config.model]
+
+    async def start(self) -> None:
+        """Open the connection pool and check that the server answers (and takes our key)."""
+        if self._client is not None:
+            return
+        headers = {"Authorization": f"Bearer {self._config.api_key}"} if self._config.api_key else {}
+        timeout = httpx.Timeout(self._config.read_timeout_s, connect=self._config.connect_timeout_s)
+        client = httpx.AsyncClient(base_url=self._base, headers=headers, timeout=timeout)
+        try:
+            reply = await client.get("/models")
+        except httpx.HTTPError as exc:
+            await client.aclose()
+            raise _transport_error(self._base, exc) from exc
+        if reply.status_code in (401, 403):
+            await client.aclose()
+            raise _http_error(self._base, reply.status_code, reply.content)
+        served = _model_ids(reply)
+        if served is not None and self._config.model not in served:
+            log.warning("%s does not list model %r (it lists %s)", self._base, self._config.model, served)
+        self._client = client
+
+    async def stop(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        if request.model and request.model != self._config.model:
+            raise BackendError("model_not_found", f"this worker serves {self._config.model!r}, not {request.model!r}")
+        if self._client is None:
+            raise BackendError("not_ready", "the backend is not started")
+        body = self._body(request)
+        usage: Usage | None = None
+        reason = "stop"
+        produced = 0
+        try:
+            async with self._client.stream("POST", "/chat/completions", json=body) as response:
+                if response.status_code >= 400:
+                    raise _http_error(self._base, response.status_code, await response.aread())
+                content_type = response.headers.get("content-type", "")
+                if not content_type.startswith("text/event-stream"):
+                    raise BackendError("backend_error", f"{self._base} answered {content_type or 'no content type'}, not an event stream")
+                async for event in aiter_events(response.aiter_lines()):
+                    if event.data.strip() == "[DONE]":
+                        break
+                    chunk = _parse_chunk(self._base, event.data)
+                    usage = chunk.usage or usage
+                    for choice in chunk.choices:
+                        if choice.delta.content:
+                            produced += 1
+                            yield TextChunk(choice.delta.content)
+                        if choice.finish_reason:
+                            reason = "length" if choice.finish_reason == "length" else "stop"
+        except httpx.HTTPError as exc:
+            raise _transport_error(self._base, exc) from exc
+        if usage is None:  # a server that ignores stream_options: count what streamed
+            usage = Usage(completion_tokens=produced, total_tokens=produced)
+        yield Finished(usage, reason)
+
+    def _body(self, request: GenerationRequest) -> dict[str, Any]:
+        if request.messages is not None:
+            messages = [m.model_dump() for m in request.messages]
+        else:
+            messages = [{"role": "user", "content": request.prompt or ""}]
+        return {
+            "model": self._config.model,
+            "messages": messages,
+            **sampling_from(request.params).given(),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+
+
+def _parse_chunk(base: str, data: str) -> _Chunk:
+    try:
+        payload = json.loads(data)
+    except json.JSONDecodeError as exc:
+        raise BackendError("backend_error", f"{base} streamed something that is not JSON: {data[:200]!r}") from exc
+    if isinstance(payload, dict) and "error" in payload:  # an error reported mid-stream
+        raise BackendError("backend_error", f"{base} reported: {_error_message(payload)}")
+    try:
+        return _Chunk.model_validate(payload)
+    except ValidationError as exc:
+        raise BackendError("backend_error", f"{base} streamed an unexpected chunk: {data[:200]!r}") from exc
+
+
+def _model_ids(reply: httpx.Response) -> list[str] | None:
+    if reply.status_code != 200:
+        return None
+    try:
+        return [str(m["id"]) for m in reply.json()["data"]]
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _error_message(payload: Any) -> str:
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("code") or error)
+    return str(error if error is not None else payload)
+
+
+def _http_error(base: str, status: int, body: bytes) -> BackendError:
+    """An HTTP error answer as the task's error, with the server's own message."""
+    try:
+        message = _error_message(json.loads(body))
+    except ValueError:
+        message = body.decode(errors="replace").strip()[:300] or "(no body)"
+    text = f"{base} answered HTTP {status}: {message}"
+    if status in (400, 413, 422):
+        lowered = message.lower()
+        code = "context_overflow" if any(h in lowered for h in _CONTEXT_HINTS) else "bad_params"
+    elif status in (401, 403):
+        code = "backend_auth"
+    elif status == 404:
+        code = "model_not_found"
+    elif status in (408, 504):
+        code = "backend_timeout"
+    elif status == 429:
+        code = "rate_limited"
+    else:
+        code = "backend_error"
+    return BackendError(code, text)
+
+
+def _transport_error(base: str, exc: httpx.HTTPError) -> BackendError:
+    if isinstance(exc, httpx.TimeoutException):
+        return BackendError("backend_timeout", f"{base} did not answer in time ({type(exc).__name__})")
+    if isinstance(exc, httpx.ConnectError):
+        return BackendError("backend_unreachable", f"cannot reach {base}: {exc}")
+    return BackendError("backend_error", f"talking to {base} failed: {type(exc).__name__}: {exc}")
