@@ -34,6 +34,7 @@ import httpx
 
 from bench.baselines import BenchResult, celery_available, redis_available, run_celery, run_redis_queue
 from client_sdk import AsyncClient, Column
+from client_sdk._async_client import new_task_id
 
 
 def _free_port() -> int:
@@ -106,11 +107,21 @@ async def _throughput(url: str, total: int, clients: int) -> float:
 
         async def run(client: AsyncClient, index: int) -> None:
             await ready.wait()
-            ids = [(await client.submit(f"client {index} task {k}")).id for k in range(per_client)]
             done = client.peer.board.column_map(Column.DONE)
-            with anyio.fail_after(300):
-                while not all(i in done for i in ids):
-                    await client.wait_changed(1.0)
+            pending: set[str] = set()
+            # Count arrivals in `done` as they happen: rescanning every id on every change
+            # would cost the harness more than the mesh.
+            subscription = done.observe(lambda event: pending.difference_update(event.keys))
+            try:
+                for k in range(per_client):
+                    task_id = new_task_id()
+                    pending.add(task_id)  # before it can possibly be done
+                    await client.submit(f"client {index} task {k}", task_id=task_id)
+                with anyio.fail_after(300):
+                    while pending:
+                        await client.wait_changed(1.0)
+            finally:
+                done.unobserve(subscription)
 
         async with anyio.create_task_group() as tg:
             for index, client in enumerate(clients_list):
