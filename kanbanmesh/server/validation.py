@@ -48,7 +48,7 @@ class UpdateValidator:
     def __init__(self, board: Doc[Any], limits: ValidationLimits) -> None:
         self._board = board
         self._limits = limits
-        self._new: list[_NewEntry] = []
+        self._new: list[tuple[str, str]] = []  # (column, key) of entries the update wrote
         # What the last checked update did: the tasks it changed inside their entries, and
         # the tasks it created in `todo`.
         self.touched: set[str] = set()
@@ -75,21 +75,13 @@ class UpdateValidator:
             if not self._collecting:
                 return
             for event in events:
-                if not isinstance(event, MapEvent):
-                    path = event_path(event)  # a text append: the task's output
-                    if path:
-                        self.touched.add(str(path[0]))
-                    continue
                 path = event_path(event)
-                if path:
+                if path:  # inside an entry (a field, or an output append)
                     self.touched.add(str(path[0]))
-                    continue
-                for key, change in event_keys(event).items():
-                    if change.get("action") in ("add", "update"):
-                        value = change.get("newValue")
-                        # read it now: event values are only valid inside the callback
-                        fields = plain_fields(value) if isinstance(value, Map) else value
-                        self._new.append(_NewEntry(column, key, fields))
+                elif isinstance(event, MapEvent):
+                    for key, change in event_keys(event).items():
+                        if change.get("action") in ("add", "update"):
+                            self._new.append((column, key))
 
         return collect
 
@@ -123,10 +115,16 @@ class UpdateValidator:
             self._twin = self._make_twin()
             raise UpdateRefused(c.CLOSE_INVALID_UPDATE, f"update does not decode: {exc}") from exc
         try:
-            for entry in self._new:
-                self._check_entry(entry)
-                if entry.column == c.TODO:
-                    self.created.append(entry.key)
+            for column, key in dict.fromkeys(self._new):
+                # Read after the whole update: an entry it created and moved on again (a
+                # worker's doing -> done in one go) is not on the board and needs no check.
+                value = self._twin.get(column, type=Map).get(key)
+                if value is None:
+                    continue
+                fields = plain_fields(value) if isinstance(value, Map) else value
+                self._check_entry(_NewEntry(column, key, fields))
+                if column == c.TODO:
+                    self.created.append(key)
         except UpdateRefused:
             self._twin = self._make_twin()
             raise
