@@ -48,6 +48,11 @@ class AwarenessRegistry:
         """Current states of present peers (left peers excluded)."""
         return {cid: p.state for cid, p in self._peers.items() if p.state is not None}
 
+    def ages(self) -> dict[int, float]:
+        """Seconds since each present state was last set or renewed."""
+        now = time.monotonic()
+        return {cid: now - p.updated for cid, p in self._peers.items() if p.state is not None}
+
     def roles_of(self, owner: Hashable) -> tuple[frozenset[str], frozenset[str]]:
         """The roles `owner`'s states announce, and the worker ids among them."""
         states = [p.state for p in self._peers.values() if p.owner is owner and p.state is not None]

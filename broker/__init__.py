@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from broker.election import leader_id
+from broker.repair import RetryPolicy
 from broker.scheduler import QueuedTask, TodoQueue, plan
 from broker.service import Broker, BrokerSettings, BrokerStats
 from broker.view import BoardView, PeerView, RoomView
@@ -13,7 +15,9 @@ __all__ = [
     "BrokerStats",
     "PeerView",
     "QueuedTask",
+    "RetryPolicy",
     "RoomView",
     "TodoQueue",
+    "leader_id",
     "plan",
 ]

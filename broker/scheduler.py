@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Generator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from awareness.states import WorkerPresence, WorkerState
 
@@ -21,10 +21,13 @@ class QueuedTask:
     sort_key: tuple[float, float, str]
     id: str
     model: str
+    not_before: float = field(default=0.0, compare=False)  # ms: a retry waits out its backoff
 
     @classmethod
-    def make(cls, task_id: str, model: str, priority: float, created_at: float) -> QueuedTask:
-        return cls((-priority, created_at, task_id), task_id, model)
+    def make(
+        cls, task_id: str, model: str, priority: float, created_at: float, *, not_before: float = 0.0
+    ) -> QueuedTask:
+        return cls((-priority, created_at, task_id), task_id, model, not_before)
 
     @property
     def created_at(self) -> float:
@@ -50,6 +53,14 @@ class TodoQueue:
 
     def get(self, task_id: str) -> QueuedTask | None:
         return self._live.get(task_id)
+
+    def ids(self) -> list[str]:
+        return list(self._live)
+
+    def next_retry(self, now: float) -> float | None:
+        """The earliest `not_before` still in the future (ms), if any task waits for one."""
+        waiting = [t.not_before for t in self._live.values() if t.not_before > now]
+        return min(waiting) if waiting else None
 
     def discard(self, task_id: str) -> None:
         self._live.pop(task_id, None)
@@ -78,9 +89,10 @@ def eligible(worker: WorkerPresence) -> bool:
 
 
 def plan(
-    queue: TodoQueue, workers: list[WorkerPresence], load: dict[str, int]
+    queue: TodoQueue, workers: list[WorkerPresence], load: dict[str, int], now: float = 0.0
 ) -> list[tuple[str, str]]:
-    """Assignments `(task id, worker id)` for this round; `load` is tasks held per worker."""
+    """Assignments `(task id, worker id)` for this round; `load` is tasks held per worker,
+    `now` the time (ms) against which retry backoffs are checked."""
     free = {w.id: w.slots - load.get(w.id, 0) for w in workers if eligible(w)}
     free = {wid: n for wid, n in free.items() if n > 0}
     if not free:
@@ -89,6 +101,8 @@ def plan(
     assignments: list[tuple[str, str]] = []
     with closing(queue.ordered()) as ordered:
         for task in ordered:
+            if task.not_before > now:
+                continue
             if _assign(task, free, by_id, assignments):
                 break
     return assignments

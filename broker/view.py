@@ -6,6 +6,7 @@ works on a `BoardPeer`. Both look the same to `Broker`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -29,6 +30,10 @@ class BoardView(Protocol):
 
     def presence(self) -> dict[int, dict[str, Any]]:
         """Awareness states of the other peers."""
+        ...
+
+    def presence_ages(self) -> dict[int, float]:
+        """Seconds since each other peer last renewed its awareness state (its heartbeat)."""
         ...
 
     def publish(self, state: dict[str, Any]) -> None:
@@ -56,6 +61,9 @@ class RoomView:
     def presence(self) -> dict[int, dict[str, Any]]:
         return {cid: s for cid, s in self._room.awareness.states().items() if cid != self._client_id}
 
+    def presence_ages(self) -> dict[int, float]:
+        return self._room.awareness.ages()
+
     def publish(self, state: dict[str, Any]) -> None:
         self._room.publish_awareness(self, self._client_id, state)
 
@@ -78,6 +86,13 @@ class PeerView:
 
     def presence(self) -> dict[int, dict[str, Any]]:
         return self._peer.peers()
+
+    def presence_ages(self) -> dict[int, float]:
+        now_ms = time.time() * 1000.0
+        return {
+            cid: max(0.0, (now_ms - float(meta.get("lastUpdated", now_ms))) / 1000.0)
+            for cid, meta in self._peer.awareness.meta.items()
+        }
 
     def publish(self, state: dict[str, Any]) -> None:
         self._peer.set_presence(state)

@@ -54,12 +54,25 @@ def server_options(fn: F) -> F:
                      help="Keep boards in memory only."),
         click.option("--no-broker", "embedded_broker", flag_value=False, default=None,
                      help="Do not run the embedded broker (run `kanbanmesh broker` instead)."),
-        click.option("--max-attempts", type=int, default=None,
-                     help="Attempts before a task whose workers vanish fails (default 3)."),
         click.option("--max-task-bytes", type=int, default=None,
                      help="Largest accepted task entry (default 1 MiB)."),
         click.option("--max-message-bytes", type=int, default=None,
                      help="Largest websocket message (default 64 MiB)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def broker_options(fn: F) -> F:
+    options = [
+        click.option("--max-attempts", type=int, default=None,
+                     help="Attempts before a task whose workers vanish fails (default 3; a task "
+                          "may set its own)."),
+        click.option("--lease-seconds", "lease_s", type=float, default=None,
+                     help="A worker silent this long (no heartbeat) loses its tasks (default 30)."),
+        click.option("--retry-backoff", "retry_backoff_s", type=float, default=None,
+                     help="Seconds before a lost task's 2nd attempt, doubling after (default 1)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -88,6 +101,12 @@ def worker_options(fn: F) -> F:
                      help="openai: name of the environment variable that holds the API key."),
         click.option("--echo-delay", "echo_delay_ms", type=float, default=None,
                      help="echo: milliseconds between chunks."),
+        click.option("--drain-timeout", "drain_timeout_s", type=float, default=None,
+                     help="On SIGTERM/Ctrl-C: seconds to finish the tasks held before leaving "
+                          "them to the broker (default 120)."),
+        click.option("--heartbeat-seconds", "heartbeat_s", type=float, default=None,
+                     help="Awareness renewal period, the worker's heartbeat (default 10; keep it "
+                          "well under the broker's lease)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -137,6 +156,7 @@ def main(log_level: str) -> None:
 
 @main.command()
 @server_options
+@broker_options
 @worker_options
 @click.option("--workers", type=int, default=None, help="Worker processes to start (default 1).")
 @click.option("--board", default=None, help="Board the workers serve (default: default).")
@@ -150,6 +170,7 @@ def up(**flags: Any) -> None:
 
 @main.command()
 @server_options
+@broker_options
 @friendly_errors
 def serve(**flags: Any) -> None:
     """Run the board server (websocket + HTTP on one port), with the embedded broker."""
@@ -160,7 +181,7 @@ def serve(**flags: Any) -> None:
 
 @main.command()
 @client_options
-@click.option("--max-attempts", type=int, default=None, help="Attempts before failing (default 3).")
+@broker_options
 @friendly_errors
 def broker(**flags: Any) -> None:
     """Run a standalone broker on a board of a running server."""

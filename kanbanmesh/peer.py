@@ -88,6 +88,8 @@ class BoardPeer:
         self._reconnect = reconnect
         self._backoff_max_s = backoff_max_s
         self._outbox: list[bytes] = []
+        self._messages: list[bytes] = []  # ready-made messages for the writer (sync step 1)
+        self._step2 = ChangeSignal()  # notified on each sync step 2 from the server
         self._awareness_dirty = False
         self._wakeup = anyio.Event()
         self._applying_remote = False
@@ -124,6 +126,18 @@ class BoardPeer:
             for cid, state in self.awareness.states.items()
             if cid != self.awareness.client_id and state
         }
+
+    async def resync(self, timeout_s: float = 10.0) -> bool:
+        """Ask the server for everything this replica lacks and wait until it has arrived
+        (a sync step 1 answered by step 2). False when not connected or out of time."""
+        if not self._connected:
+            return False
+        self._messages.append(codec.sync_step1(self.doc.get_state()))
+        self._wakeup.set()
+        with anyio.move_on_after(timeout_s):
+            await self._step2.wait()
+            return True
+        return False
 
     async def wait_synced(self, timeout_s: float | None = None) -> None:
         """Wait until the first sync with the server is complete."""
@@ -309,6 +323,7 @@ class BoardPeer:
                 self._apply_remote(message.payload)
                 if message.step is codec.SyncStep.STEP2:
                     self._synced.set()
+                    self._step2.notify()
         elif isinstance(message, codec.AwarenessMessage):
             self.awareness.apply_awareness_update(message.update, "remote")
 
@@ -337,6 +352,10 @@ class BoardPeer:
         while True:
             await self._wakeup.wait()
             self._wakeup = anyio.Event()
+            if self._messages:
+                messages, self._messages = self._messages, []
+                for message in messages:
+                    await ws.send(message)
             if self._outbox:
                 updates, self._outbox = self._outbox, []
                 update = updates[0] if len(updates) == 1 else merge_updates(*updates)

@@ -46,8 +46,10 @@ class Settings(BaseSettings):
     keepalive_s: float = Field(default=10.0, gt=0)
 
     # Broker.
-    max_attempts: int = Field(default=3, ge=1)
+    max_attempts: int = Field(default=3, ge=1, le=100)
     orphan_grace_s: float = Field(default=5.0, ge=0)
+    lease_s: float = Field(default=30.0, gt=0)  # a worker silent this long loses its tasks
+    retry_backoff_s: float = Field(default=1.0, ge=0)  # before attempt 2; doubles after
 
     # Worker.
     backend: Literal["echo", "llama", "openai"] = "llama"
@@ -55,6 +57,8 @@ class Settings(BaseSettings):
     name: str = ""
     echo_delay_ms: float = Field(default=0.0, ge=0)
     workers: int = Field(default=1, ge=0, le=64)
+    heartbeat_s: float = Field(default=10.0, gt=0)  # keep it well under the broker's lease
+    drain_timeout_s: float = Field(default=120.0, ge=0)  # SIGTERM: finish held tasks this long
     # llama: a GGUF path ("" = the bundled default); openai: the model name to ask for.
     model: str = ""
     chat_format: str = ""  # llama: a named format, or "none"; "" = the GGUF's template

@@ -25,6 +25,7 @@ from kanbanmesh.board.document import entry_from_map, now_ms
 from kanbanmesh.board.schema import TaskEntry, TaskStatus, Timings, Usage
 from kanbanmesh.board.transitions import Column, Writer
 from kanbanmesh.errors import BackendError, InvalidTaskError
+from kanbanmesh.notify import ChangeSignal
 from kanbanmesh.peer import BoardPeer
 from worker.backends.base import Backend, Finished, GenerationRequest, TextChunk
 
@@ -39,6 +40,9 @@ class WorkerSettings:
     # Busy/ready flips are announced at most this often: every awareness update goes to
     # every peer of the board, and a fast worker flips twice per task.
     presence_interval_s: float = 0.25
+    # The awareness state is renewed this often: it is the worker's heartbeat, and a broker
+    # gives the tasks of a worker silent for its lease (30 s by default) to others.
+    heartbeat_s: float = 10.0
 
 
 @dataclass
@@ -77,6 +81,8 @@ class Worker:
         self._draining = False
         self._announced: dict[str, Any] | None = None
         self._presence_due = anyio.Event()
+        self._last_beat = 0.0  # anyio clock of the last awareness renewal
+        self._idle = ChangeSignal()
         self.completed = 0
 
     async def run(self, *, task_status: StartStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -101,18 +107,37 @@ class Worker:
         self._draining = True
         self._announce()
 
+    async def drain_and_wait(self, timeout_s: float) -> bool:
+        """Drain, then wait until every task assigned to this worker is finished; False if
+        `timeout_s` passed first (what is left is the broker's to requeue once we leave)."""
+        self.drain()
+        with anyio.move_on_after(timeout_s):
+            while self._running or self._assigned_waiting():
+                with anyio.move_on_after(0.5):
+                    await self._idle.wait()
+            return True
+        return False
+
+    def _assigned_waiting(self) -> bool:
+        prepared = self._peer.board.column_map(Column.PREPARED)
+        return any(
+            isinstance(entry, Map) and entry.get(c.F_WORKER) == self.id
+            for _, entry in prepared.items()
+        )
+
     def _publish(self) -> None:
         """Ask for the current presence to be announced (rate-limited)."""
         self._presence_due.set()
 
     async def _announce_changes(self) -> None:
         while True:
-            await self._presence_due.wait()
+            with anyio.move_on_after(self._settings.heartbeat_s) as quiet:
+                await self._presence_due.wait()
             self._presence_due = anyio.Event()
-            self._announce()
+            self._announce(renew=quiet.cancelled_caught)
             await anyio.sleep(self._settings.presence_interval_s)
 
-    def _announce(self) -> None:
+    def _announce(self, *, renew: bool = False) -> None:
         busy = len(self._running)
         if self._draining:
             state = WorkerState.DRAINING
@@ -131,11 +156,11 @@ class Worker:
             c.A_ENGINE: self._backend.engine,
             c.A_VERSION: kanbanmesh.__version__,
         }
-        # Only on change: every awareness update is fanned out to every peer of the board.
-        # (pycrdt's Awareness renews the state by itself every 15 s.)
-        if presence != self._announced:
+        # Only on change or as the heartbeat: every awareness update goes to every peer.
+        if renew or presence != self._announced:
             self._announced = presence
             self._peer.set_presence(presence)
+            self._last_beat = anyio.current_time()
 
     def _pick_up(self, tg: TaskGroup) -> None:
         # Even while draining: a task in `prepared` with our id was assigned before the
@@ -178,9 +203,21 @@ class Worker:
         finally:
             self._running.pop(task_id, None)
             self._publish()
+            self._idle.notify()
+
+    async def _check_lease(self) -> None:
+        """Before writing: if this worker missed its own heartbeats (the process was stopped,
+        or its loop starved), its lease may have run out and its tasks gone to others. Renew
+        the heartbeat and catch up with the server first, so the ownership checks that follow
+        see the board as it is, and a fenced attempt writes nothing."""
+        if anyio.current_time() - self._last_beat <= 2 * self._settings.heartbeat_s:
+            return
+        self._announce(renew=True)
+        await self._peer.resync(timeout_s=self._settings.heartbeat_s)
 
     async def _execute_inner(self, task_id: str, run: _Run) -> None:
         board = self._peer.board
+        await self._check_lease()
         entry = self._ours(Column.PREPARED, task_id, run)
         if entry is None:
             return
@@ -203,6 +240,8 @@ class Worker:
             await self._generate(task_id, run, task, outcome)
         if run.cancelled:
             outcome.status = TaskStatus.CANCELLED
+        with anyio.CancelScope(shield=True):  # a stopping worker still hands its outcome in
+            await self._check_lease()
         self._finish(task_id, run, task, started_at, outcome)
 
     async def _generate(self, task_id: str, run: _Run, task: TaskEntry, outcome: _Outcome) -> None:
@@ -212,6 +251,7 @@ class Worker:
         try:
             async with aclosing(self._backend.generate(request)) as events:
                 async for event in events:
+                    await self._check_lease()
                     if isinstance(event, Finished):
                         outcome.usage = event.usage
                         continue

@@ -28,10 +28,13 @@ F_PRIORITY: Final = "priority"
 F_CONVERSATION: Final = "conversation"
 F_RAG: Final = "rag"
 F_CREATED_AT: Final = "created_at"
+F_MAX_ATTEMPTS: Final = "max_attempts"
 # Written by the broker.
 F_WORKER: Final = "worker"
 F_ATTEMPT: Final = "attempt"
 F_ASSIGNED_AT: Final = "assigned_at"
+F_RETRY_AT: Final = "retry_at"
+F_ATTEMPTS: Final = "attempts"
 # Written by the worker.
 F_STARTED_AT: Final = "started_at"
 F_OUTPUT: Final = "output"
@@ -56,6 +59,7 @@ A_STATE: Final = "state"
 A_TASKS: Final = "tasks"
 A_ENGINE: Final = "engine"
 A_VERSION: Final = "version"
+A_SINCE: Final = "since"  # a broker's start time: the oldest present broker leads
 
 # Websocket close codes (4000-4999 are free for applications per RFC 6455).
 CLOSE_NORMAL: Final = 1000

@@ -67,6 +67,7 @@ class TaskRequest(BaseModel):
     conversation: str | None = None
     rag: RagSpec | None = None
     created_at: float = 0.0
+    max_attempts: int | None = Field(default=None, ge=1, le=100)  # None: the broker's default
 
     @model_validator(mode="after")
     def _one_input(self) -> TaskRequest:
@@ -107,12 +108,24 @@ class Timings(BaseModel):
     tokens_per_s: float = 0.0  # completion tokens / generation time
 
 
+class AttemptRecord(BaseModel):
+    """Why one attempt of a task ended without finishing it (kept in the entry's `attempts`)."""
+
+    attempt: int
+    worker: str
+    reason: str  # worker_lost | lease_expired
+    message: str = ""
+    at: float = 0.0  # ms since epoch
+
+
 class TaskEntry(TaskRequest):
     """A whole entry as read from any column."""
 
     worker: str | None = None
     attempt: int = 0
     assigned_at: float | None = None
+    retry_at: float | None = None
+    attempts: list[AttemptRecord] = Field(default_factory=list)
     started_at: float | None = None
     output: str = ""
     tokens: int = 0
@@ -136,6 +149,8 @@ BROKER_FIELDS = frozenset(
         c.F_ATTEMPT,
         c.F_ASSIGNED_AT,
         c.F_CREATED_AT,  # only where the client left it out
+        c.F_RETRY_AT,
+        c.F_ATTEMPTS,
         c.F_STATUS,
         c.F_RESULT,  # the text streamed so far, when it cancels or fails a task
         c.F_ERROR,

@@ -75,7 +75,9 @@ async def run_worker_async(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, backend: Backend) -> None:
-    worker_settings = WorkerSettings(name=settings.name, slots=settings.slots)
+    worker_settings = WorkerSettings(
+        name=settings.name, slots=settings.slots, heartbeat_s=settings.heartbeat_s
+    )
     delay = 0.2
     while True:
         peer = BoardPeer(settings.url, settings.board, token=settings.token,
@@ -89,7 +91,7 @@ async def _serve(settings: Settings, backend: Backend) -> None:
                     f"worker {worker.name} ({worker.id}) serving {settings.url}/{settings.board} "
                     f"with {settings.slots} slot(s)", err=True,
                 )
-                tg.start_soon(_stop_on_signal, tg.cancel_scope)
+                tg.start_soon(_drain_on_signal, worker, settings.drain_timeout_s, tg.cancel_scope)
                 tg.start_soon(_fail_when_refused, peer)
             return
         except* ConnectError as group:
@@ -110,11 +112,25 @@ async def _fail_when_refused(peer: BoardPeer) -> None:
     raise ConnectionClosedError(f"the server refused this worker: {error}") from error
 
 
-async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+async def _drain_on_signal(worker: Worker, timeout_s: float, scope: anyio.CancelScope) -> None:
+    """SIGTERM or Ctrl-C: take no new task, finish the ones held, then leave; a second signal
+    (or the drain timeout) leaves at once, and the broker requeues what is left."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async for _ in signals:
-            scope.cancel()
-            return
+            break
+        click.echo(f"worker {worker.name}: draining (signal again to stop now)", err=True)
+        async with anyio.create_task_group() as tg:
+
+            async def second_signal() -> None:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
+            tg.start_soon(second_signal)
+            if not await worker.drain_and_wait(timeout_s):
+                click.echo(f"worker {worker.name}: drain timed out; handing tasks back", err=True)
+            tg.cancel_scope.cancel()
+    scope.cancel()
 
 
 def run_worker(settings: Settings) -> None:

@@ -41,11 +41,7 @@ def hub_settings(settings: Settings) -> HubSettings:
             keepalive_s=settings.keepalive_s,
             limits=ValidationLimits(max_task_bytes=settings.max_task_bytes),
         ),
-        broker=BrokerSettings(
-            max_attempts=settings.max_attempts,
-            orphan_grace_s=settings.orphan_grace_s,
-            name="embedded",
-        )
+        broker=BrokerSettings.from_settings(settings, "embedded")
         if settings.embedded_broker
         else None,
     )

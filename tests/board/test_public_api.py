@@ -21,7 +21,7 @@ PUBLIC_API = {
     },
     "broker": {
         "BoardView", "Broker", "BrokerSettings", "BrokerStats", "PeerView", "QueuedTask",
-        "RoomView", "TodoQueue", "plan",
+        "RetryPolicy", "RoomView", "TodoQueue", "leader_id", "plan",
     },
     "worker": {"Worker", "WorkerSettings"},
     "awareness": {
