@@ -127,9 +127,10 @@ class AsyncClient:
         params: TaskParams | dict[str, Any] | None = None,
         priority: int = 0,
         task_id: str | None = None,
+        durable_timeout_s: float | None = 10.0,
         **extra: Any,
     ) -> TaskHandle:
-        """Put a task into `todo` and return its handle.
+        """Put a task into `todo` and return its handle once the server has it on disk.
 
         Args:
             prompt: A bare prompt (or give `messages`).
@@ -138,9 +139,14 @@ class AsyncClient:
             params: max_tokens, temperature, top_p, stop, seed.
             priority: Higher runs first.
             task_id: Your own id (default: a random one).
+            durable_timeout_s: How long to wait for the server to confirm the task is stored
+                (it survives a server crash from then on); None returns at once, when the
+                task is only written locally (it is still sent, and re-sent after reconnects).
 
         Raises:
             InvalidTaskError: the request fails the task schema.
+            TransportError: the server did not confirm the task in time (it may still get it).
+            UpdateRefusedError: the server refused the task.
         """
         self._raise_if_broken()
         request = request_from_fields(
@@ -160,6 +166,8 @@ class AsyncClient:
                 }
             )
         self._peer.board.create(request)
+        if durable_timeout_s is not None:
+            await self._peer.durable(durable_timeout_s)
         return TaskHandle(self, request.id)
 
     def task(self, task_id: str) -> TaskHandle:

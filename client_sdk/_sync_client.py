@@ -91,12 +91,13 @@ class Client:
         params: TaskParams | dict[str, Any] | None = None,
         priority: int = 0,
         task_id: str | None = None,
+        durable_timeout_s: float | None = 10.0,
     ) -> SyncTaskHandle:
         """See `AsyncClient.submit`."""
         handle = self.portal.call(
             lambda: self._async.submit(
                 prompt, messages=messages, model=model, params=params,
-                priority=priority, task_id=task_id,
+                priority=priority, task_id=task_id, durable_timeout_s=durable_timeout_s,
             )
         )
         return SyncTaskHandle(self.portal, handle)

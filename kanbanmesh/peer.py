@@ -30,6 +30,7 @@ from kanbanmesh.errors import (
     KanbanMeshError,
     MessageTooLargeError,
     ProtocolError,
+    TransportError,
     UpdateRefusedError,
 )
 from kanbanmesh.notify import ChangeSignal
@@ -90,6 +91,9 @@ class BoardPeer:
         self._outbox: list[bytes] = []
         self._messages: list[bytes] = []  # ready-made messages for the writer (sync step 1)
         self._step2 = ChangeSignal()  # notified on each sync step 2 from the server
+        # Durability requests in flight: token -> set once the server acknowledged it.
+        self._durable: dict[int, anyio.Event] = {}
+        self._durable_tokens = 0
         self._awareness_dirty = False
         self._wakeup = anyio.Event()
         self._applying_remote = False
@@ -138,6 +142,30 @@ class BoardPeer:
             await self._step2.wait()
             return True
         return False
+
+    async def durable(self, timeout_s: float = 10.0) -> None:
+        """Return once every local change made before the call is on the server's disk.
+
+        Raises `TransportError` if that is not confirmed within `timeout_s` (across
+        reconnects: the request is repeated on each new connection), or the peer's error.
+        """
+        self._durable_tokens += 1
+        token = self._durable_tokens
+        acknowledged = self._durable[token] = anyio.Event()
+        if self._connected:
+            self._messages.append(codec.durable_message(token))
+            self._wakeup.set()
+        try:
+            with anyio.move_on_after(timeout_s):
+                while not acknowledged.is_set():
+                    if self.error is not None:
+                        raise self.error
+                    with anyio.move_on_after(0.5):
+                        await acknowledged.wait()
+            if not acknowledged.is_set():
+                raise TransportError(f"the server did not confirm the write within {timeout_s:g} s")
+        finally:
+            self._durable.pop(token, None)
 
     async def wait_synced(self, timeout_s: float | None = None) -> None:
         """Wait until the first sync with the server is complete."""
@@ -266,6 +294,7 @@ class BoardPeer:
     async def _session(self, ws: ClientConnection, task_status: TaskStatus[None] | None) -> None:
         self._connected = True
         self._outbox.clear()  # the sync steps below carry everything the server lacks
+        self._messages.clear()
         try:
             await ws.send(codec.sync_step1(self.doc.get_state()))
             if self.awareness.get_local_state() is not None:
@@ -318,6 +347,9 @@ class BoardPeer:
             if message.step is codec.SyncStep.STEP1:
                 self._outbox.clear()
                 self._outbox.append(self.doc.get_update(message.payload))
+                # Durability requests a lost connection left unanswered go again, after the
+                # updates this answer carries (the writer sends the outbox first).
+                self._messages.extend(codec.durable_message(token) for token in self._durable)
                 self._wakeup.set()
             else:
                 self._apply_remote(message.payload)
@@ -326,6 +358,10 @@ class BoardPeer:
                     self._step2.notify()
         elif isinstance(message, codec.AwarenessMessage):
             self.awareness.apply_awareness_update(message.update, "remote")
+        elif isinstance(message, codec.DurableMessage):
+            event = self._durable.get(message.token)
+            if event is not None:
+                event.set()
 
     def _apply_remote(self, update: bytes) -> None:
         if update == codec.EMPTY_UPDATE:
@@ -352,14 +388,15 @@ class BoardPeer:
         while True:
             await self._wakeup.wait()
             self._wakeup = anyio.Event()
-            if self._messages:
-                messages, self._messages = self._messages, []
-                for message in messages:
-                    await ws.send(message)
             if self._outbox:
                 updates, self._outbox = self._outbox, []
                 update = updates[0] if len(updates) == 1 else merge_updates(*updates)
                 await ws.send(codec.sync_update(update))
+            # After the updates: a durability request covers what was sent before it.
+            if self._messages:
+                messages, self._messages = self._messages, []
+                for message in messages:
+                    await ws.send(message)
             if self._awareness_dirty:
                 self._awareness_dirty = False
                 await ws.send(

@@ -9,6 +9,7 @@ Message layout (lib0 encoding, as y-protocols writes it)::
     message   = varUint(type) payload
     SYNC      = varUint(0) varUint(step) varUint8Array(data)   step: 0 state vector, 1 update, 2 update
     AWARENESS = varUint(1) varUint8Array(update)
+    DURABLE   = varUint(100) varUint(token)   kanbanmesh's extension, see `MessageType.DURABLE`
     awareness update = varUint(n) { varUint(clientID) varUint(clock) varString(JSON state) }*n
     state vector     = varUint(n) { varUint(clientID) varUint(clock) }*n
 """
@@ -33,6 +34,10 @@ class MessageType(IntEnum):
     AWARENESS = 1  # presence states
     AUTH = 2  # y-websocket's permission-denied message (server to client)
     QUERY_AWARENESS = 3  # "send me everyone's awareness"
+    # kanbanmesh's extension: a client asks, the server answers with the same token once every
+    # update it received on that connection before the request is on disk. Stock clients
+    # never send it, so they never receive one.
+    DURABLE = 100
 
 
 class SyncStep(IntEnum):
@@ -59,7 +64,12 @@ class QueryAwarenessMessage:
     pass
 
 
-Message = SyncMessage | AwarenessMessage | QueryAwarenessMessage
+@dataclass(frozen=True)
+class DurableMessage:
+    token: int
+
+
+Message = SyncMessage | AwarenessMessage | QueryAwarenessMessage | DurableMessage
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,8 @@ def parse_message(data: bytes) -> Message:
         message = AwarenessMessage(reader.var_bytes())
     elif kind == MessageType.QUERY_AWARENESS:
         message = QueryAwarenessMessage()
+    elif kind == MessageType.DURABLE:
+        message = DurableMessage(reader.var_uint())
     else:
         raise ProtocolError(f"unknown message type {kind}")
     if not reader.done():
@@ -163,6 +175,10 @@ def awareness_message(update: bytes) -> bytes:
 
 def query_awareness_message() -> bytes:
     return bytes((MessageType.QUERY_AWARENESS,))
+
+
+def durable_message(token: int) -> bytes:
+    return var_uint(MessageType.DURABLE) + var_uint(token)
 
 
 # An update with no structs and no deletions: Yjs applies it as a no-op. Sent as a keepalive,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from anyio.abc import TaskStatus
+from anyio.abc import TaskGroup, TaskStatus
 from pycrdt import Doc, Map, MapEvent, TransactionEvent
 
 from awareness.registry import AwarenessConflictError, AwarenessRegistry
@@ -183,7 +183,7 @@ class BoardRoom:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._run_sender, conn, tg.cancel_scope)
                 try:
-                    await self._read_loop(conn)
+                    await self._read_loop(conn, tg)
                 finally:
                     tg.cancel_scope.cancel()
         finally:
@@ -196,14 +196,16 @@ class BoardRoom:
         await conn.run_sender()
         scope.cancel()  # the peer is gone: stop reading too
 
-    async def _read_loop(self, conn: Connection) -> None:
+    async def _read_loop(self, conn: Connection, tg: TaskGroup) -> None:
         while True:
             try:
                 data = await conn.channel.recv()
             except ConnectionClosedError:
                 return
             try:
-                self._handle(conn, data)
+                token = self._handle(conn, data)
+                if token is not None:
+                    tg.start_soon(self._acknowledge_durable, conn, token)
             except ProtocolError as exc:
                 self.stats.updates_refused += 1
                 await conn.close(c.CLOSE_PROTOCOL_ERROR, _reason(f"malformed message: {exc}"))
@@ -217,7 +219,15 @@ class BoardRoom:
                 await conn.close(c.CLOSE_POLICY_VIOLATION, _reason(str(exc)))
                 return
 
-    def _handle(self, conn: Connection, data: bytes) -> None:
+    async def _acknowledge_durable(self, conn: Connection, token: int) -> None:
+        # Everything this connection sent before the request is applied and queued for the
+        # store: once the store has committed its queue, all of it is on disk.
+        if self._store is not None:
+            await self._store.flush()
+        conn.enqueue_message(codec.durable_message(token))
+
+    def _handle(self, conn: Connection, data: bytes) -> int | None:
+        """Handle one message; returns the token of a durability request to acknowledge."""
         message = codec.parse_message(data)
         if isinstance(message, codec.SyncMessage):
             if message.step is codec.SyncStep.STEP1:
@@ -235,10 +245,13 @@ class BoardRoom:
             if update is not None:
                 # Echoed to the sender too: y-websocket counts it as a sign of life.
                 self._broadcast(codec.awareness_message(update), None)
+        elif isinstance(message, codec.DurableMessage):
+            return message.token
         else:
             full = self.awareness.full_update()
             if full is not None:
                 conn.enqueue_message(codec.awareness_message(full))
+        return None
 
     def _apply(self, conn: Connection, update: bytes) -> None:
         if update == codec.EMPTY_UPDATE:

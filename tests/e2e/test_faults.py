@@ -12,7 +12,7 @@ from pycrdt import Doc, Map
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from client_sdk import AsyncClient, TaskStatus, UpdateRefusedError
+from client_sdk import AsyncClient, TaskStatus, TransportError, UpdateRefusedError
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.protocol import codec
@@ -180,3 +180,26 @@ async def test_sigterm_flushes_and_a_client_rides_through_a_restart(server_proce
                 assert (await first.result()).result == "echo: before restart"
                 assert (await second.result()).result == "echo: after restart"
             tg.cancel_scope.cancel()
+
+
+async def test_a_submitted_task_survives_sigkill_right_after_submit_returns(
+    server_process: ServerProcess,
+) -> None:
+    server_process.start()
+    async with AsyncClient(server_process.url) as client:
+        # No waiting for the store here: `submit` returns once the server confirms the task
+        # is on disk, and that is the whole promise.
+        ids = [(await client.submit(f"durable {i}")).id for i in range(20)]
+        server_process.kill()  # SIGKILL, at once
+    server_process.start()
+    async with AsyncClient(server_process.url) as client:
+        on_board = set(client.peer.board.ids(Column.TODO))
+    assert set(ids) <= on_board
+
+
+async def test_submit_without_a_server_reports_it_was_not_confirmed(server_process: ServerProcess) -> None:
+    server_process.start()
+    async with AsyncClient(server_process.url) as client:
+        server_process.kill()
+        with pytest.raises(TransportError, match="did not confirm"):
+            await client.submit("nobody is listening", durable_timeout_s=0.5)
