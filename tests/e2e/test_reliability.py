@@ -66,26 +66,28 @@ async def test_a_hung_worker_loses_its_task_after_the_lease_and_writes_nothing_w
     tmp_path: Path,
 ) -> None:
     async with server(tmp_path, lease_s=2.0, retry_backoff_s=0.1) as url, anyio.create_task_group() as tg:
-        async with child("worker", "--url", url, "--backend", "echo", "--echo-delay", "100",
-                         "--heartbeat-seconds", "0.3", "--name", "sleeper") as sleeper:
-            async with AsyncClient(url) as client:
-                with anyio.fail_after(30):
-                    await client.wait_for_workers(1)
-                    task = await client.submit(PROMPT)
-                    await stream_until(client, task.id, 20)
-                    sleeper.send_signal(signal.SIGSTOP)  # hung: connected, silent
-                    stopped_at = anyio.current_time()
-                    rescuer = await WorkerPool(url, tg).start(delay_ms=1, name="rescuer")
-                    entry = await task.result()
-                    lease_took = anyio.current_time() - stopped_at
-                    # Wake the sleeper; wait until it has renewed its heartbeat twice (it
-                    # re-syncs before writing), then the board must still be the rescuer's.
-                    cid = worker_client_id(client, "sleeper")
-                    clock = client.peer.awareness.meta[cid]["clock"]
-                    sleeper.send_signal(signal.SIGCONT)
-                    while client.peer.awareness.meta.get(cid, {}).get("clock", 0) < clock + 2:
-                        await client.wait_changed(0.5)
-                    final = client.get(task.id)[1]
+        async with (
+            child("worker", "--url", url, "--backend", "echo", "--echo-delay", "100",
+                  "--heartbeat-seconds", "0.3", "--name", "sleeper") as sleeper,
+            AsyncClient(url) as client,
+        ):
+            with anyio.fail_after(30):
+                await client.wait_for_workers(1)
+                task = await client.submit(PROMPT)
+                await stream_until(client, task.id, 20)
+                sleeper.send_signal(signal.SIGSTOP)  # hung: connected, silent
+                stopped_at = anyio.current_time()
+                rescuer = await WorkerPool(url, tg).start(delay_ms=1, name="rescuer")
+                entry = await task.result()
+                lease_took = anyio.current_time() - stopped_at
+                # Wake the sleeper; wait until it has renewed its heartbeat twice (it
+                # re-syncs before writing), then the board must still be the rescuer's.
+                cid = worker_client_id(client, "sleeper")
+                clock = client.peer.awareness.meta[cid]["clock"]
+                sleeper.send_signal(signal.SIGCONT)
+                while client.peer.awareness.meta.get(cid, {}).get("clock", 0) < clock + 2:
+                    await client.wait_changed(0.5)
+                final = client.get(task.id)[1]
         tg.cancel_scope.cancel()
     assert lease_took >= 2.0
     assert entry.status is TaskStatus.SUCCEEDED and entry.worker == rescuer.id and entry.attempt == 2
@@ -134,22 +136,21 @@ async def test_a_standby_broker_takes_over_within_2_s_and_no_task_is_assigned_tw
 async def test_sigterm_drains_a_worker_it_finishes_what_it_holds_and_takes_nothing_new(tmp_path: Path) -> None:
     async with server(tmp_path) as url, anyio.create_task_group() as tg:
         async with child("worker", "--url", url, "--backend", "echo", "--echo-delay", "50",
-                         "--name", "drainer") as drainer:
-            async with AsyncClient(url) as client:
-                with anyio.fail_after(30):
-                    [worker] = await client.wait_for_workers(1)
-                    held = await client.submit(PROMPT)
-                    await stream_until(client, held.id, 10)
-                    drainer.send_signal(signal.SIGTERM)
-                    with anyio.fail_after(5):
-                        while client.workers()[0].state.value != "draining":
-                            await client.wait_changed(0.5)
-                    later = await client.submit("after the drain began")
-                    finished = await held.result()
-                    await drainer.wait()
-                    assert later.entry()[0] is Column.TODO  # nobody took it
-                    rescuer = await WorkerPool(url, tg).start()
-                    taken_later = await later.result()
+                         "--name", "drainer") as drainer, AsyncClient(url) as client:
+            with anyio.fail_after(30):
+                [worker] = await client.wait_for_workers(1)
+                held = await client.submit(PROMPT)
+                await stream_until(client, held.id, 10)
+                drainer.send_signal(signal.SIGTERM)
+                with anyio.fail_after(5):
+                    while client.workers()[0].state.value != "draining":
+                        await client.wait_changed(0.5)
+                later = await client.submit("after the drain began")
+                finished = await held.result()
+                await drainer.wait()
+                assert later.entry()[0] is Column.TODO  # nobody took it
+                rescuer = await WorkerPool(url, tg).start()
+                taken_later = await later.result()
         tg.cancel_scope.cancel()
     assert drainer.returncode == 0
     assert finished.worker == worker.id and finished.result == EXPECTED and finished.attempt == 1
