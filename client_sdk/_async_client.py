@@ -5,18 +5,21 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncGenerator, Sequence
 from typing import Any, Self
+from urllib.parse import quote
 
 import anyio
+import httpx
 from pycrdt import Map, Text
 from pydantic import ValidationError
 
 from awareness.states import PeerPresence, Role, WorkerPresence, workers_from_states
 from client_sdk._models import BoardSnapshot
 from kanbanmesh.board import constants as c
-from kanbanmesh.board.document import entry_from_map, request_from_fields
+from kanbanmesh.board.document import entry_from_fields, entry_from_map, request_from_fields
 from kanbanmesh.board.schema import ChatMessage, TaskEntry, TaskParams, TaskStatus
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import (
+    ConnectError,
     InvalidTaskError,
     KanbanMeshError,
     StreamRestartedError,
@@ -24,7 +27,7 @@ from kanbanmesh.errors import (
     TaskFailedError,
     TaskNotFoundError,
 )
-from kanbanmesh.peer import BoardPeer
+from kanbanmesh.peer import BoardPeer, http_base
 
 
 def new_task_id() -> str:
@@ -69,6 +72,7 @@ class AsyncClient:
         self.owner = owner
         self.id = f"client-{uuid.uuid4().hex[:12]}"
         self._connect_timeout_s = connect_timeout_s
+        self._token = token
         self._peer = BoardPeer(
             url, board, token=token, max_message_bytes=max_message_bytes,
             connect_timeout_s=connect_timeout_s,
@@ -178,6 +182,35 @@ class AsyncClient:
         """The column and entry of a task on the board; raises `TaskNotFoundError`."""
         return self._peer.board.read(task_id)
 
+    async def lookup(self, task_id: str) -> tuple[Column | None, TaskEntry]:
+        """A task from the board, or from the server's archive once it left the board
+        (column None); raises `TaskNotFoundError` if neither has it."""
+        try:
+            return self.get(task_id)
+        except TaskNotFoundError:
+            archived = await self.archived(task_id)
+            if archived is None:
+                raise
+            return None, archived
+
+    async def archived(self, task_id: str) -> TaskEntry | None:
+        """A finished task from the server's archive (None if it is not archived)."""
+        url = f"{http_base(self.url)}/boards/{quote(self.board, safe='')}/tasks/{quote(task_id, safe='')}"
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        try:
+            async with httpx.AsyncClient(timeout=10.0) as http:
+                reply = await http.get(url, headers=headers)
+        except httpx.HTTPError as exc:
+            raise ConnectError(f"cannot reach {url}: {exc}") from exc
+        if reply.status_code == 404:
+            return None
+        if reply.status_code != 200:
+            raise ConnectError(f"{url} answered HTTP {reply.status_code}: {reply.text.strip()}")
+        body = reply.json()
+        if body.get("column") != "archived":
+            return None
+        return entry_from_fields(body["entry"])
+
     def snapshot(self) -> BoardSnapshot:
         """The board's four columns and who is connected, as of now."""
         snap = BoardSnapshot(board=self.board, workers=self.workers())
@@ -268,13 +301,28 @@ class TaskHandle:
             await self._client.wait_changed(1.0)
 
     async def wait(self, timeout_s: float | None = None) -> TaskEntry:
-        """Wait until the task is in `done` and return its entry, whatever its status."""
+        """Wait until the task is in `done` and return its entry, whatever its status.
+
+        A task that already left the board (archived after its retention time) is fetched
+        from the server's archive."""
         with anyio.fail_after(timeout_s):
             while True:
                 found = self._locate()
                 if found is not None and found[0] is Column.DONE:
                     return entry_from_map(found[1])
+                if found is None:
+                    archived = await self._client.archived(self.id)
+                    if archived is not None:
+                        return archived
                 await self._client.wait_changed(1.0)
+
+    async def ack(self) -> None:
+        """Tell the server the result was read: the task leaves the live board for the
+        archive at once instead of after the retention time. Only for a task in `done`."""
+        found = self._locate()
+        if found is None or found[0] is not Column.DONE:
+            raise TaskNotFoundError(f"task {self.id!r} is not in done")
+        found[1][c.F_ACK] = True
 
     async def result(self, timeout_s: float | None = None) -> TaskEntry:
         """Wait for the task to succeed and return its entry (`.result` holds the text).

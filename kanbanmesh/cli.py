@@ -54,6 +54,9 @@ def server_options(fn: F) -> F:
                      help="Keep boards in memory only."),
         click.option("--no-broker", "embedded_broker", flag_value=False, default=None,
                      help="Do not run the embedded broker (run `kanbanmesh broker` instead)."),
+        click.option("--retention-seconds", "retention_s", type=float, default=None,
+                     help="Finished tasks leave the live board for the archive after this long, "
+                          "or when their owner acknowledges them (default 600)."),
         click.option("--max-task-bytes", type=int, default=None,
                      help="Largest accepted task entry (default 1 MiB)."),
         click.option("--max-message-bytes", type=int, default=None,

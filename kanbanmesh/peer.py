@@ -49,6 +49,11 @@ _FATAL_CLOSE_CODES = {
 }
 
 
+def http_base(url: str) -> str:
+    """`ws://host:port` -> `http://host:port` (`wss` -> `https`): HTTP is on the same port."""
+    return "http" + url.rstrip("/")[2:]
+
+
 def board_url(url: str, board: str, token: str | None = None) -> str:
     """`ws://host:port` + board (+ token) -> the websocket URL of that board."""
     full = url.rstrip("/") + "/" + quote(board, safe="")

@@ -48,6 +48,8 @@ F_TIMINGS: Final = "timings"
 F_FINISHED_AT: Final = "finished_at"
 # Set by the owner, honoured in every column.
 F_CANCEL: Final = "cancel"
+# Set by the owner on a `done` entry: the result was read, archive it now.
+F_ACK: Final = "ack"
 
 # Awareness state fields.
 A_ROLE: Final = "role"

@@ -136,13 +136,14 @@ class TaskEntry(TaskRequest):
     timings: Timings | None = None
     finished_at: float | None = None
     cancel: bool = False
+    ack: bool = False
 
 
 # The fields of a request (what the client writes when it creates a task).
 REQUEST_FIELDS = frozenset(TaskRequest.model_fields)
 
 # Fields each writer may set on an existing entry (the security issue enforces these per role).
-CLIENT_FIELDS = frozenset({c.F_CANCEL})
+CLIENT_FIELDS = frozenset({c.F_CANCEL, c.F_ACK})
 BROKER_FIELDS = frozenset(
     {
         c.F_WORKER,

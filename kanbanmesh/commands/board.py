@@ -81,8 +81,11 @@ def run_board(settings: Settings, *, watch: bool) -> None:
 
 async def show_task_async(settings: Settings, task_id: str) -> dict[str, Any]:
     async with AsyncClient(settings.url, settings.board, token=settings.token) as client:
-        column, entry = client.get(task_id)
-        return {"column": column.value, "entry": entry.model_dump(mode="json")}
+        column, entry = await client.lookup(task_id)
+        return {
+            "column": column.value if column is not None else "archived",
+            "entry": entry.model_dump(mode="json"),
+        }
 
 
 def show_task(settings: Settings, task_id: str) -> dict[str, Any]:

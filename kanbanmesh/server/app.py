@@ -11,6 +11,8 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 import kanbanmesh
+from kanbanmesh.board.document import entry_from_fields
+from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
 from kanbanmesh.server.channel import StarletteChannel
 from kanbanmesh.server.hub import Hub
 
@@ -32,6 +34,28 @@ def create_app(hub: Hub) -> Starlette:
             }
         )
 
+    async def task_entry(request: Request) -> Response:
+        """A task by id: from the live board, or from the archive once it left the board."""
+        board, task_id = request.path_params["board"], request.path_params["task_id"]
+        if not hub.valid_board(board):
+            return JSONResponse({"error": f"invalid board name {board!r}"}, status_code=404)
+        room = hub.rooms.get(board)
+        if room is not None:
+            try:
+                column, entry = room.board.read(task_id)
+            except (TaskNotFoundError, InvalidTaskError):
+                pass
+            else:
+                return JSONResponse({"column": column.value, "entry": entry.model_dump(mode="json")})
+        archived = await hub.archive.get(board, task_id)
+        if archived is None:
+            return JSONResponse({"error": f"no task {task_id!r} on board {board!r}"}, status_code=404)
+        try:
+            archived = entry_from_fields(archived).model_dump(mode="json")
+        except InvalidTaskError:
+            pass  # archived as it was on the board: show it as it is
+        return JSONResponse({"column": "archived", "entry": archived})
+
     async def board_socket(websocket: WebSocket) -> None:
         name = websocket.path_params["board"]
         if not hub.valid_board(name):
@@ -46,6 +70,7 @@ def create_app(hub: Hub) -> Starlette:
     return Starlette(
         routes=[
             Route("/healthz", healthz),
+            Route("/boards/{board}/tasks/{task_id}", task_entry),
             WebSocketRoute("/{board}", board_socket),
         ]
     )

@@ -13,6 +13,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from broker.service import Broker, BrokerSettings
 from broker.view import RoomView
 from kanbanmesh.errors import ConfigurationError
+from kanbanmesh.server.archive import TaskArchive
 from kanbanmesh.server.room import BoardRoom, RoomSettings
 from kanbanmesh.server.store import BoardStore
 from kanbanmesh.settings import BOARD_NAME_PATTERN
@@ -32,8 +33,9 @@ class HubSettings:
 class Hub:
     """Creates rooms on first use, loads them from the store, runs their brokers."""
 
-    def __init__(self, store: BoardStore | None, settings: HubSettings) -> None:
+    def __init__(self, store: BoardStore | None, archive: TaskArchive, settings: HubSettings) -> None:
         self._store = store
+        self.archive = archive
         self._settings = settings
         self._rooms: dict[str, BoardRoom] = {}
         self._brokers: dict[str, Broker] = {}
@@ -81,7 +83,7 @@ class Hub:
                 return room
             if self._tg is None:
                 raise RuntimeError("the hub is not running")
-            room = BoardRoom(name, self._store, self._settings.room)
+            room = BoardRoom(name, self._store, self.archive, self._settings.room)
             await self._tg.start(room.start)
             self._rooms[name] = room
             if self._settings.broker is not None:

@@ -21,13 +21,15 @@ from pycrdt import Doc, Map, MapEvent, TransactionEvent
 
 from awareness.registry import AwarenessConflictError, AwarenessRegistry
 from kanbanmesh.board import constants as c
-from kanbanmesh.board.document import BoardDoc
+from kanbanmesh.board.document import BoardDoc, now_ms, plain_fields
 from kanbanmesh.board.events import event_keys
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import ConnectionClosedError, ProtocolError
 from kanbanmesh.protocol import codec
 from kanbanmesh.protocol.channel import Channel
+from kanbanmesh.server.archive import ArchivedTask, TaskArchive
 from kanbanmesh.server.connection import Connection
+from kanbanmesh.server.retention import RetentionIndex
 from kanbanmesh.server.store import BoardStore
 from kanbanmesh.server.validation import UpdateRefused, UpdateValidator, ValidationLimits
 
@@ -43,6 +45,8 @@ class RoomSettings:
     awareness_timeout_s: float = 30.0  # as Yjs: a state not renewed for this long is gone
     compact_every: int = 5000  # persisted rows of one board before they are squashed
     lazy_s: float = 0.05  # how long other people's tasks' updates may wait to be sent
+    retention_s: float = 600.0  # finished tasks stay on the live board this long
+    archive_batch: int = 2000  # most tasks archived in one round (one a second)
     limits: ValidationLimits = field(default_factory=ValidationLimits)
 
 
@@ -51,19 +55,24 @@ class RoomStats:
     updates_applied: int = 0
     updates_refused: int = 0
     connections_total: int = 0
+    archived: int = 0
 
 
 class BoardRoom:
     """Serves one board to any number of connections."""
 
-    def __init__(self, name: str, store: BoardStore | None, settings: RoomSettings) -> None:
+    def __init__(
+        self, name: str, store: BoardStore | None, archive: TaskArchive, settings: RoomSettings
+    ) -> None:
         self.name = name
         self.doc: Doc[Any] = Doc()
         self.board = BoardDoc(self.doc)
         self.awareness = AwarenessRegistry()
         self.stats = RoomStats()
         self._store = store
+        self.archive = archive
         self._settings = settings
+        self._retention = RetentionIndex(self.board, settings.retention_s)
         self._connections: set[Connection] = set()
         self._origin: Connection | None = None
         self._validator: UpdateValidator | None = None
@@ -100,17 +109,43 @@ class BoardRoom:
         for column in Column:
             self.board.column_map(column).observe(self._column_observer(column))
         self.doc.observe(self._on_doc_update)
+        self._retention.attach()
         self._ready.set()
         task_status.started()
         ticks = 0
         while True:
             await anyio.sleep(1.0)
             ticks += 1
+            await self._archive_due()
             self._maybe_compact()
             if ticks % 5 == 0:
                 removal = self.awareness.expire(self._settings.awareness_timeout_s)
                 if removal is not None:
                     self._broadcast(codec.awareness_message(removal), None)
+
+    async def _archive_due(self) -> None:
+        """Move the finished tasks whose time is up from the live board to the archive:
+        archive rows committed first, entries deleted after (see `kanbanmesh.server.archive`)."""
+        due = self._retention.due(now_ms(), self._settings.archive_batch)
+        done = self.board.column_map(Column.DONE)
+        tasks = []
+        for task_id in due:
+            entry = done.get(task_id)
+            if isinstance(entry, Map):
+                fields = plain_fields(entry)
+                finished = fields.get(c.F_FINISHED_AT)
+                tasks.append(ArchivedTask(
+                    task_id, str(fields.get(c.F_OWNER) or ""),
+                    float(finished) if isinstance(finished, int | float) else 0.0, fields,
+                ))
+        if not tasks:
+            return
+        await self.archive.put(self.name, tasks)
+        with self.doc.transaction():
+            for task in tasks:
+                if task.id in done:
+                    del done[task.id]
+        self.stats.archived += len(tasks)
 
     def _maybe_compact(self) -> None:
         # Outside the observe callback: a snapshot cannot be taken mid-transaction.

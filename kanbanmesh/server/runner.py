@@ -14,12 +14,14 @@ from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
 
 import anyio
+import anyio.to_thread
 import uvicorn
 from anyio.abc import TaskStatus
 
 from broker.service import BrokerSettings
 from kanbanmesh.errors import ConfigurationError
 from kanbanmesh.server.app import create_app
+from kanbanmesh.server.archive import TaskArchive
 from kanbanmesh.server.hub import Hub, HubSettings
 from kanbanmesh.server.room import RoomSettings
 from kanbanmesh.server.store import BoardStore
@@ -39,6 +41,7 @@ def hub_settings(settings: Settings) -> HubSettings:
     return HubSettings(
         room=RoomSettings(
             keepalive_s=settings.keepalive_s,
+            retention_s=settings.retention_s,
             limits=ValidationLimits(max_task_bytes=settings.max_task_bytes),
         ),
         broker=BrokerSettings.from_settings(settings, "embedded")
@@ -72,7 +75,10 @@ async def serve(
             store = await stack.enter_async_context(
                 BoardStore(settings.data_dir / "boards.sqlite3")
             )
-        hub = Hub(store, hub_settings(settings))
+        archive = TaskArchive(settings.data_dir / "archive.sqlite3" if settings.persist else None)
+        await anyio.to_thread.run_sync(archive.open)
+        stack.callback(archive.close)
+        hub = Hub(store, archive, hub_settings(settings))
         config = uvicorn.Config(
             app=create_app(hub),
             ws="websockets-sansio",

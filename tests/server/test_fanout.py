@@ -19,6 +19,7 @@ from pycrdt import Doc, Map, Text
 from kanbanmesh.board import constants as c
 from kanbanmesh.errors import ConnectionClosedError
 from kanbanmesh.protocol import codec
+from kanbanmesh.server.archive import TaskArchive
 from kanbanmesh.server.connection import Connection
 from kanbanmesh.server.room import BoardRoom, RoomSettings
 
@@ -146,13 +147,16 @@ async def _run_lazy_scenario(channel: MemoryChannel, conn: Connection) -> None:
 
 
 async def test_each_peer_gets_at_once_only_the_news_of_its_own_tasks() -> None:
-    room = BoardRoom("test", None, RoomSettings(lazy_s=LAZY_S))
+    archive = TaskArchive(None)
+    archive.open()
+    room = BoardRoom("test", None, archive, RoomSettings(lazy_s=LAZY_S))
     peers = client, broker, worker, other_worker = Peer(), Peer(), Peer(), Peer()
     try:
         await _run_ownership_scenario(room, client, broker, worker, other_worker)
     finally:
         for peer in peers:
             peer.channel.dispose()
+        archive.close()
 
 
 async def _run_ownership_scenario(

@@ -1,0 +1,111 @@
+"""The result archive: finished tasks that left the live board, still retrievable by id.
+
+One SQLite file (`archive.sqlite3` beside the board store), one row per task: the whole entry
+as JSON. Rows are written, and committed, *before* the entries leave the live document, so a
+crash in between leaves a task in both places (archived again later, same row), never in
+neither. All SQLite work runs in worker threads.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import anyio.to_thread
+
+from kanbanmesh.errors import StoreError
+
+_SCHEMA = (
+    (
+        "CREATE TABLE IF NOT EXISTS archive ("
+        " board TEXT NOT NULL, id TEXT NOT NULL, owner TEXT NOT NULL, finished_at REAL NOT NULL,"
+        " entry TEXT NOT NULL, PRIMARY KEY (board, id))"
+    ),
+    "CREATE INDEX IF NOT EXISTS archive_owner ON archive (board, owner, finished_at)",
+)
+
+
+@dataclass(frozen=True)
+class ArchivedTask:
+    id: str
+    owner: str
+    finished_at: float
+    entry: dict[str, Any]
+
+
+class TaskArchive:
+    """Finished tasks by board and id; `path` None keeps them in memory (no persistence)."""
+
+    def __init__(self, path: pathlib.Path | None) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        target = ":memory:" if self._path is None else str(self._path)
+        try:
+            if self._path is not None:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the task archive {target}: {exc}") from exc
+        self._conn = conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    async def put(self, board: str, tasks: list[ArchivedTask]) -> None:
+        """Store (or replace) `tasks`; returns once they are committed."""
+        rows = [(board, t.id, t.owner, t.finished_at, json.dumps(t.entry)) for t in tasks]
+        await anyio.to_thread.run_sync(self._put_sync, rows)
+
+    async def get(self, board: str, task_id: str) -> dict[str, Any] | None:
+        return await anyio.to_thread.run_sync(self._get_sync, board, task_id)
+
+    async def count(self, board: str) -> int:
+        return await anyio.to_thread.run_sync(self._count_sync, board)
+
+    def _put_sync(self, rows: list[tuple[str, str, str, float, str]]) -> None:
+        with self._lock:
+            conn = self._require()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany("INSERT OR REPLACE INTO archive VALUES (?, ?, ?, ?, ?)", rows)
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreError(f"cannot write the task archive: {exc}") from exc
+
+    def _get_sync(self, board: str, task_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._require().execute(
+                "SELECT entry FROM archive WHERE board = ? AND id = ?", (board, task_id)
+            ).fetchone()
+        if row is None:
+            return None
+        entry: dict[str, Any] = json.loads(row[0])
+        return entry
+
+    def _count_sync(self, board: str) -> int:
+        with self._lock:
+            row = self._require().execute(
+                "SELECT COUNT(*) FROM archive WHERE board = ?", (board,)
+            ).fetchone()
+        return int(row[0])
+
+    def _require(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("the task archive is not open")
+        return self._conn
