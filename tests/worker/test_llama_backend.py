@@ -140,3 +140,14 @@ async def test_two_generations_run_at_once_without_blocking_the_event_loop(
     assert max(lags) < 0.25, f"the event loop stalled for {max(lags):.3f} s"
     for prompt in prompts:
         assert results[prompt] == direct_chat(direct, [{"role": "user", "content": prompt}], max_tokens=32, **GREEDY)
+
+
+async def test_a_cancel_interrupts_a_long_prompt_evaluation(backend: LlamaBackend) -> None:
+    # ~450 prompt tokens: seconds of evaluation in one llama.cpp call on one CPU thread.
+    events = backend.generate(ask("The sea is wide and deep. " * 60, max_tokens=8))
+    started = time.monotonic()
+    with anyio.move_on_after(0.3):
+        await events.__anext__()  # cancelled while the prompt is being evaluated
+    assert time.monotonic() - started < 0.8, "the abort callback must interrupt the evaluation"
+    chunks, _ = await collect(backend.generate(ask("Say hi", max_tokens=4, **GREEDY)))
+    assert chunks

@@ -7,8 +7,9 @@ the token being computed) and `emit` (called with each piece of text as it becom
 
 from __future__ import annotations
 
+import itertools
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from llama_cpp import Llama
@@ -17,7 +18,7 @@ from kanbanmesh.board.schema import Usage
 from kanbanmesh.errors import BackendError
 from worker.backends.base import Finished
 from worker.backends.chat_format import Prompt
-from worker.backends.llama_loader import is_end_of_generation
+from worker.backends.llama_loader import abort_when, is_end_of_generation
 from worker.backends.sampling import Sampling
 from worker.backends.text_stream import TextStream
 
@@ -67,20 +68,11 @@ def run_generation(
     """Generate for `prompt`, emitting text as it is produced; returns usage and finish reason.
 
     The signature ends like `threaded.Work`, so `partial(run_generation, llama, prompt,
-    decoding)` runs in a `ThreadedRun`.
-
-    Raises `BackendError("context_overflow")` when the prompt does not fit the context.
+    decoding)` runs in a `ThreadedRun`. Raises `BackendError("context_overflow")` when the
+    prompt does not fit the context.
     """
-    tokens = llama.tokenize(prompt.text.encode("utf-8"), add_bos=prompt.add_bos, special=True)
-    n_ctx = llama.n_ctx()
-    if len(tokens) >= n_ctx:
-        raise BackendError(
-            "context_overflow",
-            f"the prompt is {len(tokens)} tokens but this worker's context holds {n_ctx} "
-            "(answer included); shorten the prompt or start the worker with a larger --n-ctx",
-        )
-    room = n_ctx - len(tokens)
-    limit = min(decoding.max_tokens, room)
+    tokens = _prompt_tokens(llama, prompt)
+    limit = min(decoding.max_tokens, llama.n_ctx() - len(tokens))
     # A fresh KV cache every time: reusing a cached prompt prefix evaluates the rest in a
     # different batch shape, which changes the floats, so the same seeded request would answer
     # differently depending on what this slot ran before.
@@ -100,7 +92,8 @@ def run_generation(
         frequency_penalty=decoding.frequency_penalty,
     )
     try:
-        for token in tokens_out:
+        first = _first_token(llama, tokens_out, should_stop)
+        for token in itertools.chain([first], tokens_out) if first is not None else ():
             if should_stop():
                 reason = "cancelled"
                 break
@@ -116,6 +109,8 @@ def run_generation(
                 break
             if count >= limit:
                 break
+        if first is None:
+            reason = "cancelled"
     finally:
         tokens_out.close()
     tail = text.finish()
@@ -123,3 +118,30 @@ def run_generation(
         emit(tail)
     usage = Usage(prompt_tokens=len(tokens), completion_tokens=count, total_tokens=len(tokens) + count)
     return Finished(usage, reason)
+
+
+def _prompt_tokens(llama: Llama, prompt: Prompt) -> list[int]:
+    tokens = llama.tokenize(prompt.text.encode("utf-8"), add_bos=prompt.add_bos, special=True)
+    if len(tokens) >= llama.n_ctx():
+        raise BackendError(
+            "context_overflow",
+            f"the prompt is {len(tokens)} tokens but this worker's context holds {llama.n_ctx()} "
+            "(answer included); shorten the prompt or start the worker with a larger --n-ctx",
+        )
+    return tokens
+
+
+def _first_token(llama: Llama, tokens_out: Iterator[int], should_stop: Callable[[], bool]) -> int | None:
+    """The first token, or None when cancelled while the prompt was being evaluated.
+
+    Evaluating a long prompt takes seconds on a CPU, in one llama.cpp call; llama.cpp's abort
+    callback lets a cancel interrupt it between two operations of the graph. The callback is
+    removed before generation: it would cost a Python call per operation of every token.
+    """
+    with abort_when(llama, should_stop):
+        try:
+            return next(tokens_out)
+        except RuntimeError:  # llama_decode returned 2: aborted
+            if should_stop():
+                return None
+            raise
