@@ -84,6 +84,7 @@ class Broker:
         self._presence_changed = ChangeSignal()
         view.on_remote_change(self._after_remote_change)
         view.on_presence_change(self._forget_workers)
+        view.on_reset(self._reset)
 
     @property
     def board(self) -> BoardDoc:
@@ -130,6 +131,13 @@ class Broker:
             self.run_pass()
         except Exception:  # the loop in run() retries on the next change or tick
             log.exception("broker pass failed")
+
+    def _reset(self) -> None:
+        # A new generation of the document: index it afresh.
+        self._tracker.detach()
+        self._tracker = BoardTracker(self._view.board)
+        if self._running:
+            self._tracker.attach()
 
     def _forget_workers(self) -> None:
         self._workers = None

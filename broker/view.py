@@ -28,6 +28,10 @@ class BoardView(Protocol):
         """Call `listener()` after each change of the peers' awareness states."""
         ...
 
+    def on_reset(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` when `board` was replaced by a new generation of the document."""
+        ...
+
     def presence(self) -> dict[int, dict[str, Any]]:
         """Awareness states of the other peers."""
         ...
@@ -58,6 +62,9 @@ class RoomView:
     def on_presence_change(self, listener: Callable[[], None]) -> None:
         self._room.awareness.subscribe(lambda *_: listener())
 
+    def on_reset(self, listener: Callable[[], None]) -> None:
+        self._room.on_reset(listener)
+
     def presence(self) -> dict[int, dict[str, Any]]:
         return {cid: s for cid, s in self._room.awareness.states().items() if cid != self._client_id}
 
@@ -82,7 +89,10 @@ class PeerView:
         self._peer.on_remote_change(listener)
 
     def on_presence_change(self, listener: Callable[[], None]) -> None:
-        self._peer.awareness.observe(lambda topic, _: listener() if topic == "change" else None)
+        self._peer.on_presence_change(listener)
+
+    def on_reset(self, listener: Callable[[], None]) -> None:
+        self._peer.on_reset(listener)
 
     def presence(self) -> dict[int, dict[str, Any]]:
         return self._peer.peers()

@@ -9,6 +9,7 @@ from client_sdk._sync_client import Client, SyncTaskHandle
 from kanbanmesh.board.schema import ChatMessage, TaskEntry, TaskParams, TaskStatus, Timings, Usage
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import (
+    BoardRotatedError,
     ConnectError,
     ConnectionClosedError,
     InvalidTaskError,
@@ -24,6 +25,7 @@ from kanbanmesh.errors import (
 
 __all__ = [
     "AsyncClient",
+    "BoardRotatedError",
     "BoardSnapshot",
     "ChatMessage",
     "Client",

@@ -19,6 +19,7 @@ from kanbanmesh.board.document import entry_from_fields, entry_from_map, request
 from kanbanmesh.board.schema import ChatMessage, TaskEntry, TaskParams, TaskStatus
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import (
+    BoardRotatedError,
     ConnectError,
     InvalidTaskError,
     KanbanMeshError,
@@ -171,7 +172,18 @@ class AsyncClient:
             )
         self._peer.board.create(request)
         if durable_timeout_s is not None:
-            await self._peer.durable(durable_timeout_s)
+            for _ in range(3):
+                try:
+                    await self._peer.durable(durable_timeout_s)
+                    break
+                except BoardRotatedError:
+                    # The task may have gone with the old replica: write it again unless
+                    # the new generation has it.
+                    await self._peer.wait_synced(durable_timeout_s)
+                    if self._peer.board.locate(request.id) is None:
+                        self._peer.board.create(request)
+            else:
+                raise BoardRotatedError("the board kept moving to new generations")
         return TaskHandle(self, request.id)
 
     def task(self, task_id: str) -> TaskHandle:

@@ -57,6 +57,9 @@ def server_options(fn: F) -> F:
         click.option("--retention-seconds", "retention_s", type=float, default=None,
                      help="Finished tasks leave the live board for the archive after this long, "
                           "or when their owner acknowledges them (default 600)."),
+        click.option("--rotate-after", type=int, default=None,
+                     help="Start a new generation of a board's document (shedding tombstones) "
+                          "once this many tasks have left it (default 10000)."),
         click.option("--max-task-bytes", type=int, default=None,
                      help="Largest accepted task entry (default 1 MiB)."),
         click.option("--max-message-bytes", type=int, default=None,

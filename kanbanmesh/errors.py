@@ -53,6 +53,11 @@ class TransportError(KanbanMeshError):
     """Raised when talking to the server fails."""
 
 
+
+class BoardRotatedError(TransportError):
+    """The board moved to a new generation of its document while a write of ours was in
+    flight: the write may be lost and must be made again on the new replica."""
+
 class ConnectError(TransportError):
     """Raised when a connection to the server cannot be opened."""
 

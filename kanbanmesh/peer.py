@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc
 from kanbanmesh.errors import (
+    BoardRotatedError,
     ConnectError,
     ConnectionClosedError,
     KanbanMeshError,
@@ -82,6 +83,10 @@ class BoardPeer:
         self.board = BoardDoc(self.doc)
         self.awareness = Awareness(self.doc)
         self.awareness.set_local_state(None)  # nobody until someone says who we are
+        # How many times the replica was replaced by a new generation of the board.
+        self.resets = 0
+        self._reset_listeners: list[Callable[[], None]] = []
+        self._presence_listeners: list[Callable[[], None]] = []
         self.changed = ChangeSignal()
         self.presence_changed = ChangeSignal()
         self.error: KanbanMeshError | None = None
@@ -124,6 +129,15 @@ class BoardPeer:
         """Call `listener()` after each update received from the server."""
         self._listeners.append(listener)
 
+    def on_presence_change(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after each change of the peers' awareness states."""
+        self._presence_listeners.append(listener)
+
+    def on_reset(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after the replica was replaced (the board moved to a new
+        generation): `doc`, `board` and `awareness` are new objects from then on."""
+        self._reset_listeners.append(listener)
+
     def set_presence(self, state: dict[str, Any] | None) -> None:
         """Set this peer's awareness state (None: not present)."""
         self.awareness.set_local_state(state)
@@ -156,6 +170,7 @@ class BoardPeer:
         """
         self._durable_tokens += 1
         token = self._durable_tokens
+        resets = self.resets
         acknowledged = self._durable[token] = anyio.Event()
         if self._connected:
             self._messages.append(codec.durable_message(token))
@@ -169,6 +184,9 @@ class BoardPeer:
                         await acknowledged.wait()
             if not acknowledged.is_set():
                 raise TransportError(f"the server did not confirm the write within {timeout_s:g} s")
+            if self.resets != resets:
+                # The confirmation is the new generation's: our change was on the old replica.
+                raise BoardRotatedError("the board moved to a new generation before the write was confirmed")
         finally:
             self._durable.pop(token, None)
 
@@ -239,6 +257,31 @@ class BoardPeer:
             self._wakeup.set()
         elif topic == "change":
             self.presence_changed.notify()
+            for listener in self._presence_listeners:
+                listener()
+
+    def _new_replica(self) -> None:
+        """Drop the replica of an old generation of the board for an empty one; what it held
+        comes back from the server's new generation at the next sync."""
+        state = self.awareness.get_local_state()
+        old_awareness = self.awareness
+        self.doc = Doc()
+        self.board = BoardDoc(self.doc)
+        self.awareness = Awareness(self.doc)
+        self.awareness.set_local_state(state)
+        self.doc.observe(self._on_doc_update)
+        self.awareness.observe(self._on_awareness)
+        self._outbox.clear()
+        self._synced = anyio.Event()
+        self.resets += 1
+        self.remote_updates += 1  # whatever callers checked is void
+        if self._tg is not None:
+            self._tg.start_soon(old_awareness.stop)
+            self._tg.start_soon(self.awareness.start)
+        for listener in self._reset_listeners:
+            listener()
+        self.changed.notify()
+        self.presence_changed.notify()
 
     # -- connection loop ------------------------------------------------------------------
 
@@ -275,6 +318,16 @@ class BoardPeer:
                 delay = 0.05
                 try:
                     await self._session(ws, None if started else task_status)
+                except _Rotated:
+                    if not self._reconnect:
+                        self._fail(ConnectionClosedError(
+                            "the board moved to a new generation", code=c.CLOSE_BOARD_ROTATED
+                        ))
+                        return
+                    log.info("board %s rotated: starting a new replica", self.board_name)
+                    started = started or self._synced.is_set()
+                    self._new_replica()
+                    continue  # at once: the server is there
                 except _Fatal as fatal:
                     if not (started or self._synced.is_set()):
                         self.error = fatal.error
@@ -312,7 +365,7 @@ class BoardPeer:
                     finally:
                         tg.cancel_scope.cancel()
             except BaseExceptionGroup as group:
-                fatal = group.subgroup(lambda e: isinstance(e, _Fatal))
+                fatal = group.subgroup(lambda e: isinstance(e, _Fatal | _Rotated))
                 if fatal is None:
                     raise
                 while isinstance(fatal, BaseExceptionGroup):
@@ -338,6 +391,8 @@ class BoardPeer:
         except ConnectionClosed as exc:
             code = exc.rcvd.code if exc.rcvd is not None else None
             reason = exc.rcvd.reason if exc.rcvd is not None else ""
+            if code == c.CLOSE_BOARD_ROTATED:
+                raise _Rotated() from None
             if code in _FATAL_CLOSE_CODES:
                 cls = MessageTooLargeError if code == c.CLOSE_MESSAGE_TOO_BIG else UpdateRefusedError
                 raise _Fatal(
@@ -409,6 +464,10 @@ class BoardPeer:
                         self.awareness.encode_awareness_update([self.awareness.client_id])
                     )
                 )
+
+
+class _Rotated(Exception):
+    """The server closed with 4409: reconnect with a new replica."""
 
 
 class _Fatal(Exception):

@@ -73,3 +73,4 @@ CLOSE_INTERNAL_ERROR: Final = 1011
 CLOSE_INVALID_UPDATE: Final = 4400
 CLOSE_INVALID_TASK: Final = 4422
 CLOSE_TASK_TOO_LARGE: Final = 4413
+CLOSE_BOARD_ROTATED: Final = 4409  # reconnect with a new, empty document

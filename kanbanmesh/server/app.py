@@ -29,6 +29,7 @@ def create_app(hub: Hub) -> Starlette:
                 "status": "ok",
                 "version": kanbanmesh.__version__,
                 "boards": sorted(rooms),
+                "generations": {name: room.generation for name, room in sorted(rooms.items())},
                 "connections": sum(r.connections for r in rooms.values()),
                 "unflushed_writes": hub.unflushed_writes,
             }

@@ -26,6 +26,11 @@ _SCHEMA = (
         " entry TEXT NOT NULL, PRIMARY KEY (board, id))"
     ),
     "CREATE INDEX IF NOT EXISTS archive_owner ON archive (board, owner, finished_at)",
+    # Yjs client ids that wrote to an earlier generation of a board (see server/rotation.py).
+    (
+        "CREATE TABLE IF NOT EXISTS retired_clients (board TEXT NOT NULL, client_id INTEGER NOT NULL,"
+        " PRIMARY KEY (board, client_id))"
+    ),
 )
 
 
@@ -68,20 +73,39 @@ class TaskArchive:
     async def put(self, board: str, tasks: list[ArchivedTask]) -> None:
         """Store (or replace) `tasks`; returns once they are committed."""
         rows = [(board, t.id, t.owner, t.finished_at, json.dumps(t.entry)) for t in tasks]
-        await anyio.to_thread.run_sync(self._put_sync, rows)
+        await anyio.to_thread.run_sync(
+            self._write_sync, "INSERT OR REPLACE INTO archive VALUES (?, ?, ?, ?, ?)", rows
+        )
 
     async def get(self, board: str, task_id: str) -> dict[str, Any] | None:
         return await anyio.to_thread.run_sync(self._get_sync, board, task_id)
 
+    async def retire(self, board: str, client_ids: set[int]) -> None:
+        """Remember client ids of an old generation of `board` (committed on return)."""
+        rows = [(board, cid) for cid in client_ids]
+        await anyio.to_thread.run_sync(
+            self._write_sync, "INSERT OR IGNORE INTO retired_clients VALUES (?, ?)", rows
+        )
+
+    async def retired(self, board: str) -> set[int]:
+        return await anyio.to_thread.run_sync(self._retired_sync, board)
+
+    def _retired_sync(self, board: str) -> set[int]:
+        with self._lock:
+            rows = self._require().execute(
+                "SELECT client_id FROM retired_clients WHERE board = ?", (board,)
+            ).fetchall()
+        return {int(r[0]) for r in rows}
+
     async def count(self, board: str) -> int:
         return await anyio.to_thread.run_sync(self._count_sync, board)
 
-    def _put_sync(self, rows: list[tuple[str, str, str, float, str]]) -> None:
+    def _write_sync(self, statement: str, rows: list[tuple[Any, ...]]) -> None:
         with self._lock:
             conn = self._require()
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.executemany("INSERT OR REPLACE INTO archive VALUES (?, ?, ?, ?, ?)", rows)
+                conn.executemany(statement, rows)
                 conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if conn.in_transaction:

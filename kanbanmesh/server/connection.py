@@ -35,6 +35,7 @@ class Connection:
         self.eager = False
         self.worker_ids: frozenset[str] = frozenset()
         self.interests: set[str] = set()
+        self.epoch = 0  # the room's document generation this peer's replica belongs to
         self._updates: list[bytes] = []
         self._other: list[bytes] = []
         self._wakeup = anyio.Event()

@@ -30,6 +30,7 @@ from kanbanmesh.protocol.channel import Channel
 from kanbanmesh.server.archive import ArchivedTask, TaskArchive
 from kanbanmesh.server.connection import Connection
 from kanbanmesh.server.retention import RetentionIndex
+from kanbanmesh.server.rotation import generation_of, next_generation
 from kanbanmesh.server.store import BoardStore
 from kanbanmesh.server.validation import UpdateRefused, UpdateValidator, ValidationLimits
 
@@ -47,6 +48,10 @@ class RoomSettings:
     lazy_s: float = 0.05  # how long other people's tasks' updates may wait to be sent
     retention_s: float = 600.0  # finished tasks stay on the live board this long
     archive_batch: int = 2000  # most tasks archived in one round (one a second)
+    # A new generation of the document once this many tasks have left the board (when no
+    # task is running; at 4x this many even then, see server/rotation.py).
+    rotate_after: int = 10_000
+    default_max_attempts: int = 3  # the broker's, for tasks a forced rotation puts back
     limits: ValidationLimits = field(default_factory=ValidationLimits)
 
 
@@ -56,6 +61,7 @@ class RoomStats:
     updates_refused: int = 0
     connections_total: int = 0
     archived: int = 0
+    rotations: int = 0
 
 
 class BoardRoom:
@@ -73,6 +79,11 @@ class BoardRoom:
         self.archive = archive
         self._settings = settings
         self._retention = RetentionIndex(self.board, settings.retention_s)
+        self._subs: list[tuple[Any, Any]] = []
+        self._reset_listeners: list[Callable[[], None]] = []
+        self._retired: set[int] = set()  # client ids of earlier generations
+        self._left_since_rotation = 0
+        self._epoch = 0  # +1 per rotation; a connection made before it may no longer write
         self._connections: set[Connection] = set()
         self._origin: Connection | None = None
         self._validator: UpdateValidator | None = None
@@ -98,18 +109,21 @@ class BoardRoom:
         """
         self._update_listeners.append(listener)
 
+    def on_reset(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after the room moved to a new generation of its document."""
+        self._reset_listeners.append(listener)
+
+    @property
+    def generation(self) -> int:
+        return generation_of(self.doc)
+
     async def start(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Load the board from the store, then serve until cancelled."""
         if self._store is not None:
             for update in await self._store.load(self.name):
                 self.doc.apply_update(update)
-        self._validator = UpdateValidator(self.doc, self._settings.limits)
-        # Shallow observers: they fire when entries enter or leave a column, not for what
-        # happens inside an entry (the validator reports that for peers' updates).
-        for column in Column:
-            self.board.column_map(column).observe(self._column_observer(column))
-        self.doc.observe(self._on_doc_update)
-        self._retention.attach()
+        self._retired = await self.archive.retired(self.name)
+        self._attach(self.doc)
         self._ready.set()
         task_status.started()
         ticks = 0
@@ -117,6 +131,7 @@ class BoardRoom:
             await anyio.sleep(1.0)
             ticks += 1
             await self._archive_due()
+            await self._maybe_rotate()
             self._maybe_compact()
             if ticks % 5 == 0:
                 removal = self.awareness.expire(self._settings.awareness_timeout_s)
@@ -146,6 +161,52 @@ class BoardRoom:
                 if task.id in done:
                     del done[task.id]
         self.stats.archived += len(tasks)
+        self._left_since_rotation += len(tasks)
+
+    def _attach(self, doc: Doc[Any]) -> None:
+        self.doc = doc
+        self.board = BoardDoc(doc)
+        self._validator = UpdateValidator(doc, self._settings.limits)
+        # Shallow observers: they fire when entries enter or leave a column, not for what
+        # happens inside an entry (the validator reports that for peers' updates).
+        self._subs = [
+            (self.board.column_map(col), self.board.column_map(col).observe(self._column_observer(col)))
+            for col in Column
+        ]
+        self._subs.append((doc, doc.observe(self._on_doc_update)))
+        self._retention = RetentionIndex(self.board, self._settings.retention_s)
+        self._retention.attach()
+
+    def _detach(self) -> None:
+        for observed, sub in self._subs:
+            observed.unobserve(sub)
+        self._subs = []
+        self._retention.detach()
+
+    async def _maybe_rotate(self) -> None:
+        """Start a new generation of the document when enough tasks have left the board."""
+        threshold = self._settings.rotate_after
+        running = len(self.board.column_map(Column.PREPARED)) + len(self.board.column_map(Column.DOING))
+        if self._left_since_rotation < threshold or (running and self._left_since_rotation < 4 * threshold):
+            return
+        self._epoch += 1  # from here on, what the current connections send is refused
+        old_writers = set(codec.decode_state_vector(self.doc.get_state()))
+        await self.archive.retire(self.name, old_writers)
+        self._retired |= old_writers
+        fresh = next_generation(self.board, self._settings.default_max_attempts)
+        self._detach()
+        self._attach(fresh)
+        if self._store is not None:
+            self._store.compact(self.name, fresh.get_update())
+            await self._store.flush()
+        self._left_since_rotation = 0
+        self.stats.rotations += 1
+        log.info("board %s: generation %d", self.name, self.generation)
+        for listener in self._reset_listeners:
+            listener()
+        reason = f"board rotated to generation {self.generation}: reconnect with a new Y.Doc"
+        for conn in [conn for conn in self._connections if conn.epoch != self._epoch]:
+            await conn.close(c.CLOSE_BOARD_ROTATED, reason)
 
     def _maybe_compact(self) -> None:
         # Outside the observe callback: a snapshot cannot be taken mid-transaction.
@@ -208,6 +269,7 @@ class BoardRoom:
         conn = Connection(
             channel, keepalive_s=self._settings.keepalive_s, lazy_s=self._settings.lazy_s
         )
+        conn.epoch = self._epoch
         self._connections.add(conn)
         self.stats.connections_total += 1
         conn.enqueue_message(codec.sync_step1(self.doc.get_state()))
@@ -266,6 +328,12 @@ class BoardRoom:
         message = codec.parse_message(data)
         if isinstance(message, codec.SyncMessage):
             if message.step is codec.SyncStep.STEP1:
+                if self._retired and not self._retired.isdisjoint(codec.decode_state_vector(message.payload)):
+                    raise UpdateRefused(
+                        c.CLOSE_BOARD_ROTATED,
+                        f"your replica is of an old generation of this board (now "
+                        f"{self.generation}): reconnect with a new Y.Doc",
+                    )
                 try:
                     reply = self.doc.get_update(message.payload)
                 except ValueError as exc:
@@ -291,6 +359,9 @@ class BoardRoom:
     def _apply(self, conn: Connection, update: bytes) -> None:
         if update == codec.EMPTY_UPDATE:
             return
+        if conn.epoch != self._epoch:
+            raise UpdateRefused(c.CLOSE_BOARD_ROTATED, "the board moved to a new generation: "
+                                "reconnect with a new Y.Doc")
         if self._validator is not None:
             self._validator.check(update)
             self._touched |= self._validator.touched

@@ -42,6 +42,8 @@ def hub_settings(settings: Settings) -> HubSettings:
         room=RoomSettings(
             keepalive_s=settings.keepalive_s,
             retention_s=settings.retention_s,
+            rotate_after=settings.rotate_after,
+            default_max_attempts=settings.max_attempts,
             limits=ValidationLimits(max_task_bytes=settings.max_task_bytes),
         ),
         broker=BrokerSettings.from_settings(settings, "embedded")

@@ -12,7 +12,7 @@ import pytest
 
 PUBLIC_API = {
     "client_sdk": {
-        "AsyncClient", "BoardSnapshot", "ChatMessage", "Client", "Column", "ConnectError",
+        "AsyncClient", "BoardRotatedError", "BoardSnapshot", "ChatMessage", "Client", "Column", "ConnectError",
         "ConnectionClosedError", "InvalidTaskError", "KanbanMeshError", "MessageTooLargeError",
         "StreamRestartedError", "SyncTaskHandle", "TaskCancelledError", "TaskEntry",
         "TaskFailedError", "TaskHandle", "TaskNotFoundError", "TaskParams", "TaskStatus",
