@@ -60,6 +60,9 @@ def server_options(fn: F) -> F:
         click.option("--rotate-after", type=int, default=None,
                      help="Start a new generation of a board's document (shedding tombstones) "
                           "once this many tasks have left it (default 10000)."),
+        click.option("--rotate-idle-seconds", "rotate_idle_s", type=float, default=None,
+                     help="Also start a new generation when a board has been idle this long and "
+                          "at least 100 tasks have left it (default 60)."),
         click.option("--max-task-bytes", type=int, default=None,
                      help="Largest accepted task entry (default 1 MiB)."),
         click.option("--max-message-bytes", type=int, default=None,

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     keepalive_s: float = Field(default=10.0, gt=0)
     retention_s: float = Field(default=600.0, ge=0)  # finished tasks leave the live board after
     rotate_after: int = Field(default=10_000, ge=1)  # tasks gone before a new doc generation
+    rotate_idle_s: float = Field(default=60.0, gt=0)  # or on a board idle this long (>= 100 gone)
 
     # Broker.
     max_attempts: int = Field(default=3, ge=1, le=100)

@@ -51,6 +51,10 @@ class RoomSettings:
     # A new generation of the document once this many tasks have left the board (when no
     # task is running; at 4x this many even then, see server/rotation.py).
     rotate_after: int = 10_000
+    # And on a board idle this long, once this many tasks have left it: at rest, a board
+    # that ran a million tasks weighs what a new one does.
+    rotate_idle_s: float = 60.0
+    rotate_idle_min: int = 100
     default_max_attempts: int = 3  # the broker's, for tasks a forced rotation puts back
     limits: ValidationLimits = field(default_factory=ValidationLimits)
 
@@ -84,6 +88,7 @@ class BoardRoom:
         self._retired: set[int] = set()  # client ids of earlier generations
         self._left_since_rotation = 0
         self._epoch = 0  # +1 per rotation; a connection made before it may no longer write
+        self._last_update_at = 0.0  # anyio clock of the last update applied
         self._connections: set[Connection] = set()
         self._origin: Connection | None = None
         self._validator: UpdateValidator | None = None
@@ -185,9 +190,13 @@ class BoardRoom:
 
     async def _maybe_rotate(self) -> None:
         """Start a new generation of the document when enough tasks have left the board."""
-        threshold = self._settings.rotate_after
+        left, threshold = self._left_since_rotation, self._settings.rotate_after
         running = len(self.board.column_map(Column.PREPARED)) + len(self.board.column_map(Column.DOING))
-        if self._left_since_rotation < threshold or (running and self._left_since_rotation < 4 * threshold):
+        idle = anyio.current_time() - self._last_update_at >= self._settings.rotate_idle_s
+        due = left >= 4 * threshold or (
+            not running and (left >= threshold or (idle and left >= self._settings.rotate_idle_min))
+        )
+        if not due:
             return
         self._epoch += 1  # from here on, what the current connections send is refused
         old_writers = set(codec.decode_state_vector(self.doc.get_state()))
@@ -252,6 +261,7 @@ class BoardRoom:
         if self._store is not None:
             self._store.append(self.name, update)
         self.stats.updates_applied += 1
+        self._last_update_at = anyio.current_time()
 
     def _broadcast(self, message: bytes, exclude: Connection | None) -> None:
         for conn in self._connections:

@@ -43,6 +43,7 @@ def hub_settings(settings: Settings) -> HubSettings:
             keepalive_s=settings.keepalive_s,
             retention_s=settings.retention_s,
             rotate_after=settings.rotate_after,
+            rotate_idle_s=settings.rotate_idle_s,
             default_max_attempts=settings.max_attempts,
             limits=ValidationLimits(max_task_bytes=settings.max_task_bytes),
         ),
