@@ -203,12 +203,18 @@ def broker(**flags: Any) -> None:
 @client_options
 @worker_options
 @click.option("--name", default=None, help="Worker name shown on the board.")
+@click.option("--drain", "drain_target", default=None, metavar="NAME_OR_ID",
+              help="Do not run a worker: ask the running worker NAME_OR_ID to drain (finish "
+                   "its tasks, take no new ones, leave) and wait until it has left.")
 @friendly_errors
-def worker(**flags: Any) -> None:
+def worker(drain_target: str | None, **flags: Any) -> None:
     """Run a worker: serve one backend on a board."""
-    from kanbanmesh.commands.worker import run_worker
+    from kanbanmesh.commands.worker import request_drain, run_worker
 
-    run_worker(build_settings(**flags))
+    if drain_target is not None:
+        request_drain(build_settings(**flags), drain_target)
+    else:
+        run_worker(build_settings(**flags))
 
 
 @main.command()

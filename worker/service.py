@@ -24,7 +24,7 @@ from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_map, now_ms
 from kanbanmesh.board.schema import TaskEntry, TaskStatus, Timings, Usage
 from kanbanmesh.board.transitions import Column, Writer
-from kanbanmesh.errors import BackendError, InvalidTaskError
+from kanbanmesh.errors import BackendError, InvalidTaskError, KanbanMeshError
 from kanbanmesh.notify import ChangeSignal
 from kanbanmesh.peer import BoardPeer
 from worker.backends.base import Backend, Finished, GenerationRequest, TextChunk
@@ -83,6 +83,9 @@ class Worker:
         self._presence_due = anyio.Event()
         self._last_beat = 0.0  # anyio clock of the last awareness renewal
         self._idle = ChangeSignal()
+        # Set when somebody asked this worker to drain through the board (`kanbanmesh worker
+        # --drain NAME`); whoever runs the worker drains it and stops.
+        self.drain_requested = anyio.Event()
         self.completed = 0
 
     async def run(self, *, task_status: StartStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -96,11 +99,35 @@ class Worker:
                 while True:
                     self._pick_up(tg)
                     self._watch_cancels()
+                    self._watch_drain_request()
                     with anyio.move_on_after(1.0):
                         await self._peer.changed.wait()
         finally:
             with anyio.CancelScope(shield=True):
                 await self._backend.stop()
+
+    def _drain_keys(self) -> list[str]:
+        return [c.DRAIN_PREFIX + self.id, c.DRAIN_PREFIX + self.name]
+
+    def _watch_drain_request(self) -> None:
+        if self.drain_requested.is_set():
+            return
+        control = self._peer.doc.get(c.CONTROL, type=Map)
+        if any(key in control for key in self._drain_keys()):
+            self.drain_requested.set()
+
+    async def clear_drain_request(self) -> None:
+        """Remove the request that drained this worker (a worker of the same name started
+        later must not drain at once), and see it reach the server."""
+        control = self._peer.doc.get(c.CONTROL, type=Map)
+        with self._peer.doc.transaction():
+            for key in self._drain_keys():
+                if key in control:
+                    del control[key]
+        try:
+            await self._peer.durable(timeout_s=2.0)
+        except KanbanMeshError:
+            log.warning("worker %s: could not confirm that its drain request was removed", self.name)
 
     def drain(self) -> None:
         """Take no new tasks (announced as `draining`, at once); running ones finish."""

@@ -51,6 +51,10 @@ F_CANCEL: Final = "cancel"
 # Set by the owner on a `done` entry: the result was read, archive it now.
 F_ACK: Final = "ack"
 
+# Root map of requests to peers: `drain/<worker id or name>` -> ms when asked.
+CONTROL: Final = "control"
+DRAIN_PREFIX: Final = "drain/"
+
 # Awareness state fields.
 A_ROLE: Final = "role"
 A_ID: Final = "id"

@@ -15,7 +15,10 @@ from collections.abc import Mapping
 
 import anyio
 import click
+from pycrdt import Map
 
+from kanbanmesh.board import constants as c
+from kanbanmesh.board.document import now_ms
 from kanbanmesh.errors import ConfigurationError, ConnectError, ConnectionClosedError
 from kanbanmesh.peer import BoardPeer
 from kanbanmesh.settings import Settings
@@ -113,11 +116,23 @@ async def _fail_when_refused(peer: BoardPeer) -> None:
 
 
 async def _drain_on_signal(worker: Worker, timeout_s: float, scope: anyio.CancelScope) -> None:
-    """SIGTERM or Ctrl-C: take no new task, finish the ones held, then leave; a second signal
-    (or the drain timeout) leaves at once, and the broker requeues what is left."""
+    """SIGTERM, Ctrl-C or a drain request on the board (`kanbanmesh worker --drain NAME`): take
+    no new task, finish the ones held, then leave; a second signal (or the drain timeout)
+    leaves at once, and the broker requeues what is left."""
     with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for _ in signals:
-            break
+        async with anyio.create_task_group() as first:
+
+            async def on_signal() -> None:
+                async for _ in signals:
+                    break
+                first.cancel_scope.cancel()
+
+            async def on_request() -> None:
+                await worker.drain_requested.wait()
+                first.cancel_scope.cancel()
+
+            first.start_soon(on_signal)
+            first.start_soon(on_request)
         click.echo(f"worker {worker.name}: draining (signal again to stop now)", err=True)
         async with anyio.create_task_group() as tg:
 
@@ -130,7 +145,33 @@ async def _drain_on_signal(worker: Worker, timeout_s: float, scope: anyio.Cancel
             if not await worker.drain_and_wait(timeout_s):
                 click.echo(f"worker {worker.name}: drain timed out; handing tasks back", err=True)
             tg.cancel_scope.cancel()
+        if worker.drain_requested.is_set():
+            await worker.clear_drain_request()
     scope.cancel()
+
+
+async def request_drain_async(settings: Settings, target: str, timeout_s: float) -> None:
+    """Ask the worker named or identified `target` to drain, and wait until it has left."""
+    async with BoardPeer(settings.url, settings.board, token=settings.token) as peer:
+        present = [
+            s for s in peer.peers().values()
+            if s.get(c.A_ROLE) == "worker" and target in (s.get(c.A_ID), s.get(c.A_NAME))
+        ]
+        if not present:
+            raise ConfigurationError(f"no worker named or identified {target!r} on this board")
+        peer.doc.get(c.CONTROL, type=Map)[c.DRAIN_PREFIX + target] = now_ms()
+        click.echo(f"asked {target} to drain; waiting for it to finish and leave ...", err=True)
+        with anyio.fail_after(timeout_s):
+            while any(
+                s.get(c.A_ROLE) == "worker" and target in (s.get(c.A_ID), s.get(c.A_NAME))
+                for s in peer.peers().values()
+            ):
+                await peer.presence_changed.wait()
+        click.echo(f"{target} drained and left", err=True)
+
+
+def request_drain(settings: Settings, target: str) -> None:
+    anyio.run(request_drain_async, settings, target, settings.drain_timeout_s + 30)
 
 
 def run_worker(settings: Settings) -> None:

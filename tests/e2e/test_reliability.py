@@ -11,6 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 from anyio.abc import Process
+from pycrdt import Map
 
 from client_sdk import AsyncClient, TaskEntry, TaskStatus
 from kanbanmesh.board import constants as c
@@ -177,3 +178,25 @@ async def test_a_lost_attempt_is_recorded_and_retried_after_its_backoff(tmp_path
     assert entry.attempt == 2 and entry.worker == second.id and entry.result == EXPECTED
     [record] = entry.attempts
     assert record.attempt == 1 and record.worker == first.id and record.reason == "worker_lost"
+
+
+async def test_worker_drain_command_drains_a_running_worker_through_the_board(tmp_path: Path) -> None:
+    async with server(tmp_path) as url, anyio.create_task_group() as tg:
+        async with child("worker", "--url", url, "--backend", "echo", "--echo-delay", "50",
+                         "--name", "remote") as remote, AsyncClient(url) as client:
+            with anyio.fail_after(30):
+                await client.wait_for_workers(1)
+                held = await client.submit(PROMPT)
+                await stream_until(client, held.id, 10)
+                asked = await anyio.run_process(
+                    cli("worker", "--url", url, "--drain", "remote"), check=False
+                )
+                finished = await held.result()
+                await remote.wait()
+                control = client.peer.doc.get("control", type=Map)
+                while "drain/remote" in control:  # removed by the worker before it left
+                    await client.wait_changed(0.5)
+        tg.cancel_scope.cancel()
+    assert asked.returncode == 0, asked.stderr
+    assert remote.returncode == 0
+    assert finished.status is TaskStatus.SUCCEEDED and finished.result == EXPECTED
