@@ -60,6 +60,17 @@ class AwarenessRegistry:
         workers = frozenset(str(s.get(c.A_ID)) for s in states if s.get(c.A_ROLE) == "worker")
         return roles, workers
 
+    def announced_by(self, owner: Hashable) -> tuple[frozenset[str], frozenset[str]]:
+        """The ids and names of the workers `owner` announced."""
+        states = [
+            p.state for p in self._peers.values()
+            if p.owner is owner and p.state is not None and p.state.get(c.A_ROLE) == "worker"
+        ]
+        return (
+            frozenset(str(s.get(c.A_ID)) for s in states),
+            frozenset(str(s.get(c.A_NAME)) for s in states if s.get(c.A_NAME)),
+        )
+
     def client_ids_of(self, owner: Hashable) -> list[int]:
         return [cid for cid, p in self._peers.items() if p.owner is owner and p.state is not None]
 

@@ -52,6 +52,11 @@ def server_options(fn: F) -> F:
                      help="Where boards are stored (default ~/.local/share/kanbanmesh)."),
         click.option("--no-persist", "persist", flag_value=False, default=None,
                      help="Keep boards in memory only."),
+        click.option("--auth-secret-file", type=click.Path(dir_okay=False), default=None,
+                     help="Turn authentication on with the secret in this file (or set "
+                          "KANBANMESH_AUTH_SECRET); tokens: `kanbanmesh token create`."),
+        click.option("--insecure", is_flag=True, default=None,
+                     help="Allow serving a non-loopback address without authentication."),
         click.option("--no-broker", "embedded_broker", flag_value=False, default=None,
                      help="Do not run the embedded broker (run `kanbanmesh broker` instead)."),
         click.option("--retention-seconds", "retention_s", type=float, default=None,
@@ -265,6 +270,37 @@ def task_show(task_id: str, **flags: Any) -> None:
     from kanbanmesh.commands.board import show_task
 
     click.echo(json.dumps(show_task(build_settings(**flags), task_id), indent=2))
+
+
+
+@main.group()
+def token() -> None:
+    """Access tokens for servers with authentication on."""
+
+
+@token.command("create")
+@click.option("--role", type=click.Choice(["client", "worker", "broker", "admin"]), required=True)
+@click.option("--subject", required=True, help="Who the token is for (a client's tasks are "
+              "owned by its subject).")
+@click.option("--boards", default="*", show_default=True,
+              help="Comma-separated boards the token opens (* = all).")
+@click.option("--ttl", "ttl_s", type=float, default=86400.0, show_default=True,
+              help="Seconds the token is valid.")
+@click.option("--auth-secret-file", type=click.Path(dir_okay=False), default=None,
+              help="The server's secret (or KANBANMESH_AUTH_SECRET).")
+@friendly_errors
+def token_create(role: str, subject: str, boards: str, ttl_s: float, auth_secret_file: str | None) -> None:
+    """Print a signed token (the same secret as the server's)."""
+    from kanbanmesh.auth import Identity, Role, create_token
+
+    settings = build_settings(auth_secret_file=auth_secret_file)
+    secret = settings.auth_secret_value()
+    if secret is None:
+        raise click.UsageError("no secret: pass --auth-secret-file or set KANBANMESH_AUTH_SECRET")
+    identity = Identity(
+        subject=subject, role=Role(role), boards=[b.strip() for b in boards.split(",") if b.strip()]
+    )
+    click.echo(create_token(secret, identity, ttl_s))
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from kanbanmesh.board import constants as c
+from kanbanmesh.errors import ConfigurationError
 
 BOARD_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -44,6 +45,11 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(default=64 << 20, ge=1024)
     max_task_bytes: int = Field(default=1 << 20, ge=256)
     keepalive_s: float = Field(default=10.0, gt=0)
+    # Authentication: on when a secret is set (directly or in a file); `token create` signs
+    # with the same one. Without it, binding beyond loopback needs `insecure`.
+    auth_secret: SecretStr | None = None
+    auth_secret_file: Path | None = None
+    insecure: bool = False
     retention_s: float = Field(default=600.0, ge=0)  # finished tasks leave the live board after
     rotate_after: int = Field(default=10_000, ge=1)  # tasks gone before a new doc generation
     rotate_idle_s: float = Field(default=60.0, gt=0)  # or on a board idle this long (>= 100 gone)
@@ -76,6 +82,15 @@ class Settings(BaseSettings):
         if not value.startswith(("ws://", "wss://")):
             raise ValueError("the server URL must start with ws:// or wss://")
         return value.rstrip("/")
+
+    def auth_secret_value(self) -> str | None:
+        """The secret tokens are signed with, or None when the server runs open."""
+        if self.auth_secret_file is not None:
+            try:
+                return self.auth_secret_file.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigurationError(f"cannot read the auth secret file: {exc}") from exc
+        return self.auth_secret.get_secret_value() if self.auth_secret is not None else None
 
     def http_url(self) -> str:
         """The server's HTTP base URL (same host and port as the websocket)."""

@@ -78,3 +78,4 @@ CLOSE_INVALID_UPDATE: Final = 4400
 CLOSE_INVALID_TASK: Final = 4422
 CLOSE_TASK_TOO_LARGE: Final = 4413
 CLOSE_BOARD_ROTATED: Final = 4409  # reconnect with a new, empty document
+CLOSE_FORBIDDEN: Final = 4403  # a write this connection's role may not make

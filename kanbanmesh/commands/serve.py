@@ -17,6 +17,13 @@ def describe_server(settings: Settings, url: str) -> str:
         f"  data    {settings.data_dir if settings.persist else '(in memory, --no-persist)'}",
         f"  broker  {'embedded' if settings.embedded_broker else 'none (run `kanbanmesh broker`)'}",
     ]
+    if settings.auth_secret_value() is None:
+        lines.append(
+            "  auth    OFF: anyone who reaches this port may read and write every board. Fine on "
+            "your own machine; elsewhere set --auth-secret-file (see `kanbanmesh token create`)."
+        )
+    else:
+        lines.append("  auth    on: every connection needs a token (`kanbanmesh token create`)")
     return "\n".join(lines)
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 import kanbanmesh
+from kanbanmesh.auth import OPEN_ACCESS, AuthError, Identity, verify_token
 from kanbanmesh.board.document import entry_from_fields
 from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
 from kanbanmesh.server.channel import StarletteChannel
@@ -19,8 +20,24 @@ from kanbanmesh.server.hub import Hub
 log = logging.getLogger(__name__)
 
 
-def create_app(hub: Hub) -> Starlette:
-    """Build the application serving `hub`."""
+def create_app(hub: Hub, auth_secret: str | None = None) -> Starlette:
+    """Build the application serving `hub`; with `auth_secret`, every request but `/healthz`
+    needs a token (`?token=` or `Authorization: Bearer`) that opens the board it asks for."""
+
+    def identify(connection: HTTPConnection, board: str) -> Identity:
+        """The caller's identity; raises `AuthError` (401 no/bad token, 403 wrong board)."""
+        if auth_secret is None:
+            return OPEN_ACCESS
+        token = connection.query_params.get("token")
+        header = connection.headers.get("authorization", "")
+        if not token and header.lower().startswith("bearer "):
+            token = header[7:].strip()
+        if not token:
+            raise AuthError("missing token: pass ?token=... or an Authorization: Bearer header")
+        identity = verify_token(auth_secret, token)
+        if not identity.may_open(board):
+            raise AuthError(f"this token does not open board {board!r}", status=403)
+        return identity
 
     async def healthz(request: Request) -> Response:
         rooms = hub.rooms
@@ -40,6 +57,10 @@ def create_app(hub: Hub) -> Starlette:
         board, task_id = request.path_params["board"], request.path_params["task_id"]
         if not hub.valid_board(board):
             return JSONResponse({"error": f"invalid board name {board!r}"}, status_code=404)
+        try:
+            identify(request, board)
+        except AuthError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
         room = hub.rooms.get(board)
         if room is not None:
             try:
@@ -64,9 +85,15 @@ def create_app(hub: Hub) -> Starlette:
                 PlainTextResponse(f"invalid board name {name!r}\n", status_code=404)
             )
             return
+        try:
+            identity = identify(websocket, name)
+        except AuthError as exc:
+            # Refused before the upgrade: stock clients see the HTTP status; ours the reason.
+            await websocket.send_denial_response(PlainTextResponse(f"{exc}\n", status_code=exc.status))
+            return
         room = await hub.room(name)
         await websocket.accept()
-        await room.serve(StarletteChannel(websocket, "/" + name))
+        await room.serve(StarletteChannel(websocket, "/" + name), identity)
 
     return Starlette(
         routes=[

@@ -12,11 +12,15 @@ board for every update of every task costs more than the work itself.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 from pycrdt import merge_updates
 
+from kanbanmesh.auth import OPEN_ACCESS, Identity
 from kanbanmesh.protocol import codec
 from kanbanmesh.protocol.channel import Channel
+from kanbanmesh.server.validation import UpdateChanges
 
 # Merge in place once this many updates wait, so a stalled peer costs memory in proportion
 # to what changed, not to how many updates it missed.
@@ -36,6 +40,8 @@ class Connection:
         self.worker_ids: frozenset[str] = frozenset()
         self.interests: set[str] = set()
         self.epoch = 0  # the room's document generation this peer's replica belongs to
+        self.identity: Identity = OPEN_ACCESS
+        self.rules: Callable[[UpdateChanges], None] | None = None  # None: may write anything
         self._updates: list[bytes] = []
         self._other: list[bytes] = []
         self._wakeup = anyio.Event()

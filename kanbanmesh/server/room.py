@@ -20,6 +20,8 @@ from anyio.abc import TaskGroup, TaskStatus
 from pycrdt import Doc, Map, MapEvent, TransactionEvent
 
 from awareness.registry import AwarenessConflictError, AwarenessRegistry
+from kanbanmesh.auth import OPEN_ACCESS, Identity
+from kanbanmesh.auth import Role as AccessRole
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms, plain_fields
 from kanbanmesh.board.events import event_keys
@@ -28,6 +30,7 @@ from kanbanmesh.errors import ConnectionClosedError, ProtocolError
 from kanbanmesh.protocol import codec
 from kanbanmesh.protocol.channel import Channel
 from kanbanmesh.server.archive import ArchivedTask, TaskArchive
+from kanbanmesh.server.authz import WriteRules
 from kanbanmesh.server.connection import Connection
 from kanbanmesh.server.retention import RetentionIndex
 from kanbanmesh.server.rotation import generation_of, next_generation
@@ -273,13 +276,16 @@ class BoardRoom:
         update = self.awareness.set_local(owner, client_id, state)
         self._broadcast(codec.awareness_message(update), None)
 
-    async def serve(self, channel: Channel) -> None:
+    async def serve(self, channel: Channel, identity: Identity = OPEN_ACCESS) -> None:
         """Serve one connection until it closes; a peer breaking a rule is closed with a reason."""
         await self._ready.wait()
         conn = Connection(
             channel, keepalive_s=self._settings.keepalive_s, lazy_s=self._settings.lazy_s
         )
         conn.epoch = self._epoch
+        conn.identity = identity
+        if identity.role is not AccessRole.ADMIN:
+            conn.rules = WriteRules(identity, lambda: self.board, lambda: self.awareness.announced_by(conn))
         self._connections.add(conn)
         self.stats.connections_total += 1
         conn.enqueue_message(codec.sync_step1(self.doc.get_state()))
@@ -352,6 +358,7 @@ class BoardRoom:
             else:
                 self._apply(conn, message.payload)
         elif isinstance(message, codec.AwarenessMessage):
+            _check_announced_roles(conn.identity, message.update)
             update = self.awareness.apply(conn, message.update)
             roles, conn.worker_ids = self.awareness.roles_of(conn)
             conn.eager = not roles.isdisjoint(_EAGER_ROLES)
@@ -373,7 +380,7 @@ class BoardRoom:
             raise UpdateRefused(c.CLOSE_BOARD_ROTATED, "the board moved to a new generation: "
                                 "reconnect with a new Y.Doc")
         if self._validator is not None:
-            self._validator.check(update)
+            self._validator.check(update, conn.rules)
             self._touched |= self._validator.touched
             conn.interests.update(self._validator.created)
         self._origin = conn
@@ -386,6 +393,26 @@ class BoardRoom:
                 listener()
             except Exception:  # a listener's bug must not cost the sender its connection
                 log.exception("board %s: change listener failed", self.name)
+
+
+# The awareness roles each token role may announce (None: no role at all, as stock clients).
+_ANNOUNCEABLE: dict[AccessRole, frozenset[object]] = {
+    AccessRole.CLIENT: frozenset({None, "client"}),
+    AccessRole.WORKER: frozenset({"worker"}),
+    AccessRole.BROKER: frozenset({"broker"}),
+}
+
+
+def _check_announced_roles(identity: Identity, update: bytes) -> None:
+    """A client may not pose as a worker or a broker in awareness (nor a worker as a broker)."""
+    allowed = _ANNOUNCEABLE.get(identity.role)
+    if allowed is None:
+        return  # admin
+    for entry in codec.decode_awareness(update):
+        if entry.state is not None and entry.state.get(c.A_ROLE) not in allowed:
+            raise AwarenessConflictError(
+                f"a {identity.role.value} may not announce role {entry.state.get(c.A_ROLE)!r}"
+            )
 
 
 def _reason(text: str) -> str:

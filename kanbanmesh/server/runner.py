@@ -7,6 +7,7 @@ store's queue is committed, then the process exits.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import signal
 import socket
@@ -19,6 +20,7 @@ import uvicorn
 from anyio.abc import TaskStatus
 
 from broker.service import BrokerSettings
+from kanbanmesh.auth import AuthError, check_secret
 from kanbanmesh.errors import ConfigurationError
 from kanbanmesh.server.app import create_app
 from kanbanmesh.server.archive import TaskArchive
@@ -35,6 +37,15 @@ class _Server(uvicorn.Server):
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield  # signals are ours (see the module docstring)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def hub_settings(settings: Settings) -> HubSettings:
@@ -62,6 +73,17 @@ async def serve(
     """Serve until cancelled (or signalled); signals started with the `ws://host:port` URL."""
     # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on accepted sockets that say so,
     # and without it Nagle + delayed ACKs add ~40 ms to every small message.
+    secret = settings.auth_secret_value()
+    if secret is not None:
+        try:
+            check_secret(secret)
+        except AuthError as exc:
+            raise ConfigurationError(str(exc)) from exc
+    elif not is_loopback(settings.host) and not settings.insecure:
+        raise ConfigurationError(
+            f"refusing to serve {settings.host} without authentication: set an auth secret "
+            "(--auth-secret-file PATH or KANBANMESH_AUTH_SECRET) or pass --insecure"
+        )
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -83,7 +105,7 @@ async def serve(
         stack.callback(archive.close)
         hub = Hub(store, archive, hub_settings(settings))
         config = uvicorn.Config(
-            app=create_app(hub),
+            app=create_app(hub, secret),
             ws="websockets-sansio",
             ws_max_size=settings.max_message_bytes,
             ws_ping_interval=20.0,

@@ -9,7 +9,8 @@ leaves the twin ahead of the board, so the twin is rebuilt from the board.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from pycrdt import Doc, Map, MapEvent, Subscription, merge_updates
@@ -42,6 +43,23 @@ class _NewEntry:
     value: Any
 
 
+@dataclass
+class UpdateChanges:
+    """What one incoming update does to the board, as the twin saw it."""
+
+    written: dict[tuple[str, str], Any] = field(default_factory=dict)  # entries, as plain values
+    removed: set[tuple[str, str]] = field(default_factory=set)
+    fields: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # inside entries
+    texts: set[tuple[str, str]] = field(default_factory=set)  # output appends
+    control: set[str] = field(default_factory=set)  # keys of the `control` map
+    meta: bool = False  # the `meta` map (the server's own)
+    unknown_roots: set[str] = field(default_factory=set)
+
+
+# Root types a board may hold; anything else is refused (it would cost every client forever).
+KNOWN_ROOTS = frozenset({*c.COLUMNS, c.CONTROL, "meta"})
+
+
 class UpdateValidator:
     """Validates incoming updates against a twin of one board document."""
 
@@ -49,6 +67,7 @@ class UpdateValidator:
         self._board = board
         self._limits = limits
         self._new: list[tuple[str, str]] = []  # (column, key) of entries the update wrote
+        self._changes = UpdateChanges()
         # What the last checked update did: the tasks it changed inside their entries, and
         # the tasks it created in `todo`.
         self.touched: set[str] = set()
@@ -68,19 +87,39 @@ class UpdateValidator:
         for name in c.COLUMNS:
             ymap = twin.get(name, type=Map)
             self._subs.append((ymap, ymap.observe_deep(self._collector(name))))
+        control = twin.get(c.CONTROL, type=Map)
+        self._subs.append((control, control.observe(self._on_control)))
+        meta = twin.get("meta", type=Map)
+        self._subs.append((meta, meta.observe_deep(self._on_meta)))
         return twin
+
+    def _on_control(self, event: MapEvent) -> None:
+        if self._collecting:
+            self._changes.control.update(event_keys(event))
+
+    def _on_meta(self, events: list[Any]) -> None:
+        if self._collecting:
+            self._changes.meta = True
 
     def _collector(self, column: str) -> Any:
         def collect(events: list[Any]) -> None:
             if not self._collecting:
                 return
+            changes = self._changes
             for event in events:
                 path = event_path(event)
-                if path:  # inside an entry (a field, or an output append)
-                    self.touched.add(str(path[0]))
+                if path:  # inside an entry: a field, or an output append
+                    task = str(path[0])
+                    self.touched.add(task)
+                    if len(path) == 1 and isinstance(event, MapEvent):
+                        changes.fields.setdefault((column, task), set()).update(event_keys(event))
+                    else:
+                        changes.texts.add((column, task))
                 elif isinstance(event, MapEvent):
                     for key, change in event_keys(event).items():
-                        if change.get("action") in ("add", "update"):
+                        if change.get("action") == "delete":
+                            changes.removed.add((column, key))
+                        else:
                             self._new.append((column, key))
 
         return collect
@@ -103,18 +142,27 @@ class UpdateValidator:
         finally:
             self._collecting = True
 
-    def check(self, update: bytes) -> None:
-        """Raise `UpdateRefused` unless `update` may be applied to the board."""
+    def check(self, update: bytes, authorize: Callable[[UpdateChanges], None] | None = None) -> None:
+        """Raise `UpdateRefused` unless `update` may be applied to the board: it decodes,
+        every entry it writes is valid, and `authorize` (the writer's rights) accepts it."""
         self._catch_up()
         self._new.clear()
+        self._changes = changes = UpdateChanges()
         self.touched.clear()
         self.created.clear()
+        roots = set(self._twin.keys())
         try:
             self._twin.apply_update(update)
         except ValueError as exc:
             self._twin = self._make_twin()
             raise UpdateRefused(c.CLOSE_INVALID_UPDATE, f"update does not decode: {exc}") from exc
         try:
+            changes.unknown_roots = set(self._twin.keys()) - roots - KNOWN_ROOTS
+            if changes.unknown_roots:
+                raise UpdateRefused(
+                    c.CLOSE_FORBIDDEN,
+                    f"forbidden: unknown root type {min(changes.unknown_roots)[:40]!r}",
+                )
             for column, key in dict.fromkeys(self._new):
                 # Read after the whole update: an entry it created and moved on again (a
                 # worker's doing -> done in one go) is not on the board and needs no check.
@@ -123,8 +171,11 @@ class UpdateValidator:
                     continue
                 fields = plain_fields(value) if isinstance(value, Map) else value
                 self._check_entry(_NewEntry(column, key, fields))
+                changes.written[(column, key)] = fields
                 if column == c.TODO:
                     self.created.append(key)
+            if authorize is not None:
+                authorize(changes)
         except UpdateRefused:
             self._twin = self._make_twin()
             raise

@@ -1,0 +1,157 @@
+"""Write authorization: what a connection's role lets it change on a board.
+
+Checked on every incoming update, from what the update does (`UpdateChanges`, read off the
+validator's twin) against the board as it was before it (the room's document: the update is
+not applied yet). Any breach refuses the whole update with 4403 and a reason.
+
+- `client` (subject S): new entries in `todo` with `owner` S; `cancel` and `ack` on entries
+  whose owner is S. Nothing else.
+- `worker`: only tasks assigned to one of the worker ids its connection announced in
+  awareness: their moves `prepared -> doing -> done` (deleting its own copies), the fields a
+  worker writes, appends to their `output`; and removing its own drain request.
+- `broker`: moves of existing tasks between columns, deletions, the fields a broker writes; the
+  `control` map. It creates no task and writes no output.
+- `admin`: anything the schema allows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from pycrdt import Map
+
+from kanbanmesh.auth import Identity, Role
+from kanbanmesh.board import constants as c
+from kanbanmesh.board.document import BoardDoc, plain_fields
+from kanbanmesh.board.schema import BROKER_FIELDS, CLIENT_FIELDS, WORKER_FIELDS
+from kanbanmesh.board.transitions import Column
+from kanbanmesh.server.validation import UpdateChanges, UpdateRefused
+
+
+def _forbid(reason: str) -> UpdateRefused:
+    return UpdateRefused(c.CLOSE_FORBIDDEN, f"forbidden: {reason}")
+
+
+class WriteRules:
+    """The write rights of one connection."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        board: Callable[[], BoardDoc],
+        announced: Callable[[], tuple[frozenset[str], frozenset[str]]],
+    ) -> None:
+        """`board` gives the room's current document; `announced` the worker ids and names
+        this connection announced in awareness."""
+        self.identity = identity
+        self._board = board
+        self._announced = announced
+
+    def __call__(self, changes: UpdateChanges) -> None:
+        role = self.identity.role
+        if role is Role.ADMIN:
+            return
+        if changes.meta:
+            raise _forbid("the meta map is the server's")
+        if role is Role.CLIENT:
+            self._client(changes)
+        elif role is Role.WORKER:
+            self._worker(changes)
+        else:
+            self._broker(changes)
+
+    # -- client ---------------------------------------------------------------------------
+
+    def _client(self, changes: UpdateChanges) -> None:
+        board = self._board()
+        subject = self.identity.subject
+        if changes.removed or changes.texts or changes.control:
+            raise _forbid("a client may only create tasks and set cancel/ack on its own")
+        for (column, key), fields in changes.written.items():
+            if column != c.TODO:
+                raise _forbid(f"a client may only create tasks in todo, not in {column}")
+            if board.locate(key) is not None:
+                raise _forbid(f"task {key[:24]!r} exists already")
+            if fields.get(c.F_OWNER) != subject:
+                raise _forbid(f"a task's owner must be you ({subject[:24]!r})")
+        for (column, task), names in changes.fields.items():
+            if not names <= CLIENT_FIELDS:
+                extra = min(names - CLIENT_FIELDS)
+                raise _forbid(f"a client may set only cancel/ack, not {extra!r}")
+            before = _entry(board, column, task)
+            if before is None or before.get(c.F_OWNER) != subject:
+                raise _forbid(f"task {task[:24]!r} is not yours")
+
+    # -- worker ---------------------------------------------------------------------------
+
+    def _worker(self, changes: UpdateChanges) -> None:
+        board = self._board()
+        ids, worker_names = self._announced()
+        if not ids:
+            raise _forbid("announce yourself as a worker (awareness) before writing")
+        allowed_control = {c.DRAIN_PREFIX + x for x in ids | worker_names}
+        if not changes.control <= allowed_control:
+            raise _forbid("a worker may only remove its own drain request")
+        held_before: dict[str, dict[str, Any]] = {}
+        for held_column in (Column.PREPARED, Column.DOING):
+            for task_id, entry in _held(board, held_column, ids):
+                held_before[task_id] = entry
+        for column, key in changes.removed:
+            if column not in (c.PREPARED, c.DOING) or key not in held_before:
+                raise _forbid(f"task {key[:24]!r} is not assigned to you")
+        for (column, key), fields in changes.written.items():
+            before = held_before.get(key)
+            if column not in (c.DOING, c.DONE) or before is None:
+                raise _forbid(f"a worker may only move its own tasks on ({key[:24]!r})")
+            # The owner may set cancel/ack while the copy is on its way: not the mover's doing.
+            _unchanged_except(before, fields, set(WORKER_FIELDS | CLIENT_FIELDS), key)
+        for place, names in changes.fields.items():
+            if place[1] not in held_before and place not in changes.written:
+                raise _forbid(f"task {place[1][:24]!r} is not assigned to you")
+            if not names <= WORKER_FIELDS:
+                raise _forbid(f"a worker may not set {min(names - WORKER_FIELDS)!r}")
+        for place in changes.texts:
+            task = place[1]
+            if task not in held_before and place not in changes.written:
+                raise _forbid(f"task {task[:24]!r} is not assigned to you")
+
+    # -- broker ---------------------------------------------------------------------------
+
+    def _broker(self, changes: UpdateChanges) -> None:
+        board = self._board()
+        if changes.texts:
+            raise _forbid("a broker writes no output")
+        for (_, key), fields in changes.written.items():
+            column = board.locate(key)
+            if column is None:
+                raise _forbid(f"a broker creates no task ({key[:24]!r})")
+            before = plain_fields(board.column_map(column)[key])
+            _unchanged_except(before, fields, set(BROKER_FIELDS | CLIENT_FIELDS | {c.F_OUTPUT}), key)
+        for names in changes.fields.values():
+            if not names <= BROKER_FIELDS:
+                raise _forbid(f"a broker may not set {min(names - BROKER_FIELDS)!r}")
+
+
+def _entry(board: BoardDoc, column: str, task_id: str) -> Map[Any] | None:
+    entry = board.column_map(Column(column)).get(task_id)
+    return entry if isinstance(entry, Map) else None
+
+
+def _held(
+    board: BoardDoc, column: Column, worker_ids: frozenset[str]
+) -> list[tuple[str, dict[str, Any]]]:
+    held = []
+    for task_id, entry in board.entries(column):
+        if entry.get(c.F_WORKER) in worker_ids:
+            held.append((task_id, plain_fields(entry)))
+    return held
+
+
+def _unchanged_except(
+    before: dict[str, Any], after: dict[str, Any], writable: set[str], task_id: str
+) -> None:
+    """Refuse a copy that changed any field its writer may not write."""
+    for name in (set(before) | set(after)) - writable:
+        if before.get(name) != after.get(name):
+            raise _forbid(f"field {name!r} of task {task_id[:24]!r} is not yours to change")
