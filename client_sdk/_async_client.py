@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import anyio
 import httpx
+import jwt
 from pycrdt import Map, Text
 from pydantic import ValidationError
 
@@ -33,6 +34,15 @@ from kanbanmesh.peer import BoardPeer, http_base
 
 def new_task_id() -> str:
     return uuid.uuid4().hex
+
+
+def token_subject(token: str) -> str:
+    """The subject a token names, read without checking it (the server checks it)."""
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return ""
+    return str(claims.get("sub") or "")
 
 
 class AsyncClient:
@@ -70,7 +80,8 @@ class AsyncClient:
         """
         self.url = url
         self.board = board
-        self.owner = owner
+        # A server with auth on wants the token's subject as the owner of our tasks.
+        self.owner = owner or (token_subject(token) if token else "")
         self.id = f"client-{uuid.uuid4().hex[:12]}"
         self._connect_timeout_s = connect_timeout_s
         self._token = token

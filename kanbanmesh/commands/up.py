@@ -8,6 +8,7 @@ which flushes the store before exiting.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 
@@ -15,6 +16,7 @@ import anyio
 import click
 from anyio.abc import Process
 
+from kanbanmesh.auth import Identity, Role, create_token
 from kanbanmesh.commands.serve import describe_server
 from kanbanmesh.commands.worker import make_backend
 from kanbanmesh.server.runner import serve
@@ -56,10 +58,21 @@ def check_backend(settings: Settings) -> str:
     return f"{backend.engine}: {', '.join(backend.models)}"
 
 
-async def _supervise(command: list[str], stopping: anyio.Event) -> None:
+def worker_env(settings: Settings) -> dict[str, str]:
+    """The workers' environment: with auth on, a worker token (in the environment, not on the
+    command line, where every user of the machine could read it)."""
+    env = dict(os.environ)
+    secret = settings.auth_secret_value()
+    if secret is not None:
+        identity = Identity(subject="kanbanmesh-up", role=Role.WORKER, boards=[settings.board])
+        env["KANBANMESH_TOKEN"] = create_token(secret, identity, ttl_s=365 * 86400)
+    return env
+
+
+async def _supervise(command: list[str], env: dict[str, str], stopping: anyio.Event) -> None:
     delay = 0.5
     while not stopping.is_set():
-        process: Process = await anyio.open_process(command, stdout=None, stderr=None)
+        process: Process = await anyio.open_process(command, stdout=None, stderr=None, env=env)
         try:
             await process.wait()
         finally:
@@ -86,7 +99,9 @@ async def up_async(settings: Settings) -> None:
         click.echo(f'\nTry:  kanbanmesh submit --url {url} "Tell me a joke"\n      kanbanmesh board --url {url} --watch')
         async with anyio.create_task_group() as workers:
             for index in range(settings.workers):
-                workers.start_soon(_supervise, worker_command(settings, url, index), stopping)
+                workers.start_soon(
+                    _supervise, worker_command(settings, url, index), worker_env(settings), stopping
+                )
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     click.echo(f"\n{signal.Signals(signum).name}: stopping workers and server", err=True)
