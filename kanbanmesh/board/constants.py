@@ -79,3 +79,4 @@ CLOSE_INVALID_TASK: Final = 4422
 CLOSE_TASK_TOO_LARGE: Final = 4413
 CLOSE_BOARD_ROTATED: Final = 4409  # reconnect with a new, empty document
 CLOSE_FORBIDDEN: Final = 4403  # a write this connection's role may not make
+CLOSE_TOO_MANY: Final = 4429  # a per-owner limit (open tasks, submissions a minute)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 
 from starlette.applications import Starlette
@@ -20,9 +21,13 @@ from kanbanmesh.server.hub import Hub
 log = logging.getLogger(__name__)
 
 
-def create_app(hub: Hub, auth_secret: str | None = None) -> Starlette:
+def create_app(
+    hub: Hub, auth_secret: str | None = None, max_connections_per_subject: int = 64
+) -> Starlette:
     """Build the application serving `hub`; with `auth_secret`, every request but `/healthz`
     needs a token (`?token=` or `Authorization: Bearer`) that opens the board it asks for."""
+
+    connections: collections.Counter[str] = collections.Counter()  # open websockets per subject
 
     def identify(connection: HTTPConnection, board: str) -> Identity:
         """The caller's identity; raises `AuthError` (401 no/bad token, 403 wrong board)."""
@@ -91,9 +96,19 @@ def create_app(hub: Hub, auth_secret: str | None = None) -> Starlette:
             # Refused before the upgrade: stock clients see the HTTP status; ours the reason.
             await websocket.send_denial_response(PlainTextResponse(f"{exc}\n", status_code=exc.status))
             return
+        if auth_secret is not None and connections[identity.subject] >= max_connections_per_subject:
+            await websocket.send_denial_response(PlainTextResponse(
+                f"too many connections for {identity.subject!r}: limit {max_connections_per_subject}\n",
+                status_code=429,
+            ))
+            return
         room = await hub.room(name)
         await websocket.accept()
-        await room.serve(StarletteChannel(websocket, "/" + name), identity)
+        connections[identity.subject] += 1
+        try:
+            await room.serve(StarletteChannel(websocket, "/" + name), identity)
+        finally:
+            connections[identity.subject] -= 1
 
     return Starlette(
         routes=[

@@ -32,10 +32,16 @@ from kanbanmesh.protocol.channel import Channel
 from kanbanmesh.server.archive import ArchivedTask, TaskArchive
 from kanbanmesh.server.authz import WriteRules
 from kanbanmesh.server.connection import Connection
+from kanbanmesh.server.quota import OwnerQuota, QuotaLimits
 from kanbanmesh.server.retention import RetentionIndex
 from kanbanmesh.server.rotation import generation_of, next_generation
 from kanbanmesh.server.store import BoardStore
-from kanbanmesh.server.validation import UpdateRefused, UpdateValidator, ValidationLimits
+from kanbanmesh.server.validation import (
+    UpdateChanges,
+    UpdateRefused,
+    UpdateValidator,
+    ValidationLimits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +66,7 @@ class RoomSettings:
     rotate_idle_min: int = 100
     default_max_attempts: int = 3  # the broker's, for tasks a forced rotation puts back
     limits: ValidationLimits = field(default_factory=ValidationLimits)
+    quota: QuotaLimits = field(default_factory=QuotaLimits)
 
 
 @dataclass
@@ -86,6 +93,7 @@ class BoardRoom:
         self.archive = archive
         self._settings = settings
         self._retention = RetentionIndex(self.board, settings.retention_s)
+        self._quota = OwnerQuota(settings.quota)
         self._subs: list[tuple[Any, Any]] = []
         self._reset_listeners: list[Callable[[], None]] = []
         self._retired: set[int] = set()  # client ids of earlier generations
@@ -184,6 +192,7 @@ class BoardRoom:
         self._subs.append((doc, doc.observe(self._on_doc_update)))
         self._retention = RetentionIndex(self.board, self._settings.retention_s)
         self._retention.attach()
+        self._quota.rebuild(self.board)
 
     def _detach(self) -> None:
         for observed, sub in self._subs:
@@ -231,6 +240,11 @@ class BoardRoom:
                 self._touched.add(key)
                 if change.get("action") == "delete":
                     continue
+                if column is Column.TODO:
+                    entry = change.get("newValue")
+                    self._quota.opened(key, entry.get(c.F_OWNER) if isinstance(entry, Map) else "")
+                elif column is Column.DONE:
+                    self._quota.closed(key)
                 if column is Column.PREPARED:
                     entry = change.get("newValue")
                     worker = entry.get(c.F_WORKER) if isinstance(entry, Map) else None
@@ -380,7 +394,17 @@ class BoardRoom:
             raise UpdateRefused(c.CLOSE_BOARD_ROTATED, "the board moved to a new generation: "
                                 "reconnect with a new Y.Doc")
         if self._validator is not None:
-            self._validator.check(update, conn.rules)
+            rules = conn.rules
+            # Limits are per owner, and an owner is only somebody when a token says so.
+            limited = conn.identity.role is AccessRole.CLIENT
+
+            def authorize(changes: UpdateChanges) -> None:
+                if rules is not None:
+                    rules(changes)
+                if limited:
+                    self._quota.admit(changes, anyio.current_time())
+
+            self._validator.check(update, authorize)
             self._touched |= self._validator.touched
             conn.interests.update(self._validator.created)
         self._origin = conn

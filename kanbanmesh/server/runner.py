@@ -25,6 +25,7 @@ from kanbanmesh.errors import ConfigurationError
 from kanbanmesh.server.app import create_app
 from kanbanmesh.server.archive import TaskArchive
 from kanbanmesh.server.hub import Hub, HubSettings
+from kanbanmesh.server.quota import QuotaLimits
 from kanbanmesh.server.room import RoomSettings
 from kanbanmesh.server.store import BoardStore
 from kanbanmesh.server.validation import ValidationLimits
@@ -57,6 +58,10 @@ def hub_settings(settings: Settings) -> HubSettings:
             rotate_idle_s=settings.rotate_idle_s,
             default_max_attempts=settings.max_attempts,
             limits=ValidationLimits(max_task_bytes=settings.max_task_bytes),
+            quota=QuotaLimits(
+                max_open_tasks=settings.max_open_tasks,
+                max_submissions_per_minute=settings.max_submissions_per_minute,
+            ),
         ),
         broker=BrokerSettings.from_settings(settings, "embedded")
         if settings.embedded_broker
@@ -105,7 +110,7 @@ async def serve(
         stack.callback(archive.close)
         hub = Hub(store, archive, hub_settings(settings))
         config = uvicorn.Config(
-            app=create_app(hub, secret),
+            app=create_app(hub, secret, settings.max_connections_per_subject),
             ws="websockets-sansio",
             ws_max_size=settings.max_message_bytes,
             ws_ping_interval=20.0,

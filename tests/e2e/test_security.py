@@ -184,3 +184,51 @@ async def test_healthz_stays_open_and_the_task_api_needs_a_token(secure_url: str
         assert (await http.get("/boards/default/tasks/x", headers=bearer)).status_code == 404
         other = {"Authorization": f"Bearer {token(Role.CLIENT, 'alice', boards=('b2',))}"}
         assert (await http.get("/boards/default/tasks/x", headers=other)).status_code == 403
+
+
+@pytest.fixture
+async def limited_url(tmp_path: Path) -> AsyncIterator[str]:
+    settings = Settings(
+        port=0, data_dir=tmp_path, auth_secret=SECRET,  # type: ignore[arg-type]
+        max_open_tasks=3, max_submissions_per_minute=5, max_connections_per_subject=2,
+    )
+    async with anyio.create_task_group() as tg:
+        yield await tg.start(serve, settings)
+        tg.cancel_scope.cancel()
+
+
+async def test_open_tasks_per_owner_are_limited(limited_url: str) -> None:
+    async with AsyncClient(limited_url, token=token(Role.CLIENT, "bob")) as other:
+        async with AsyncClient(limited_url, token=token(Role.CLIENT, "alice")) as alice:
+            for i in range(3):  # no worker: they stay open
+                await alice.submit(f"open {i}")
+            with pytest.raises(UpdateRefusedError, match="too many open tasks") as info:
+                await alice.submit("one too many")
+            assert info.value.code == c.CLOSE_TOO_MANY
+        # Another owner is not affected, and the three tasks are still there.
+        await other.submit("bob's")
+        with anyio.fail_after(5):
+            while len(other.peer.board.ids(Column.TODO)) < 4:
+                await other.wait_changed(0.5)
+
+
+async def test_submissions_per_minute_are_limited(limited_url: str) -> None:
+    async with AsyncClient(limited_url, token=token(Role.CLIENT, "carol")) as carol:
+        for i in range(3):
+            await carol.submit(f"task {i}")
+            await carol.task(carol.peer.board.ids(Column.TODO)[0]).cancel()  # closes it again
+    async with AsyncClient(limited_url, token=token(Role.CLIENT, "carol")) as carol:
+        for i in range(2):
+            await carol.submit(f"more {i}")
+        with pytest.raises(UpdateRefusedError, match="too many submissions"):
+            await carol.submit("the sixth this minute")
+
+
+async def test_connections_per_subject_are_limited(limited_url: str) -> None:
+    dave = token(Role.CLIENT, "dave")
+    async with AsyncClient(limited_url, token=dave), AsyncClient(limited_url, token=dave):
+        with pytest.raises(ConnectError, match="HTTP 429"):
+            async with AsyncClient(limited_url, token=dave):
+                pass
+        async with AsyncClient(limited_url, token=token(Role.CLIENT, "erin")):
+            pass  # somebody else still gets in
