@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     max_open_tasks: int = Field(default=1000, ge=1)
     max_submissions_per_minute: int = Field(default=600, ge=1)
     max_connections_per_subject: int = Field(default=64, ge=1)
+    # OpenAI-compatible API: a request no worker takes this long answers 503.
+    queue_timeout_s: float = Field(default=30.0, gt=0)
     retention_s: float = Field(default=600.0, ge=0)  # finished tasks leave the live board after
     rotate_after: int = Field(default=10_000, ge=1)  # tasks gone before a new doc generation
     rotate_idle_s: float = Field(default=60.0, gt=0)  # or on a board idle this long (>= 100 gone)

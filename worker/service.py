@@ -53,6 +53,7 @@ class _Outcome:
     usage: Usage = field(default_factory=Usage)
     first_chunk_at: float | None = None
     chunks: int = 0
+    finish_reason: str = "stop"  # stop | length (from the backend)
 
 
 @dataclass
@@ -281,6 +282,7 @@ class Worker:
                     await self._check_lease()
                     if isinstance(event, Finished):
                         outcome.usage = event.usage
+                        outcome.finish_reason = event.finish_reason
                         continue
                     if not self._append(task_id, run, event, outcome):
                         run.scope.cancel()  # no longer ours: stop spending the backend
@@ -338,6 +340,7 @@ class Worker:
             c.F_USAGE: usage.model_dump(),
             c.F_TIMINGS: timings.model_dump(),
             c.F_FINISHED_AT: finished,
+            c.F_FINISH_REASON: outcome.finish_reason,
         }
         if outcome.error is not None:
             fields[c.F_ERROR] = outcome.error

@@ -46,6 +46,7 @@ F_ERROR: Final = "error"
 F_USAGE: Final = "usage"
 F_TIMINGS: Final = "timings"
 F_FINISHED_AT: Final = "finished_at"
+F_FINISH_REASON: Final = "finish_reason"  # stop | length, when the backend finished it
 # Set by the owner, honoured in every column.
 F_CANCEL: Final = "cancel"
 # Set by the owner on a `done` entry: the result was read, archive it now.

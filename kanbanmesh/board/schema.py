@@ -135,6 +135,7 @@ class TaskEntry(TaskRequest):
     usage: Usage | None = None
     timings: Timings | None = None
     finished_at: float | None = None
+    finish_reason: str | None = None
     cancel: bool = False
     ack: bool = False
 
@@ -169,5 +170,6 @@ WORKER_FIELDS = frozenset(
         c.F_USAGE,
         c.F_TIMINGS,
         c.F_FINISHED_AT,
+        c.F_FINISH_REASON,
     }
 )

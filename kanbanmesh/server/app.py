@@ -17,12 +17,14 @@ from kanbanmesh.board.document import entry_from_fields
 from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
 from kanbanmesh.server.channel import StarletteChannel
 from kanbanmesh.server.hub import Hub
+from kanbanmesh.server.openai_api import openai_routes
 
 log = logging.getLogger(__name__)
 
 
 def create_app(
-    hub: Hub, auth_secret: str | None = None, max_connections_per_subject: int = 64
+    hub: Hub, auth_secret: str | None = None, max_connections_per_subject: int = 64,
+    queue_timeout_s: float = 30.0,
 ) -> Starlette:
     """Build the application serving `hub`; with `auth_secret`, every request but `/healthz`
     needs a token (`?token=` or `Authorization: Bearer`) that opens the board it asks for."""
@@ -114,6 +116,7 @@ def create_app(
         routes=[
             Route("/healthz", healthz),
             Route("/boards/{board}/tasks/{task_id}", task_entry),
+            *openai_routes(hub, identify, queue_timeout_s),
             WebSocketRoute("/{board}", board_socket),
         ]
     )

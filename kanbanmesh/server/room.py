@@ -27,6 +27,7 @@ from kanbanmesh.board.document import BoardDoc, now_ms, plain_fields
 from kanbanmesh.board.events import event_keys
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import ConnectionClosedError, ProtocolError
+from kanbanmesh.notify import ChangeSignal
 from kanbanmesh.protocol import codec
 from kanbanmesh.protocol.channel import Channel
 from kanbanmesh.server.archive import ArchivedTask, TaskArchive
@@ -105,6 +106,7 @@ class BoardRoom:
         self._validator: UpdateValidator | None = None
         self._ready = anyio.Event()
         self._update_listeners: list[Callable[[], None]] = []
+        self.changed = ChangeSignal()  # notified after every update of the board, ours included
         # What the update being applied does, for its fan-out: the tasks it touches, the
         # tasks it assigns (to which worker), the tasks it finishes. A peer gets it at once
         # if it follows one of the touched tasks, else with its next batch.
@@ -279,6 +281,7 @@ class BoardRoom:
             self._store.append(self.name, update)
         self.stats.updates_applied += 1
         self._last_update_at = anyio.current_time()
+        self.changed.notify()
 
     def _broadcast(self, message: bytes, exclude: Connection | None) -> None:
         for conn in self._connections:
@@ -387,6 +390,21 @@ class BoardRoom:
                 conn.enqueue_message(codec.awareness_message(full))
         return None
 
+    def server_write(self, write: Callable[[BoardDoc], None]) -> None:
+        """A write of the server's own (the HTTP API creating or cancelling a task): applied
+        and fanned out, then the change listeners run as after a peer's update, so the
+        embedded broker assigns at once."""
+        with self.doc.transaction():
+            write(self.board)
+        self._run_listeners()
+
+    def _run_listeners(self) -> None:
+        for listener in self._update_listeners:
+            try:
+                listener()
+            except Exception:  # a listener's bug must not cost the sender its connection
+                log.exception("board %s: change listener failed", self.name)
+
     def _apply(self, conn: Connection, update: bytes) -> None:
         if update == codec.EMPTY_UPDATE:
             return
@@ -412,11 +430,7 @@ class BoardRoom:
             self.doc.apply_update(update)
         finally:
             self._origin = None
-        for listener in self._update_listeners:
-            try:
-                listener()
-            except Exception:  # a listener's bug must not cost the sender its connection
-                log.exception("board %s: change listener failed", self.name)
+        self._run_listeners()
 
 
 # The awareness roles each token role may announce (None: no role at all, as stock clients).

@@ -110,7 +110,7 @@ async def serve(
         stack.callback(archive.close)
         hub = Hub(store, archive, hub_settings(settings))
         config = uvicorn.Config(
-            app=create_app(hub, secret, settings.max_connections_per_subject),
+            app=create_app(hub, secret, settings.max_connections_per_subject, settings.queue_timeout_s),
             ws="websockets-sansio",
             ws_max_size=settings.max_message_bytes,
             ws_ping_interval=20.0,
