@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from awareness.states import PeerPresence, Role, WorkerPresence, workers_from_states
 from client_sdk._models import BoardSnapshot
+from kanbanmesh.server.kpis import BoardKpis
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_fields, entry_from_map, request_from_fields
 from kanbanmesh.board.schema import ChatMessage, TaskEntry, TaskParams, TaskStatus
@@ -218,7 +219,23 @@ class AsyncClient:
 
     async def archived(self, task_id: str) -> TaskEntry | None:
         """A finished task from the server's archive (None if it is not archived)."""
-        url = f"{http_base(self.url)}/boards/{quote(self.board, safe='')}/tasks/{quote(task_id, safe='')}"
+        body = await self._http_get(f"/tasks/{quote(task_id, safe='')}")
+        if body is None or body.get("column") != "archived":
+            return None
+        return entry_from_fields(body["entry"])
+
+    async def stats(self, since_s: float = 3600.0) -> BoardKpis:
+        """Key figures of the tasks that finished on this board in the last `since_s` seconds
+        (counts by status and model, tokens, queue wait, time to first token, total time and
+        tokens/s: median, p95, max), from the finished tasks' own timings."""
+        body = await self._http_get(f"/stats?since={since_s:g}")
+        if body is None:
+            raise ConnectError(f"the server has no stats for board {self.board!r}")
+        return BoardKpis.model_validate(body)
+
+    async def _http_get(self, path: str) -> dict[str, Any] | None:
+        """GET /boards/<board><path> on the server (None on 404)."""
+        url = f"{http_base(self.url)}/boards/{quote(self.board, safe='')}{path}"
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         try:
             async with httpx.AsyncClient(timeout=10.0) as http:
@@ -229,10 +246,8 @@ class AsyncClient:
             return None
         if reply.status_code != 200:
             raise ConnectError(f"{url} answered HTTP {reply.status_code}: {reply.text.strip()}")
-        body = reply.json()
-        if body.get("column") != "archived":
-            return None
-        return entry_from_fields(body["entry"])
+        body: dict[str, Any] = reply.json()
+        return body
 
     def snapshot(self) -> BoardSnapshot:
         """The board's four columns and who is connected, as of now."""

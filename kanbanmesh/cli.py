@@ -279,6 +279,19 @@ def task_show(task_id: str, **flags: Any) -> None:
 
 
 
+@main.command()
+@client_options
+@click.option("--since", "window", default="1h", show_default=True,
+              help="Window of the key figures: 90s, 30m, 1h, 7d.")
+@click.option("--watch", is_flag=True, help="Keep the table live.")
+@friendly_errors
+def stats(window: str, watch: bool, **flags: Any) -> None:
+    """The board now, and the key figures of the tasks that finished in a window."""
+    from kanbanmesh.commands.stats import run_stats
+
+    run_stats(build_settings(**flags), window, watch)
+
+
 @main.group()
 def token() -> None:
     """Access tokens for servers with authentication on."""

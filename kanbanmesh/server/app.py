@@ -13,10 +13,14 @@ from starlette.websockets import WebSocket
 
 import kanbanmesh
 from kanbanmesh.auth import OPEN_ACCESS, AuthError, Identity, verify_token
-from kanbanmesh.board.document import entry_from_fields
+from kanbanmesh.board.document import entry_from_fields, now_ms, plain_fields
+from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
 from kanbanmesh.server.channel import StarletteChannel
 from kanbanmesh.server.hub import Hub
+from kanbanmesh.server.kpis import kpis
+from kanbanmesh.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from kanbanmesh.server.metrics import MeshMetrics
 from kanbanmesh.server.openai_api import openai_routes
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,11 @@ def create_app(
     needs a token (`?token=` or `Authorization: Bearer`) that opens the board it asks for."""
 
     connections: collections.Counter[str] = collections.Counter()  # open websockets per subject
+    metrics = MeshMetrics(hub)
+    hub.on_room(metrics.watch)
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     def identify(connection: HTTPConnection, board: str) -> Identity:
         """The caller's identity; raises `AuthError` (401 no/bad token, 403 wrong board)."""
@@ -85,6 +94,25 @@ def create_app(
             pass  # archived as it was on the board: show it as it is
         return JSONResponse({"column": "archived", "entry": archived})
 
+    async def board_stats(request: Request) -> Response:
+        """Key figures of what finished on a board in the last `since` seconds (default 3600)."""
+        board = request.path_params["board"]
+        if not hub.valid_board(board):
+            return JSONResponse({"error": f"invalid board name {board!r}"}, status_code=404)
+        try:
+            identify(request, board)
+            since_s = float(request.query_params.get("since", "3600"))
+        except AuthError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        except ValueError:
+            return JSONResponse({"error": "since must be a number of seconds"}, status_code=400)
+        since_ms = now_ms() - since_s * 1000.0
+        entries = await hub.archive.finished_since(board, since_ms)
+        room = hub.rooms.get(board)
+        if room is not None:
+            entries += [plain_fields(e) for _, e in room.board.entries(Column.DONE)]
+        return JSONResponse(kpis(entries, since_ms).model_dump())
+
     async def board_socket(websocket: WebSocket) -> None:
         name = websocket.path_params["board"]
         if not hub.valid_board(name):
@@ -115,7 +143,9 @@ def create_app(
     return Starlette(
         routes=[
             Route("/healthz", healthz),
+            Route("/metrics", prometheus),
             Route("/boards/{board}/tasks/{task_id}", task_entry),
+            Route("/boards/{board}/stats", board_stats),
             *openai_routes(hub, identify, queue_timeout_s),
             WebSocketRoute("/{board}", board_socket),
         ]

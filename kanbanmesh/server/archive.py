@@ -97,6 +97,17 @@ class TaskArchive:
             ).fetchall()
         return {int(r[0]) for r in rows}
 
+    async def finished_since(self, board: str, since_ms: float) -> list[dict[str, Any]]:
+        """Entries of the archived tasks of `board` that finished at or after `since_ms`."""
+        return await anyio.to_thread.run_sync(self._finished_since_sync, board, since_ms)
+
+    def _finished_since_sync(self, board: str, since_ms: float) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._require().execute(
+                "SELECT entry FROM archive WHERE board = ? AND finished_at >= ?", (board, since_ms)
+            ).fetchall()
+        return [json.loads(row[0]) for row in rows]
+
     async def count(self, board: str) -> int:
         return await anyio.to_thread.run_sync(self._count_sync, board)
 

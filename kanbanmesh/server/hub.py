@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import anyio
@@ -40,7 +41,12 @@ class Hub:
         self._rooms: dict[str, BoardRoom] = {}
         self._brokers: dict[str, Broker] = {}
         self._lock = anyio.Lock()
+        self._room_listeners: list[Callable[[BoardRoom], None]] = []
         self._tg: TaskGroup | None = None
+
+    def on_room(self, listener: Callable[[BoardRoom], None]) -> None:
+        """Call `listener(room)` for each room created from now on."""
+        self._room_listeners.append(listener)
 
     @staticmethod
     def valid_board(name: str) -> bool:
@@ -84,6 +90,8 @@ class Hub:
             if self._tg is None:
                 raise RuntimeError("the hub is not running")
             room = BoardRoom(name, self._store, self.archive, self._settings.room)
+            for listener in self._room_listeners:
+                listener(room)
             await self._tg.start(room.start)
             self._rooms[name] = room
             if self._settings.broker is not None:

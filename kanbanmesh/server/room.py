@@ -107,6 +107,7 @@ class BoardRoom:
         self._ready = anyio.Event()
         self._update_listeners: list[Callable[[], None]] = []
         self.changed = ChangeSignal()  # notified after every update of the board, ours included
+        self._finished_listeners: list[Callable[[dict[str, Any]], None]] = []
         # What the update being applied does, for its fan-out: the tasks it touches, the
         # tasks it assigns (to which worker), the tasks it finishes. A peer gets it at once
         # if it follows one of the touched tasks, else with its next batch.
@@ -126,6 +127,10 @@ class BoardRoom:
         the update that caused it.
         """
         self._update_listeners.append(listener)
+
+    def on_finished(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Call `listener(fields)` with each entry that enters `done` (metrics)."""
+        self._finished_listeners.append(listener)
 
     def on_reset(self, listener: Callable[[], None]) -> None:
         """Call `listener()` after the room moved to a new generation of its document."""
@@ -247,6 +252,11 @@ class BoardRoom:
                     self._quota.opened(key, entry.get(c.F_OWNER) if isinstance(entry, Map) else "")
                 elif column is Column.DONE:
                     self._quota.closed(key)
+                    entry = change.get("newValue")
+                    if self._finished_listeners and isinstance(entry, Map):
+                        fields = plain_fields(entry)
+                        for listener in self._finished_listeners:
+                            listener(fields)
                 if column is Column.PREPARED:
                     entry = change.get("newValue")
                     worker = entry.get(c.F_WORKER) if isinstance(entry, Map) else None

@@ -1,0 +1,72 @@
+"""Key figures of past work on a board: what finished since when, how fast.
+
+Computed from the timings each finished task keeps (`done` entries and the archive), so the
+figures of any past window can be asked for, not only what a metrics scraper happened to see.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel
+
+from kanbanmesh.board import constants as c
+
+
+class Distribution(BaseModel):
+    count: int = 0
+    p50: float = 0.0
+    p95: float = 0.0
+    max: float = 0.0
+
+
+class BoardKpis(BaseModel):
+    """What finished on a board in a window."""
+
+    since_ms: float
+    finished: int = 0
+    by_status: dict[str, int] = {}
+    by_model: dict[str, int] = {}
+    completion_tokens: int = 0
+    queued_ms: Distribution = Distribution()
+    ttft_ms: Distribution = Distribution()
+    total_ms: Distribution = Distribution()
+    tokens_per_s: Distribution = Distribution()
+
+
+def kpis(entries: Iterable[dict[str, Any]], since_ms: float) -> BoardKpis:
+    """The figures of the `entries` (finished tasks' fields) that finished at or after `since_ms`."""
+    recent = [
+        e for e in entries
+        if isinstance(e.get(c.F_FINISHED_AT), int | float) and e[c.F_FINISHED_AT] >= since_ms
+    ]
+    timings: list[dict[str, Any]] = [
+        e[c.F_TIMINGS] for e in recent if isinstance(e.get(c.F_TIMINGS), dict)
+    ]
+    tokens = 0
+    for entry in recent:
+        usage = entry.get(c.F_USAGE)
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int | float):
+            tokens += int(usage["completion_tokens"])
+    return BoardKpis(
+        since_ms=since_ms,
+        finished=len(recent),
+        by_status=dict(Counter(str(e.get(c.F_STATUS) or "unknown") for e in recent)),
+        by_model=dict(Counter(str(e.get(c.F_MODEL) or "") or "any" for e in recent)),
+        completion_tokens=tokens,
+        queued_ms=_distribution(t.get("queued_ms") for t in timings),
+        ttft_ms=_distribution(t.get("ttft_ms") for t in timings),
+        total_ms=_distribution(t.get("total_ms") for t in timings),
+        tokens_per_s=_distribution(t.get("tokens_per_s") for t in timings),
+    )
+
+
+def _distribution(values: Iterable[Any]) -> Distribution:
+    numbers = sorted(float(v) for v in values if isinstance(v, int | float) and v > 0)
+    if not numbers:
+        return Distribution()
+    p95 = numbers[min(len(numbers) - 1, round(0.95 * (len(numbers) - 1)))]
+    return Distribution(count=len(numbers), p50=statistics.median(numbers), p95=p95, max=numbers[-1])
