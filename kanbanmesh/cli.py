@@ -114,7 +114,8 @@ def worker_options(fn: F) -> F:
         click.option("--n-ctx", type=int, default=None,
                      help="llama: context size per slot in tokens, prompt and answer (default 2048)."),
         click.option("--threads", type=int, default=None,
-                     help="llama: CPU threads per slot (default: the cores shared by the slots)."),
+                     help="llama: CPU threads per slot (default: the cores but one, shared by "
+                          "the slots)."),
         click.option("--base-url", default=None,
                      help="openai: the server's API root, e.g. http://127.0.0.1:8080/v1."),
         click.option("--api-key-env", default=None,

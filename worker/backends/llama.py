@@ -41,7 +41,7 @@ class LlamaConfig:
     model: str = ""  # a GGUF path; "" = the bundled default
     chat_format: str = ""  # "" = the GGUF's template
     n_ctx: int = 2048  # tokens per slot, prompt and answer together
-    threads: int = 0  # llama.cpp threads per slot; 0 = the usable cores shared by the slots
+    threads: int = 0  # llama.cpp threads per slot; 0 = `default_threads(slots)`
     slots: int = 1
 
 
@@ -52,6 +52,17 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def default_threads(slots: int) -> int:
+    """llama.cpp threads per slot when not given: the usable cores but one, shared by the slots.
+
+    llama.cpp's threads wait for each other after every operation, so one of them preempted by
+    another thread stalls the whole step. The worker's event loop, the server and the clients
+    wake up for every streamed token; with every core given to llama.cpp, 2 threads on 2 cores
+    streamed at 0.45 to 0.66 of the direct rate, 1 thread at par (docs/benchmarks.md).
+    """
+    return max(1, (usable_cores() - 1) // slots)
+
+
 class LlamaBackend:
     """Serves one GGUF model on `slots` llama.cpp contexts."""
 
@@ -60,7 +71,7 @@ class LlamaBackend:
             raise BackendError("bad_config", "slots must be >= 1, n_ctx >= 16 and threads >= 0")
         self._config = config
         self._file: ModelFile = resolve_model(config.model)  # fails fast on a missing file
-        self._threads = config.threads or max(1, usable_cores() // config.slots)
+        self._threads = config.threads or default_threads(config.slots)
         self._free: list[Llama] = []
         self._loaded: list[Llama] = []
         self._format: ChatFormat | None = None
