@@ -1,0 +1,1 @@
+"""Helpers for tests (and benchmarks) that put the mesh under faults."""
