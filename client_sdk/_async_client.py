@@ -15,7 +15,6 @@ from pydantic import ValidationError
 
 from awareness.states import PeerPresence, Role, WorkerPresence, workers_from_states
 from client_sdk._models import BoardSnapshot
-from kanbanmesh.server.kpis import BoardKpis
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_fields, entry_from_map, request_from_fields
 from kanbanmesh.board.schema import ChatMessage, TaskEntry, TaskParams, TaskStatus
@@ -31,6 +30,8 @@ from kanbanmesh.errors import (
     TaskNotFoundError,
 )
 from kanbanmesh.peer import BoardPeer, http_base
+from kanbanmesh.server.conversations import ConversationSummary, Turn
+from kanbanmesh.server.kpis import BoardKpis
 
 
 def new_task_id() -> str:
@@ -144,6 +145,7 @@ class AsyncClient:
         params: TaskParams | dict[str, Any] | None = None,
         priority: int = 0,
         task_id: str | None = None,
+        conversation: str | None = None,
         durable_timeout_s: float | None = 10.0,
         **extra: Any,
     ) -> TaskHandle:
@@ -156,6 +158,8 @@ class AsyncClient:
             params: max_tokens, temperature, top_p, stop, seed.
             priority: Higher runs first.
             task_id: Your own id (default: a random one).
+            conversation: Continue (or start) this conversation of yours: send only the new
+                turn; the worker gets the earlier ones too.
             durable_timeout_s: How long to wait for the server to confirm the task is stored
                 (it survives a server crash from then on); None returns at once, when the
                 task is only written locally (it is still sent, and re-sent after reconnects).
@@ -179,6 +183,7 @@ class AsyncClient:
                     "prompt": prompt,
                     "params": params if params is not None else {},
                     "priority": priority,
+                    "conversation": conversation,
                     **extra,
                 }
             )
@@ -233,13 +238,30 @@ class AsyncClient:
             raise ConnectError(f"the server has no stats for board {self.board!r}")
         return BoardKpis.model_validate(body)
 
-    async def _http_get(self, path: str) -> dict[str, Any] | None:
-        """GET /boards/<board><path> on the server (None on 404)."""
+    async def conversations(self) -> list[ConversationSummary]:
+        """Your conversations on this board, most recent first."""
+        body = await self._http_get(f"/conversations?owner={quote(self.owner)}")
+        return [ConversationSummary.model_validate(c) for c in (body or {}).get("conversations", [])]
+
+    async def conversation(self, conversation: str) -> list[Turn]:
+        """The turns of one of your conversations (empty if there is none)."""
+        body = await self._http_get(f"/conversations/{quote(conversation, safe='')}?owner={quote(self.owner)}")
+        return [Turn.model_validate(t) for t in (body or {}).get("turns", [])]
+
+    async def delete_conversation(self, conversation: str) -> int:
+        """Forget one of your conversations; returns how many turns went."""
+        body = await self._http_get(
+            f"/conversations/{quote(conversation, safe='')}?owner={quote(self.owner)}", method="DELETE"
+        )
+        return int((body or {}).get("deleted_turns", 0))
+
+    async def _http_get(self, path: str, method: str = "GET") -> dict[str, Any] | None:
+        """A request to /boards/<board><path> on the server (None on 404)."""
         url = f"{http_base(self.url)}/boards/{quote(self.board, safe='')}{path}"
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         try:
             async with httpx.AsyncClient(timeout=10.0) as http:
-                reply = await http.get(url, headers=headers)
+                reply = await http.request(method, url, headers=headers)
         except httpx.HTTPError as exc:
             raise ConnectError(f"cannot reach {url}: {exc}") from exc
         if reply.status_code == 404:

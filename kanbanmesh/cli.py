@@ -293,6 +293,35 @@ def stats(window: str, watch: bool, **flags: Any) -> None:
     run_stats(build_settings(**flags), window, watch)
 
 
+@main.command()
+@client_options
+@click.option("--conversation", default=None, help="Continue this conversation (default: a new one).")
+@click.option("--model", default="", help="Model to ask for (default: any worker).")
+@click.option("--max-tokens", type=int, default=None, help="Longest answer, in tokens.")
+@click.option("--owner", default=None, help="Owner of the conversation (without auth).")
+@friendly_errors
+def chat(conversation: str | None, model: str, max_tokens: int | None, **flags: Any) -> None:
+    """Chat in the terminal; the mesh remembers the conversation."""
+    from kanbanmesh.commands.chat import run_chat
+
+    run_chat(build_settings(**flags), conversation, model, max_tokens)
+
+
+@main.command()
+@client_options
+@click.argument("action", type=click.Choice(["list", "show", "delete"]))
+@click.argument("conversation", required=False)
+@click.option("--owner", default=None, help="Owner of the conversations (without auth).")
+@friendly_errors
+def conversations(action: str, conversation: str | None, **flags: Any) -> None:
+    """List your conversations, show one, or delete one."""
+    from kanbanmesh.commands.chat import run_conversations
+
+    if action != "list" and not conversation:
+        raise click.UsageError(f"{action} needs a CONVERSATION")
+    run_conversations(build_settings(**flags), action, conversation)
+
+
 @main.group()
 def token() -> None:
     """Access tokens for servers with authentication on."""

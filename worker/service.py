@@ -22,7 +22,7 @@ import kanbanmesh
 from awareness.states import Role, WorkerState
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_map, now_ms
-from kanbanmesh.board.schema import TaskEntry, TaskStatus, Timings, Usage
+from kanbanmesh.board.schema import ChatMessage, TaskEntry, TaskStatus, Timings, Usage
 from kanbanmesh.board.transitions import Column, Writer
 from kanbanmesh.errors import BackendError, InvalidTaskError, KanbanMeshError
 from kanbanmesh.notify import ChangeSignal
@@ -274,7 +274,8 @@ class Worker:
 
     async def _generate(self, task_id: str, run: _Run, task: TaskEntry, outcome: _Outcome) -> None:
         request = GenerationRequest(
-            messages=task.messages, prompt=task.prompt, params=task.params, model=task.model
+            messages=self._with_history(task), prompt=None if task.history else task.prompt,
+            params=task.params, model=task.model,
         )
         try:
             async with aclosing(self._backend.generate(request)) as events:
@@ -290,6 +291,17 @@ class Worker:
         except BackendError as exc:
             outcome.status = TaskStatus.FAILED
             outcome.error = {"code": exc.code, "message": exc.message}
+
+    def _with_history(self, task: TaskEntry) -> list[ChatMessage] | None:
+        """The task's turns after its conversation's earlier ones; the oldest are dropped while
+        the backend says the prompt would not fit (a backend without `fits` takes them all)."""
+        if not task.history:
+            return task.messages
+        history = list(task.history)
+        fits = getattr(self._backend, "fits", None)
+        while history and callable(fits) and not fits([*history, *task.chat()], task.params):
+            history.pop(0)
+        return [*history, *task.chat()]
 
     def _append(self, task_id: str, run: _Run, chunk: TextChunk, outcome: _Outcome) -> bool:
         output = run.output

@@ -26,6 +26,7 @@ F_PROMPT: Final = "prompt"
 F_PARAMS: Final = "params"
 F_PRIORITY: Final = "priority"
 F_CONVERSATION: Final = "conversation"
+F_HISTORY: Final = "history"  # written by the server: the conversation's earlier turns
 F_RAG: Final = "rag"
 F_CREATED_AT: Final = "created_at"
 F_MAX_ATTEMPTS: Final = "max_attempts"

@@ -126,6 +126,7 @@ class TaskEntry(TaskRequest):
     assigned_at: float | None = None
     retry_at: float | None = None
     attempts: list[AttemptRecord] = Field(default_factory=list)
+    history: list[ChatMessage] | None = None  # the conversation's earlier turns (server)
     started_at: float | None = None
     output: str = ""
     tokens: int = 0

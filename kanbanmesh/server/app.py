@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import logging
 
+import anyio.to_thread
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
@@ -113,6 +114,29 @@ def create_app(
             entries += [plain_fields(e) for _, e in room.board.entries(Column.DONE)]
         return JSONResponse(kpis(entries, since_ms).model_dump())
 
+    async def conversations(request: Request) -> Response:
+        """An owner's conversations: list (GET /boards/B/conversations), read (GET .../ID),
+        delete (DELETE .../ID). The owner is the token's subject (`?owner=` without auth)."""
+        board = request.path_params["board"]
+        if not hub.valid_board(board) or hub.conversations is None:
+            return JSONResponse({"error": "no such board"}, status_code=404)
+        try:
+            identity = identify(request, board)
+        except AuthError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        owner = identity.subject if auth_secret is not None else request.query_params.get("owner", "")
+        conversation = request.path_params.get("conversation")
+        store = hub.conversations
+        if conversation is None:
+            listed = await store.summaries(board, owner)
+            return JSONResponse({"conversations": [c.model_dump() for c in listed]})
+        if request.method == "DELETE":
+            return JSONResponse({"deleted_turns": await store.delete(board, owner, conversation)})
+        turns = await anyio.to_thread.run_sync(store.turns, board, owner, conversation)
+        if not turns:
+            return JSONResponse({"error": f"no conversation {conversation!r}"}, status_code=404)
+        return JSONResponse({"conversation": conversation, "turns": [t.model_dump() for t in turns]})
+
     async def board_socket(websocket: WebSocket) -> None:
         name = websocket.path_params["board"]
         if not hub.valid_board(name):
@@ -146,6 +170,8 @@ def create_app(
             Route("/metrics", prometheus),
             Route("/boards/{board}/tasks/{task_id}", task_entry),
             Route("/boards/{board}/stats", board_stats),
+            Route("/boards/{board}/conversations", conversations),
+            Route("/boards/{board}/conversations/{conversation}", conversations, methods=["GET", "DELETE"]),
             *openai_routes(hub, identify, queue_timeout_s),
             WebSocketRoute("/{board}", board_socket),
         ]

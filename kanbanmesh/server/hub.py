@@ -15,6 +15,7 @@ from broker.service import Broker, BrokerSettings
 from broker.view import RoomView
 from kanbanmesh.errors import ConfigurationError
 from kanbanmesh.server.archive import TaskArchive
+from kanbanmesh.server.conversations import ConversationStore
 from kanbanmesh.server.room import BoardRoom, RoomSettings
 from kanbanmesh.server.store import BoardStore
 from kanbanmesh.settings import BOARD_NAME_PATTERN
@@ -34,9 +35,13 @@ class HubSettings:
 class Hub:
     """Creates rooms on first use, loads them from the store, runs their brokers."""
 
-    def __init__(self, store: BoardStore | None, archive: TaskArchive, settings: HubSettings) -> None:
+    def __init__(
+        self, store: BoardStore | None, archive: TaskArchive, settings: HubSettings,
+        conversations: ConversationStore | None = None,
+    ) -> None:
         self._store = store
         self.archive = archive
+        self.conversations = conversations
         self._settings = settings
         self._rooms: dict[str, BoardRoom] = {}
         self._brokers: dict[str, Broker] = {}
@@ -89,7 +94,7 @@ class Hub:
                 return room
             if self._tg is None:
                 raise RuntimeError("the hub is not running")
-            room = BoardRoom(name, self._store, self.archive, self._settings.room)
+            room = BoardRoom(name, self._store, self.archive, self._settings.room, self.conversations)
             for listener in self._room_listeners:
                 listener(room)
             await self._tg.start(room.start)

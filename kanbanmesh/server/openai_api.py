@@ -32,6 +32,7 @@ from kanbanmesh.server.hub import Hub
 from kanbanmesh.server.room import BoardRoom
 
 BOARD_HEADER = "x-kanbanmesh-board"
+CONVERSATION_HEADER = "x-kanbanmesh-conversation"  # continue this conversation of the key's owner
 
 
 class ApiError(Exception):
@@ -119,9 +120,10 @@ def openai_routes(
         try:
             identity, room = await caller(request)
             body = _parse(model, await request.body())
+            body.conversation = body.conversation or request.headers.get(CONVERSATION_HEADER)
             _check_model(room, body.model)
             task = _task(identity, body)
-            room.server_write(lambda board: board.create(task))
+            room.server_write(lambda board: board.create(task), created=(task.id,))
         except ApiError as exc:
             return exc.response()
         follower = _Follower(room, task.id, queue_timeout_s)
@@ -173,7 +175,7 @@ def _task(identity: Identity, body: _Sampling) -> TaskRequest:
         "owner": identity.subject if identity.role.value == "client" else "",
         "model": body.model,
         "params": body.params(),
-        "conversation": body.conversation,
+        "conversation": body.conversation or None,
     }
     if isinstance(body, ChatCompletionRequest):
         fields["messages"] = body.messages

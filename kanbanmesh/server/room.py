@@ -11,7 +11,7 @@ empty state as a phantom peer. Here every update is persisted and fanned out fro
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,13 +26,14 @@ from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms, plain_fields
 from kanbanmesh.board.events import event_keys
 from kanbanmesh.board.transitions import Column
-from kanbanmesh.errors import ConnectionClosedError, ProtocolError
+from kanbanmesh.errors import ConnectionClosedError, ProtocolError, StoreError
 from kanbanmesh.notify import ChangeSignal
 from kanbanmesh.protocol import codec
 from kanbanmesh.protocol.channel import Channel
 from kanbanmesh.server.archive import ArchivedTask, TaskArchive
 from kanbanmesh.server.authz import WriteRules
 from kanbanmesh.server.connection import Connection
+from kanbanmesh.server.conversations import ConversationStore, task_turns
 from kanbanmesh.server.quota import OwnerQuota, QuotaLimits
 from kanbanmesh.server.retention import RetentionIndex
 from kanbanmesh.server.rotation import generation_of, next_generation
@@ -83,7 +84,8 @@ class BoardRoom:
     """Serves one board to any number of connections."""
 
     def __init__(
-        self, name: str, store: BoardStore | None, archive: TaskArchive, settings: RoomSettings
+        self, name: str, store: BoardStore | None, archive: TaskArchive, settings: RoomSettings,
+        conversations: ConversationStore | None = None,
     ) -> None:
         self.name = name
         self.doc: Doc[Any] = Doc()
@@ -92,6 +94,7 @@ class BoardRoom:
         self.stats = RoomStats()
         self._store = store
         self.archive = archive
+        self.conversations = conversations
         self._settings = settings
         self._retention = RetentionIndex(self.board, settings.retention_s)
         self._quota = OwnerQuota(settings.quota)
@@ -253,8 +256,9 @@ class BoardRoom:
                 elif column is Column.DONE:
                     self._quota.closed(key)
                     entry = change.get("newValue")
-                    if self._finished_listeners and isinstance(entry, Map):
+                    if isinstance(entry, Map) and (self._finished_listeners or self.conversations):
                         fields = plain_fields(entry)
+                        self._record_turns(fields)
                         for listener in self._finished_listeners:
                             listener(fields)
                 if column is Column.PREPARED:
@@ -400,13 +404,47 @@ class BoardRoom:
                 conn.enqueue_message(codec.awareness_message(full))
         return None
 
-    def server_write(self, write: Callable[[BoardDoc], None]) -> None:
+    def server_write(self, write: Callable[[BoardDoc], None], created: tuple[str, ...] = ()) -> None:
         """A write of the server's own (the HTTP API creating or cancelling a task): applied
         and fanned out, then the change listeners run as after a peer's update, so the
-        embedded broker assigns at once."""
+        embedded broker assigns at once. `created`: the tasks it created."""
         with self.doc.transaction():
             write(self.board)
+        self._attach_history(created)
         self._run_listeners()
+
+    def _attach_history(self, created: Iterable[str]) -> None:
+        """Give each new task of a conversation the conversation's earlier turns, before any
+        broker copies it on (one small write of the server's, for conversation tasks only)."""
+        if self.conversations is None:
+            return
+        todo = self.board.column_map(Column.TODO)
+        histories: dict[str, list[dict[str, str]]] = {}
+        for task_id in created:
+            entry = todo.get(task_id)
+            if not isinstance(entry, Map) or entry.get(c.F_HISTORY) is not None:
+                continue
+            conversation = entry.get(c.F_CONVERSATION)
+            if isinstance(conversation, str) and conversation:
+                turns = self.conversations.history(self.name, str(entry.get(c.F_OWNER) or ""), conversation)
+                histories[task_id] = [t.model_dump() for t in turns]
+        if histories:
+            with self.doc.transaction():
+                for task_id, history in histories.items():
+                    todo[task_id][c.F_HISTORY] = history
+
+    def _record_turns(self, fields: dict[str, Any]) -> None:
+        conversation = fields.get(c.F_CONVERSATION)
+        if (self.conversations is None or not isinstance(conversation, str) or not conversation
+                or fields.get(c.F_STATUS) != "succeeded"):
+            return
+        try:
+            self.conversations.append_now(
+                self.name, str(fields.get(c.F_OWNER) or ""), conversation, str(fields.get(c.F_ID)),
+                task_turns(fields),
+            )
+        except StoreError:
+            log.exception("board %s: could not record a turn of conversation %r", self.name, conversation)
 
     def _run_listeners(self) -> None:
         for listener in self._update_listeners:
@@ -440,6 +478,8 @@ class BoardRoom:
             self.doc.apply_update(update)
         finally:
             self._origin = None
+        if self._validator is not None:
+            self._attach_history(self._validator.created)
         self._run_listeners()
 
 

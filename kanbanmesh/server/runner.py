@@ -24,6 +24,7 @@ from kanbanmesh.auth import AuthError, check_secret
 from kanbanmesh.errors import ConfigurationError
 from kanbanmesh.server.app import create_app
 from kanbanmesh.server.archive import TaskArchive
+from kanbanmesh.server.conversations import ConversationStore
 from kanbanmesh.server.hub import Hub, HubSettings
 from kanbanmesh.server.quota import QuotaLimits
 from kanbanmesh.server.room import RoomSettings
@@ -108,7 +109,12 @@ async def serve(
         archive = TaskArchive(settings.data_dir / "archive.sqlite3" if settings.persist else None)
         await anyio.to_thread.run_sync(archive.open)
         stack.callback(archive.close)
-        hub = Hub(store, archive, hub_settings(settings))
+        conversations = ConversationStore(
+            settings.data_dir / "conversations.sqlite3" if settings.persist else None
+        )
+        await anyio.to_thread.run_sync(conversations.open)
+        stack.callback(conversations.close)
+        hub = Hub(store, archive, hub_settings(settings), conversations)
         config = uvicorn.Config(
             app=create_app(hub, secret, settings.max_connections_per_subject, settings.queue_timeout_s),
             ws="websockets-sansio",

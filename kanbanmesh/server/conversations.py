@@ -1,0 +1,152 @@
+"""Conversation history: each owner's conversations, turn by turn, in SQLite.
+
+A task that names a `conversation` sends only its new turn(s). When it is created, the server
+writes the conversation's earlier turns into the entry as `history` (so any broker and worker
+get them with the task); when it succeeds, its turns and the answer are appended. A
+conversation belongs to the owner of its tasks: listing, reading and deleting go by owner.
+
+History policy (documented in docs/protocol.md): at most the last `max_turns` turns and
+`max_chars` characters go into `history`, oldest dropped first; the worker then drops more of
+the oldest turns if the prompt would not fit its model's context.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sqlite3
+import threading
+import time
+from typing import Any
+
+import anyio.to_thread
+from pydantic import BaseModel
+
+from kanbanmesh.errors import StoreError
+
+_SCHEMA = (
+    (
+        "CREATE TABLE IF NOT EXISTS turns (board TEXT NOT NULL, owner TEXT NOT NULL,"
+        " conversation TEXT NOT NULL, seq INTEGER PRIMARY KEY AUTOINCREMENT, role TEXT NOT NULL,"
+        " content TEXT NOT NULL, task TEXT NOT NULL, at REAL NOT NULL)"
+    ),
+    "CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns (board, owner, conversation, seq)",
+)
+
+
+class Turn(BaseModel):
+    role: str
+    content: str
+
+
+class ConversationSummary(BaseModel):
+    conversation: str
+    turns: int
+    updated_at: float  # ms
+
+
+class ConversationStore:
+    """Turns by (board, owner, conversation); `path` None keeps them in memory."""
+
+    def __init__(self, path: pathlib.Path | None, *, max_turns: int = 50, max_chars: int = 32_000) -> None:
+        self._path = path
+        self.max_turns = max_turns
+        self.max_chars = max_chars
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        target = ":memory:" if self._path is None else str(self._path)
+        try:
+            conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the conversation store {target}: {exc}") from exc
+        self._conn = conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def history(self, board: str, owner: str, conversation: str) -> list[Turn]:
+        """The turns to send with a new task: the last ones within the policy's bounds."""
+        turns = self.turns(board, owner, conversation)[-self.max_turns:]
+        kept: list[Turn] = []
+        size = 0
+        for turn in reversed(turns):
+            size += len(turn.content)
+            if size > self.max_chars:
+                break
+            kept.append(turn)
+        return list(reversed(kept))
+
+    def turns(self, board: str, owner: str, conversation: str) -> list[Turn]:
+        with self._lock:
+            rows = self._require().execute(
+                "SELECT role, content FROM turns WHERE board = ? AND owner = ? AND conversation = ?"
+                " ORDER BY seq", (board, owner, conversation),
+            ).fetchall()
+        return [Turn(role=r[0], content=r[1]) for r in rows]
+
+    def append_now(self, board: str, owner: str, conversation: str, task: str, turns: list[Turn]) -> None:
+        now = time.time() * 1000.0
+        rows = [(board, owner, conversation, t.role, t.content, task, now) for t in turns]
+        with self._lock:
+            conn = self._require()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                # A task's turns go in once, even if it is seen finishing twice.
+                if conn.execute("SELECT 1 FROM turns WHERE board = ? AND task = ? LIMIT 1",
+                                (board, task)).fetchone() is None:
+                    conn.executemany(
+                        "INSERT INTO turns (board, owner, conversation, role, content, task, at)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)", rows,
+                    )
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise StoreError(f"cannot write the conversation store: {exc}") from exc
+
+    async def summaries(self, board: str, owner: str) -> list[ConversationSummary]:
+        return await anyio.to_thread.run_sync(self._list_sync, board, owner)
+
+    def _list_sync(self, board: str, owner: str) -> list[ConversationSummary]:
+        with self._lock:
+            rows = self._require().execute(
+                "SELECT conversation, COUNT(*), MAX(at) FROM turns WHERE board = ? AND owner = ?"
+                " GROUP BY conversation ORDER BY MAX(at) DESC", (board, owner),
+            ).fetchall()
+        return [ConversationSummary(conversation=r[0], turns=r[1], updated_at=r[2]) for r in rows]
+
+    async def delete(self, board: str, owner: str, conversation: str) -> int:
+        return await anyio.to_thread.run_sync(self._delete_sync, board, owner, conversation)
+
+    def _delete_sync(self, board: str, owner: str, conversation: str) -> int:
+        with self._lock:
+            cur = self._require().execute(
+                "DELETE FROM turns WHERE board = ? AND owner = ? AND conversation = ?",
+                (board, owner, conversation),
+            )
+        return int(cur.rowcount)
+
+    def _require(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError("the conversation store is not open")
+        return self._conn
+
+
+def task_turns(fields: dict[str, Any]) -> list[Turn]:
+    """The turns a finished task adds to its conversation: what it sent, then the answer."""
+    sent: list[Turn] = []
+    messages = fields.get("messages")
+    if isinstance(messages, list):
+        sent = [Turn(role=str(m.get("role")), content=str(m.get("content")))
+                for m in messages if isinstance(m, dict) and m.get("role") != "system"]
+    elif isinstance(fields.get("prompt"), str):
+        sent = [Turn(role="user", content=fields["prompt"])]
+    return [*sent, Turn(role="assistant", content=str(fields.get("result") or ""))]
