@@ -104,7 +104,7 @@ class BoardDoc:
             if new_output:
                 fields[c.F_OUTPUT] = Text()
             elif keep_output and output is not None:
-                fields[c.F_OUTPUT] = Text(output)
+                fields[c.F_OUTPUT] = Text(output if isinstance(output, str) else str(output))
             new = Map(fields)
             self.maps[dst][task_id] = new
             del self.maps[src][task_id]

@@ -24,9 +24,13 @@ from pycrdt import Map
 from kanbanmesh.auth import Identity, Role
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, plain_fields
-from kanbanmesh.board.schema import BROKER_FIELDS, CLIENT_FIELDS, WORKER_FIELDS
+from kanbanmesh.board.schema import BROKER_FIELDS, CLIENT_FIELDS, REQUEST_FIELDS, WORKER_FIELDS
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.server.validation import UpdateChanges, UpdateRefused
+
+
+# Fields a client may not put into a task it creates: the broker's, the worker's, the server's.
+_NOT_FOR_CLIENTS = (BROKER_FIELDS | WORKER_FIELDS | {c.F_HISTORY}) - REQUEST_FIELDS
 
 
 def _forbid(reason: str) -> UpdateRefused:
@@ -75,6 +79,9 @@ class WriteRules:
                 raise _forbid(f"task {key[:24]!r} exists already")
             if fields.get(c.F_OWNER) != subject:
                 raise _forbid(f"a task's owner must be you ({subject[:24]!r})")
+            taken = set(fields) & _NOT_FOR_CLIENTS
+            if taken:
+                raise _forbid(f"a new task may not set {min(taken)!r}")
         for (column, task), names in changes.fields.items():
             if not names <= CLIENT_FIELDS:
                 extra = min(names - CLIENT_FIELDS)

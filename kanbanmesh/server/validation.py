@@ -153,7 +153,7 @@ class UpdateValidator:
         roots = set(self._twin.keys())
         try:
             self._twin.apply_update(update)
-        except ValueError as exc:
+        except (ValueError, RuntimeError) as exc:  # pycrdt raises either for what it cannot take
             self._twin = self._make_twin()
             raise UpdateRefused(c.CLOSE_INVALID_UPDATE, f"update does not decode: {exc}") from exc
         try:
@@ -166,14 +166,20 @@ class UpdateValidator:
             for column, key in dict.fromkeys(self._new):
                 # Read after the whole update: an entry it created and moved on again (a
                 # worker's doing -> done in one go) is not on the board and needs no check.
-                value = self._twin.get(column, type=Map).get(key)
-                if value is None:
+                target = self._twin.get(column, type=Map)
+                if key not in target:
                     continue
+                value = target[key]  # may be null: that is an invalid entry, not a deletion
                 fields = plain_fields(value) if isinstance(value, Map) else value
                 self._check_entry(_NewEntry(column, key, fields))
                 changes.written[(column, key)] = fields
                 if column == c.TODO:
                     self.created.append(key)
+            for column, key in changes.fields:
+                # A field set inside an existing entry (a cancel, say) must leave it valid too.
+                value = self._twin.get(column, type=Map).get(key)
+                if isinstance(value, Map) and (column, key) not in changes.written:
+                    self._check_entry(_NewEntry(column, key, plain_fields(value)))
             if authorize is not None:
                 authorize(changes)
         except UpdateRefused:
@@ -208,7 +214,6 @@ class UpdateValidator:
         try:
             if entry.column == c.TODO:
                 request_from_fields(fields)
-            else:
-                entry_from_fields(fields)
+            entry_from_fields(fields)  # in todo too: the types of every known field
         except InvalidTaskError as exc:
             raise UpdateRefused(c.CLOSE_INVALID_TASK, f"{exc} in {where}") from exc
