@@ -151,3 +151,10 @@ async def test_a_cancel_interrupts_a_long_prompt_evaluation(backend: LlamaBacken
     assert time.monotonic() - started < 0.8, "the abort callback must interrupt the evaluation"
     chunks, _ = await collect(backend.generate(ask("Say hi", max_tokens=4, **GREEDY)))
     assert chunks
+
+
+def test_fits_says_when_a_conversation_no_longer_leaves_room_for_the_answer(backend: LlamaBackend) -> None:
+    turn = ChatMessage(role="user", content="Tell me about the sea.")
+    assert backend.fits([turn], TaskParams(max_tokens=64))
+    history = [ChatMessage(role="assistant", content="The sea is wide and deep. " * 70)]
+    assert not backend.fits(history + [turn], TaskParams(max_tokens=64))  # ~520 + 64 > 512

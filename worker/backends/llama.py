@@ -17,6 +17,7 @@ from typing import NoReturn
 import anyio
 from llama_cpp import Llama
 
+from kanbanmesh.board.schema import ChatMessage, TaskParams
 from kanbanmesh.errors import BackendError
 from worker.backends.base import GenerationEvent, GenerationRequest, TextChunk
 from worker.backends.chat_format import ChatFormat, resolve_chat_format
@@ -119,6 +120,20 @@ class LlamaBackend:
         loaded, self._loaded, self._free = self._loaded, [], []
         for llama in loaded:
             llama.close()
+
+    def fits(self, messages: list[ChatMessage], params: TaskParams) -> bool:
+        """Whether these turns leave room for an answer in a slot's context: up to `max_tokens`
+        of it, but never less than half the context. The worker drops a conversation's oldest
+        turns until they do. Called on the event loop: tokenizing reads only the vocabulary."""
+        if self._format is None or not self._loaded:
+            return True
+        try:
+            prompt = self._format.render(GenerationRequest(messages=messages, prompt=None, params=params))
+            answer = decoding_for(sampling_from(params)).max_tokens
+        except BackendError:
+            return True  # generate() reports the problem with the task
+        tokens = self._loaded[0].tokenize(prompt.text.encode("utf-8"), add_bos=prompt.add_bos, special=True)
+        return len(tokens) + min(answer, self._config.n_ctx // 2) <= self._config.n_ctx
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         if request.model and request.model not in self._file.names:
