@@ -45,17 +45,29 @@ class WriteRules:
         identity: Identity,
         board: Callable[[], BoardDoc],
         announced: Callable[[], tuple[frozenset[str], frozenset[str]]],
+        writers: dict[int, str],
     ) -> None:
         """`board` gives the room's current document; `announced` the worker ids and names
-        this connection announced in awareness."""
+        this connection announced in awareness; `writers` (shared by the room's connections)
+        binds each Yjs client id to the subject that first wrote with it."""
         self.identity = identity
         self._board = board
         self._announced = announced
+        self._writers = writers
 
     def __call__(self, changes: UpdateChanges) -> None:
+        # Structs written under somebody else's client id would fork that client's history.
+        for cid in changes.writers:
+            bound = self._writers.get(cid)
+            if bound is not None and bound != self.identity.subject:
+                raise _forbid(f"client id {cid} writes for another subject")
         role = self.identity.role
-        if role is Role.ADMIN:
-            return
+        if role is not Role.ADMIN:
+            self._check_role(role, changes)
+        for cid in changes.writers:
+            self._writers.setdefault(cid, self.identity.subject)
+
+    def _check_role(self, role: Role, changes: UpdateChanges) -> None:
         if changes.meta:
             raise _forbid("the meta map is the server's")
         if role is Role.CLIENT:

@@ -103,6 +103,7 @@ class BoardRoom:
         self._retired: set[int] = set()  # client ids of earlier generations
         self._left_since_rotation = 0
         self._epoch = 0  # +1 per rotation; a connection made before it may no longer write
+        self._writers: dict[int, str] = {}  # Yjs client id -> the subject that first wrote with it
         self._last_update_at = 0.0  # anyio clock of the last update applied
         self._connections: set[Connection] = set()
         self._origin: Connection | None = None
@@ -192,6 +193,8 @@ class BoardRoom:
     def _attach(self, doc: Doc[Any]) -> None:
         self.doc = doc
         self.board = BoardDoc(doc)
+        # Nobody else may write under the client id of the server's own writes.
+        self._writers[doc.client_id] = "\x00server"
         self._validator = UpdateValidator(doc, self._settings.limits)
         # Shallow observers: they fire when entries enter or leave a column, not for what
         # happens inside an entry (the validator reports that for peers' updates).
@@ -315,8 +318,10 @@ class BoardRoom:
         )
         conn.epoch = self._epoch
         conn.identity = identity
-        if identity.role is not AccessRole.ADMIN:
-            conn.rules = WriteRules(identity, lambda: self.board, lambda: self.awareness.announced_by(conn))
+        if identity is not OPEN_ACCESS:
+            conn.rules = WriteRules(
+                identity, lambda: self.board, lambda: self.awareness.announced_by(conn), self._writers
+            )
         self._connections.add(conn)
         self.stats.connections_total += 1
         conn.enqueue_message(codec.sync_step1(self.doc.get_state()))

@@ -20,6 +20,7 @@ from kanbanmesh.board.document import entry_from_fields, plain_fields, request_f
 from kanbanmesh.board.events import event_keys, event_path
 from kanbanmesh.board.schema import REQUEST_FIELDS
 from kanbanmesh.errors import InvalidTaskError
+from kanbanmesh.protocol.codec import decode_state_vector
 
 
 class UpdateRefused(Exception):
@@ -54,6 +55,7 @@ class UpdateChanges:
     control: set[str] = field(default_factory=set)  # keys of the `control` map
     meta: bool = False  # the `meta` map (the server's own)
     unknown_roots: set[str] = field(default_factory=set)
+    writers: set[int] = field(default_factory=set)  # Yjs client ids whose structs it added
 
 
 # Root types a board may hold; anything else is refused (it would cost every client forever).
@@ -151,12 +153,20 @@ class UpdateValidator:
         self.touched.clear()
         self.created.clear()
         roots = set(self._twin.keys())
+        state_before = self._twin.get_state()
         try:
             self._twin.apply_update(update)
         except (ValueError, RuntimeError) as exc:  # pycrdt raises either for what it cannot take
             self._twin = self._make_twin()
             raise UpdateRefused(c.CLOSE_INVALID_UPDATE, f"update does not decode: {exc}") from exc
         try:
+            state_after = self._twin.get_state()
+            if state_after != state_before:
+                before = decode_state_vector(state_before)
+                changes.writers = {
+                    cid for cid, clock in decode_state_vector(state_after).items()
+                    if clock > before.get(cid, 0)
+                }
             changes.unknown_roots = set(self._twin.keys()) - roots - KNOWN_ROOTS
             if changes.unknown_roots:
                 raise UpdateRefused(
