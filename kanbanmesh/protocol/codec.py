@@ -217,6 +217,25 @@ def encode_awareness(entries: list[AwarenessEntry]) -> bytes:
     return b"".join(out)
 
 
+def update_outline(update: bytes) -> tuple[int, int, int] | list[tuple[int, int, int]]:
+    """What a Yjs (v1) update writes, as far as can be read without decoding its structs:
+    `(client blocks, first client, its first clock)` when it adds structs, or, for an update
+    that only deletes, its delete set as `[(client, clock, length), ...]`."""
+    reader = Reader(update)
+    blocks = reader.var_uint()
+    if blocks:
+        reader.var_uint()  # number of structs of the first block
+        client = reader.var_uint()
+        return blocks, client, reader.var_uint()
+    deleted = []
+    for _ in range(reader.var_uint()):
+        client = reader.var_uint()
+        for _ in range(reader.var_uint()):
+            clock = reader.var_uint()
+            deleted.append((client, clock, reader.var_uint()))
+    return deleted
+
+
 def decode_state_vector(data: bytes) -> dict[int, int]:
     reader = Reader(data)
     count = reader.var_uint()

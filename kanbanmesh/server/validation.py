@@ -19,8 +19,8 @@ from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_fields, plain_fields, request_from_fields
 from kanbanmesh.board.events import event_keys, event_path
 from kanbanmesh.board.schema import REQUEST_FIELDS
-from kanbanmesh.errors import InvalidTaskError
-from kanbanmesh.protocol.codec import decode_state_vector
+from kanbanmesh.errors import InvalidTaskError, ProtocolError
+from kanbanmesh.protocol.codec import decode_state_vector, update_outline
 
 
 class UpdateRefused(Exception):
@@ -60,6 +60,27 @@ class UpdateChanges:
 
 # Root types a board may hold; anything else is refused (it would cost every client forever).
 KNOWN_ROOTS = frozenset({*c.COLUMNS, c.CONTROL, "meta"})
+
+
+def _refuse_pending(update: bytes, before: dict[int, int], after: dict[int, int]) -> None:
+    """Refuse an update that would stay pending (DESIGN.md): its structs or deletions refer
+    to what the board does not have yet, and would integrate later inside somebody else's
+    update, where the check would take them for that writer's. Read off the update's outline
+    and the twin's state vectors: structs of one client that start at or beyond what the board
+    knows of it and did not integrate, or deletions of what the board does not have."""
+    try:
+        outline = update_outline(update)
+    except ProtocolError as exc:
+        raise UpdateRefused(c.CLOSE_INVALID_UPDATE, f"update does not decode: {exc}") from exc
+    if isinstance(outline, tuple):
+        blocks, client, clock = outline
+        known = before.get(client, 0)
+        if blocks == 1 and clock >= known and after.get(client, 0) <= known:
+            raise UpdateRefused(c.CLOSE_INVALID_UPDATE, "update depends on changes the board does not have")
+        return
+    for client, clock, length in outline:
+        if clock + length > after.get(client, 0):
+            raise UpdateRefused(c.CLOSE_INVALID_UPDATE, "update deletes what the board does not have")
 
 
 class UpdateValidator:
@@ -161,12 +182,10 @@ class UpdateValidator:
             raise UpdateRefused(c.CLOSE_INVALID_UPDATE, f"update does not decode: {exc}") from exc
         try:
             state_after = self._twin.get_state()
-            if state_after != state_before:
-                before = decode_state_vector(state_before)
-                changes.writers = {
-                    cid for cid, clock in decode_state_vector(state_after).items()
-                    if clock > before.get(cid, 0)
-                }
+            before = decode_state_vector(state_before)
+            after = before if state_after == state_before else decode_state_vector(state_after)
+            changes.writers = {cid for cid, clock in after.items() if clock > before.get(cid, 0)}
+            _refuse_pending(update, before, after)
             changes.unknown_roots = set(self._twin.keys()) - roots - KNOWN_ROOTS
             if changes.unknown_roots:
                 raise UpdateRefused(
