@@ -30,6 +30,7 @@ from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms
 from kanbanmesh.board.schema import TaskRequest, TaskStatus
 from kanbanmesh.board.transitions import Column, Writer
+from tests.support.ledger import DoneLedger
 
 TASKS = ("t0", "t1", "t2")
 WORKERS = ("worker-a", "worker-b")
@@ -385,3 +386,18 @@ def test_two_brokers_assigning_while_the_first_worker_starts_keeps_the_started_c
     board = mesh.replicas[second].board
     assert columns(board, "t0") == [Column.DOING]  # equal attempts: the later column wins
     assert board.column_map(Column.DOING)["t0"][c.F_WORKER] == "worker-a"
+
+
+def test_the_done_ledger_sees_a_late_finish_written_over_a_newer_attempt() -> None:
+    mesh = assigned_and_streaming()
+    ledger = DoneLedger(mesh.hub.board)
+    # The broker requeues; worker-b (written on the server's replica) runs attempt 2 to the end.
+    for op in [("requeue", BROKER, 0), ("assign", BROKER, 0, 1), ("start", BROKER, 0),
+               ("append", BROKER, 0, "hello world"), ("finish", BROKER, 0)]:
+        mesh.run(op)
+    assert [f.attempt for f in ledger.finishes["t0"]] == [2]
+    mesh.run(("finish", WORKER, 0))  # worker-a, cut off meanwhile, finishes attempt 1 too
+    mesh.settle()
+    mesh.check_converged()
+    # Both finishes wrote done["t0"]; the later client id wins the key: worker-a's replica.
+    assert [(f.attempt, f.worker) for f in ledger.doubled()["t0"]] == [(2, "worker-b"), (1, "worker-a")]

@@ -10,16 +10,24 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 from anyio.abc import TaskGroup
+from pycrdt import Doc
 from pydantic import SecretStr
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection
+from websockets.asyncio.server import serve as ws_serve
+from websockets.exceptions import ConnectionClosed
 
 from client_sdk import AsyncClient, TaskStatus
 from kanbanmesh.auth import Identity, Role, create_token
 from kanbanmesh.board import constants as c
-from kanbanmesh.board.transitions import Column
+from kanbanmesh.board.document import BoardDoc
+from kanbanmesh.board.schema import TaskRequest
+from kanbanmesh.board.transitions import Column, Writer
 from kanbanmesh.peer import BoardPeer
 from kanbanmesh.protocol import codec
 from kanbanmesh.server.runner import serve
@@ -88,7 +96,8 @@ async def mesh(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[
     auth = bool(overrides.pop("auth", False))
     if auth:
         overrides["auth_secret"] = SecretStr(SECRET)
-    settings = Settings(port=0, data_dir=tmp_path, orphan_grace_s=0.5, retry_backoff_s=0.1, **overrides)
+    defaults: dict[str, Any] = {"orphan_grace_s": 0.5, "retry_backoff_s": 0.1}
+    settings = Settings(port=0, data_dir=tmp_path, **{**defaults, **overrides})
     async with anyio.create_task_group() as tg:
         url = await tg.start(serve, settings)
         admin = create_token(SECRET, Identity(subject="ledger", role=Role.ADMIN, boards=["*"]), 600) if auth else None
@@ -217,3 +226,87 @@ async def test_black_holed_worker_loses_its_task_and_writes_nothing_over_the_res
     assert fenced_off == mesh.auth  # with auth on the server closed it with 4403
     for peer in (rescuer_peer, client.peer, mesh.ledger_peer, *([] if fenced_off else [stale_peer])):
         assert columns_of(peer, task.id) == [Column.DONE]
+
+
+async def test_an_update_sent_ahead_of_what_it_builds_on_is_refused(mesh: Mesh) -> None:
+    # A replica's three updates: create, assign, start, the last sent alone. Taken as it is,
+    # pycrdt would show the entry at once, the broker would act on it, and a move of it made
+    # before the rest arrived can erase the task on every replica (DESIGN.md: refuse them).
+    doc: Doc[Any] = Doc()
+    board = BoardDoc(doc)
+    updates: list[bytes] = []
+    doc.observe(lambda event: updates.append(event.update))
+    board.create(TaskRequest(id="t", prompt="x"))
+    board.move("t", Column.TODO, Column.PREPARED, Writer.BROKER, set_fields={c.F_WORKER: "w", c.F_ATTEMPT: 1})
+    board.move("t", Column.PREPARED, Column.DOING, Writer.WORKER, new_output=True)
+    refused = False
+    with anyio.fail_after(10):
+        async with connect(mesh.url + "/default") as ws:
+            await ws.send(codec.sync_update(updates[2]))  # the start, without what it moves
+            await ws.send(codec.sync_step1(Doc().get_state()))  # answered only if it was taken
+            try:
+                while not isinstance(message := codec.parse_message(await ws.recv()), codec.SyncMessage) \
+                        or message.step is not codec.SyncStep.STEP2:
+                    pass
+            except ConnectionClosed:
+                refused = True
+    assert refused, "an update with missing dependencies was applied"
+    assert mesh.ledger_peer.board.locate("t") is None
+
+
+HANDSHAKE_BUG = (
+    "kanbanmesh/peer.py _session: the outbox is cleared and the writer started before the "
+    "server's sync step 1 is answered, so a local write made in that window goes out alone, "
+    "ahead of the writes made while offline (which only the step-2 answer carries); the server "
+    "refuses it (4400, fatal to the peer) or, without that check, applies it pending"
+)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=HANDSHAKE_BUG)
+async def test_a_write_during_the_reconnect_handshake_does_not_overtake_offline_writes() -> None:
+    """A stand-in server that answers a reconnect's sync step 1 late, as a loaded one does."""
+    server_doc: Doc[Any] = Doc()
+    gaps: list[bytes] = []
+    session = 0
+    release = anyio.Event()  # the second session's sync step 1 goes out on this
+
+    async def handler(ws: ServerConnection) -> None:
+        nonlocal session
+        session += 1
+        if session > 1:
+            await release.wait()
+        await ws.send(codec.sync_step1(server_doc.get_state()))
+        async for data in ws:
+            message = codec.parse_message(bytes(data))  # type: ignore[arg-type]
+            if not isinstance(message, codec.SyncMessage):
+                continue
+            if message.step is codec.SyncStep.STEP1:
+                await ws.send(codec.sync_step2(server_doc.get_update(message.payload)))
+                continue
+            before = server_doc.get_state()
+            server_doc.apply_update(message.payload)
+            # Every write here creates a task: an update that adds nothing integrated stays
+            # pending, having come before what it builds on.
+            if message.payload != codec.EMPTY_UPDATE and server_doc.get_state() == before:
+                gaps.append(message.payload)
+            if session == 1 and message.payload != codec.EMPTY_UPDATE:
+                await ws.close()  # the first session ends as soon as the first write is in
+
+    async with ws_serve(handler, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        async with BoardPeer(f"ws://127.0.0.1:{port}", "default") as peer:
+            with anyio.fail_after(10):
+                peer.board.create(TaskRequest(id="before", prompt="x"))
+                while peer.connected:
+                    await anyio.sleep(0.01)
+                peer.board.create(TaskRequest(id="offline", prompt="x"))  # waits in the doc
+                while not peer.connected:
+                    await anyio.sleep(0.01)
+                peer.board.create(TaskRequest(id="handshake", prompt="x"))  # the new session's
+                with anyio.move_on_after(0.5):  # what the peer sends before the server speaks
+                    while not gaps:
+                        await anyio.sleep(0.01)
+                release.set()
+                while set(BoardDoc(server_doc).ids(Column.TODO)) != {"before", "offline", "handshake"}:
+                    await anyio.sleep(0.01)
+    assert not gaps, "a write reached the server ahead of the offline writes it follows"
