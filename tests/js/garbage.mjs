@@ -9,12 +9,22 @@
 //   oversize         a todo entry whose prompt is --size bytes (default 4 MiB)
 //   illegal-column   a well-formed task written straight into `doing`
 //   forbidden-field  a valid task in todo, then, in a second transaction, `status` set on it
+//   foreign-owner    a valid task in todo whose owner is --owner (with auth on: not the
+//                    token's subject)
+//   pose-as-worker   no write: an awareness state announcing a worker (role "worker")
 //   connect-only     write nothing; just report a close (e.g. a refused --token)
 //
-// stdout, one JSON line:
+// Entries are owned by --owner (default js-garbage) and ask for --model (default "": any).
+//
+// The first close from the server is the answer, unless --expect-close CODE and/or
+// --expect-reason TEXT (a substring) are given: then a close that does not match is reported
+// and the stock provider carries on as it would (it reconnects and sends its document and
+// awareness again, unless the code is one it gives up on), until a matching close.
+//
+// stdout, one JSON line per close, the answer last:
 //   {"event":"closed","code":4422,"reason":"...","mode":"invalid-task"}
 //     (plus "error" when the socket reported an error first, e.g. a refused handshake: code 1006)
-//   {"event":"timeout","mode":...,"connected":true|false}   (the server never closed)
+//   {"event":"timeout","mode":...,"connected":true|false}   (no (matching) close in time)
 // exit: 0 once the server closed the connection, 3 timeout, 1 bad command line.
 
 import { randomUUID } from 'node:crypto'
@@ -23,20 +33,30 @@ import {
   EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE
 } from './common.mjs'
 
-const MODES = ['invalid-task', 'bad-key', 'oversize', 'illegal-column', 'forbidden-field', 'connect-only']
+const MODES = [
+  'invalid-task', 'bad-key', 'oversize', 'illegal-column', 'forbidden-field', 'foreign-owner',
+  'pose-as-worker', 'connect-only'
+]
 const USAGE = `usage: node garbage.mjs --url ws://HOST:PORT [--board default] [--mode invalid-task]
-       [--size BYTES] [--token TOKEN] [--timeout-ms 20000] [--verbose]
+       [--size BYTES] [--owner js-garbage] [--model NAME] [--expect-close CODE]
+       [--expect-reason TEXT] [--token TOKEN] [--timeout-ms 20000] [--verbose]
 modes: ${MODES.join(', ')}`
 
 const opts = parseCli(USAGE, {
   mode: { type: 'string', default: 'invalid-task' },
-  size: { type: 'string', default: String(4 * 1024 * 1024) }
+  size: { type: 'string', default: String(4 * 1024 * 1024) },
+  owner: { type: 'string', default: 'js-garbage' },
+  model: { type: 'string', default: '' },
+  'expect-close': { type: 'string' },
+  'expect-reason': { type: 'string' }
 })
 if (!MODES.includes(opts.mode)) {
   process.stderr.write(`unknown --mode ${JSON.stringify(opts.mode)}\n${USAGE}\n`)
   process.exit(EXIT_USAGE)
 }
 const size = intOption(opts, 'size', USAGE)
+const expectClose = intOption(opts, 'expect-close', USAGE)
+const expectReason = opts['expect-reason']
 const log = makeLog(opts.verbose)
 const mode = opts.mode
 
@@ -61,10 +81,17 @@ provider.on('connection-error', (event) => {
 // `event` is null when we closed the socket ourselves; only a close from the server counts.
 provider.on('connection-close', (event) => {
   if (event === null || finished) return
-  provider.shouldConnect = false // no reconnect: one close is the answer
   const reason = event.reason === undefined ? '' : String(event.reason)
   const closed = { event: 'closed', code: event.code, reason, mode }
   if (lastError !== null) closed.error = lastError // e.g. the handshake was refused
+  lastError = null
+  const expected = (expectClose === undefined || event.code === expectClose) &&
+    (expectReason === undefined || reason.includes(expectReason))
+  if (!expected) {
+    emit(closed) // not the answer: the provider goes on as a stock one does
+    return
+  }
+  provider.shouldConnect = false // no reconnect: this close is the answer
   finish(closed, EXIT_OK)
 })
 
@@ -75,8 +102,8 @@ const timer = setTimeout(
 
 function validFields (entry, id) {
   entry.set('id', id)
-  entry.set('owner', 'js-garbage')
-  entry.set('model', '')
+  entry.set('owner', opts.owner)
+  entry.set('model', opts.model)
   entry.set('prompt', 'hello')
   entry.set('params', { max_tokens: 8 })
   entry.set('priority', 0)
@@ -130,6 +157,19 @@ switch (mode) {
       validFields(entry, id)
     })
     doc.transact(() => doc.getMap('todo').get(id).set('status', 'succeeded'))
+    break
+  case 'foreign-owner':
+    doc.transact(() => {
+      const entry = new Y.Map()
+      doc.getMap('todo').set(id, entry)
+      validFields(entry, id)
+    })
+    break
+  case 'pose-as-worker':
+    provider.awareness.setLocalState({
+      role: 'worker', id: `js-fake-worker-${id}`, name: 'js-fake-worker', models: ['echo'],
+      slots: 4, state: 'ready', tasks: []
+    })
     break
   case 'connect-only':
     break
