@@ -56,7 +56,11 @@ from tests.e2e.test_security import SECRET, secure_url, token
 from worker import Worker, WorkerSettings
 from worker.backends import EchoBackend
 
-pytestmark = pytest.mark.anyio
+# The mesh runs in a background thread while Hypothesis draws examples in this one, and
+# websockets' keepalive pings there draw from `random`: Hypothesis would take that for a
+# strategy using `random`.
+RANDOM_IN_BACKGROUND = "Do not use the `random` module inside strategies"
+pytestmark = [pytest.mark.anyio, pytest.mark.filterwarnings(f"ignore:{RANDOM_IN_BACKGROUND}")]
 
 BOARD = c.DEFAULT_BOARD
 FUZZER = "fuzzer"  # the subject of the garbage connections' token (auth on)
@@ -599,6 +603,8 @@ class FuzzMesh:
         settings = Settings(
             port=0, data_dir=self.data_dir, orphan_grace_s=0.5, retention_s=2.0,
             auth_secret=SECRET if self.auth else None,  # type: ignore[arg-type]
+            # The bystander submits a task per example: long runs go past the default limit.
+            max_submissions_per_minute=1 << 30,
         )
         async with anyio.create_task_group() as tg:
             self.url = await tg.start(serve, settings)
