@@ -6,7 +6,7 @@ Run from the repository root::
     .venv/bin/python -m bench.board_growth --small 200 --large 5000   # a quick look
 
 For each size, in a fresh data directory: `kanbanmesh serve` (embedded broker, persistence on,
-`--retention-seconds 2`, `--rotate-idle-seconds 3`) and 4 echo workers in their own
+`--retention-seconds 20`, `--rotate-idle-seconds 3`) and 4 echo workers in their own
 processes; 10 clients submit the tasks at once and wait for them all. Then, once the board is
 at rest (every task archived, and the server has started a new document generation if enough
 tasks left), it measures:
@@ -63,7 +63,7 @@ def mesh(data: Path, workers: int) -> Iterator[tuple[str, subprocess.Popen[bytes
     port = _free_port()
     server = subprocess.Popen(
         _kanbanmesh("serve", "--port", str(port), "--data-dir", str(data),
-                    "--retention-seconds", "2", "--rotate-idle-seconds", "3"),
+                    "--retention-seconds", "20", "--rotate-idle-seconds", "3"),
         stdout=subprocess.DEVNULL,
     )
     procs = [server]

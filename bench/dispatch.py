@@ -113,22 +113,43 @@ async def _throughput(url: str, total: int, clients: int) -> float:
 
         async def run(client: AsyncClient, index: int) -> None:
             await ready.wait()
-            done = client.peer.board.column_map(Column.DONE)
             pending: set[str] = set()
             # Count arrivals in `done` as they happen: rescanning every id on every change
             # would cost the harness more than the mesh.
-            subscription = done.observe(lambda event: pending.difference_update(event.keys))
+            watched = client.peer.board.column_map(Column.DONE)
+            subscription = watched.observe(lambda event: pending.difference_update(event.keys))
+
+            async def sweep() -> None:
+                # Tasks that finished and left the board before this replica saw them in
+                # `done` (archived), or a new generation of the board: ask for each.
+                for task_id in list(pending):
+                    column = client.peer.board.locate(task_id)
+                    if column is Column.DONE or (column is None and await client.archived(task_id)):
+                        pending.discard(task_id)
+
             try:
                 for k in range(per_client):
                     task_id = new_task_id()
                     pending.add(task_id)  # before it can possibly be done
                     await client.submit(f"client {index} task {k}", task_id=task_id,
                                         durable_timeout_s=None)
-                with anyio.fail_after(300):
+                with anyio.fail_after(600):
+                    resets, progress_at, left = client.peer.resets, time.monotonic(), len(pending)
                     while pending:
                         await client.wait_changed(1.0)
+                        if client.peer.resets != resets:  # a new replica: watch its `done`
+                            watched.unobserve(subscription)
+                            watched = client.peer.board.column_map(Column.DONE)
+                            subscription = watched.observe(lambda event: pending.difference_update(event.keys))
+                            resets = client.peer.resets
+                            await sweep()
+                        if len(pending) < left:
+                            progress_at, left = time.monotonic(), len(pending)
+                        elif time.monotonic() - progress_at > 5:
+                            await sweep()
+                            progress_at = time.monotonic()
             finally:
-                done.unobserve(subscription)
+                watched.unobserve(subscription)
 
         async with anyio.create_task_group() as tg:
             for index, client in enumerate(clients_list):
