@@ -3,6 +3,7 @@
 A real server runs in this process; workers and clients reach it through a `TcpProxy` that
 the test cuts (every connection reset) or black-holes (nothing forwarded, connections kept).
 A ledger peer connected straight to the server records every version of every `done` entry.
+The last tests send updates out of order, as a reconnect can: ahead of what they build on.
 """
 
 from __future__ import annotations
