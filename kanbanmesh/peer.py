@@ -95,6 +95,12 @@ class BoardPeer:
         # Counts updates received from the server: while it stands still, nobody else has
         # touched the document, so what a caller checked in it still holds.
         self.remote_updates = 0
+        # When the server was last heard from (anyio clock): a peer may hold a lease only as
+        # long as the server answers it.
+        self.last_heard = 0.0
+        # Between connecting and the server's sync step 1: local writes wait, so that they
+        # cannot overtake the offline writes the answer to that step carries.
+        self._handshaking = False
         self._full_url = board_url(url, board, token)
         self._max_message_bytes = max_message_bytes
         self._connect_timeout_s = connect_timeout_s
@@ -353,6 +359,7 @@ class BoardPeer:
 
     async def _session(self, ws: ClientConnection, task_status: TaskStatus[None] | None) -> None:
         self._connected = True
+        self._handshaking = True
         self._outbox.clear()  # the sync steps below carry everything the server lacks
         self._messages.clear()
         try:
@@ -405,6 +412,7 @@ class BoardPeer:
 
     def _handle(self, ws: ClientConnection, data: bytes, task_status: TaskStatus[None] | None) -> None:
         message = codec.parse_message(data)
+        self.last_heard = anyio.current_time()
         if isinstance(message, codec.SyncMessage):
             if message.step is codec.SyncStep.STEP1:
                 self._outbox.clear()
@@ -412,6 +420,7 @@ class BoardPeer:
                 # Durability requests a lost connection left unanswered go again, after the
                 # updates this answer carries (the writer sends the outbox first).
                 self._messages.extend(codec.durable_message(token) for token in self._durable)
+                self._handshaking = False
                 self._wakeup.set()
             else:
                 self._apply_remote(message.payload)
@@ -450,6 +459,8 @@ class BoardPeer:
         while True:
             await self._wakeup.wait()
             self._wakeup = anyio.Event()
+            if self._handshaking:
+                continue  # the answer to the server's step 1 goes first (see _handle)
             if self._outbox:
                 updates, self._outbox = self._outbox, []
                 update = updates[0] if len(updates) == 1 else merge_updates(*updates)

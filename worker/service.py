@@ -235,13 +235,17 @@ class Worker:
 
     async def _check_lease(self) -> None:
         """Before writing: if this worker missed its own heartbeats (the process was stopped,
-        or its loop starved), its lease may have run out and its tasks gone to others. Renew
-        the heartbeat and catch up with the server first, so the ownership checks that follow
-        see the board as it is, and a fenced attempt writes nothing."""
-        if anyio.current_time() - self._last_beat <= 2 * self._settings.heartbeat_s:
+        or its loop starved), or has not heard from the server for as long (a link gone
+        silent: the heartbeats it sent may never have arrived), its lease may have run out and
+        its tasks gone to others. Renew the heartbeat and catch up with the server first, and
+        write nothing until the server answers: the ownership checks that follow then see the
+        board as it is, and a fenced attempt writes nothing."""
+        now, limit = anyio.current_time(), 2 * self._settings.heartbeat_s
+        if now - self._last_beat <= limit and now - self._peer.last_heard <= limit:
             return
         self._announce(renew=True)
-        await self._peer.resync(timeout_s=self._settings.heartbeat_s)
+        while not await self._peer.resync(timeout_s=self._settings.heartbeat_s):
+            await anyio.sleep(min(1.0, self._settings.heartbeat_s))  # not connected: wait for it
 
     async def _execute_inner(self, task_id: str, run: _Run) -> None:
         board = self._peer.board

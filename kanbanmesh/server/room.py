@@ -409,6 +409,12 @@ class BoardRoom:
                 conn.enqueue_message(codec.awareness_message(full))
         return None
 
+    def _worker_fence(self, conn: Connection) -> WriteRules:
+        identity = Identity(subject=f"worker-connection-{id(conn)}", role=AccessRole.WORKER,
+                            boards=[self.name])
+        # Its own binding table: without tokens there is no subject to bind client ids to.
+        return WriteRules(identity, lambda: self.board, lambda: self.awareness.announced_by(conn), {})
+
     def server_write(self, write: Callable[[BoardDoc], None], created: tuple[str, ...] = ()) -> None:
         """A write of the server's own (the HTTP API creating or cancelling a task): applied
         and fanned out, then the change listeners run as after a peer's update, so the
@@ -466,6 +472,11 @@ class BoardRoom:
                                 "reconnect with a new Y.Doc")
         if self._validator is not None:
             rules = conn.rules
+            if rules is None and conn.worker_ids and not conn.eager:
+                # Without auth, a connection that announced only workers is still held to the
+                # worker's rules: this fences a stale attempt (a worker cut off past its lease
+                # whose late writes arrive after its task went to another worker).
+                rules = self._worker_fence(conn)
             # Limits are per owner, and an owner is only somebody when a token says so.
             limited = conn.identity.role is AccessRole.CLIENT
 

@@ -175,20 +175,15 @@ async def test_cut_mid_stream_reconnects_everyone_and_the_task_finishes_once(mes
     assert worker.id == entry.worker
 
 
-FENCING_BUG = (
-    "worker fencing covers a stalled worker, not a black-holed link: worker/service.py "
-    "_check_lease looks only at the worker's own heartbeat clock, which keeps ticking while "
-    "its link is dead, so the cut-off worker finishes its lost attempt locally and, with auth "
-    "off, that late finish lands in done on resume over the rescuer's newer attempt (done wins)"
-)
 
 
 @pytest.mark.parametrize(
     "mesh",
     [
-        pytest.param({"lease_s": 2.0}, id="auth-off",
-                     marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=FENCING_BUG)),
-        # The server's write rules refuse the late finish: the task is no longer the worker's.
+        # Either way the server refuses the late finish (4403): the task is no longer the
+        # worker's (without auth, a connection that announced only workers is held to the
+        # worker's rules all the same).
+        pytest.param({"lease_s": 2.0}, id="auth-off"),
         pytest.param({"lease_s": 2.0, "auth": True}, id="auth-on"),
     ],
     indirect=True,
@@ -220,11 +215,11 @@ async def test_black_holed_worker_loses_its_task_and_writes_nothing_over_the_res
             mesh.proxy.resume()
             entry = await task.result(timeout_s=20)
             await mesh.until(lambda: idle(rescuer_peer))
-            fenced_off = stale_peer.error is not None  # refused (auth on): it leaves the board
+            fenced_off = stale_peer.error is not None  # refused: it leaves the board
             await mesh.converged(rescuer_peer, client.peer, *([] if fenced_off else [stale_peer]))
     assert (entry.attempt, entry.worker, entry.result) == (2, rescuer.id, EXPECTED)
     assert len(mesh.ledger.finishes[task.id]) == 1, mesh.ledger.finishes[task.id]
-    assert fenced_off == mesh.auth  # with auth on the server closed it with 4403
+    assert fenced_off  # the server closed it with 4403
     for peer in (rescuer_peer, client.peer, mesh.ledger_peer, *([] if fenced_off else [stale_peer])):
         assert columns_of(peer, task.id) == [Column.DONE]
 
@@ -255,15 +250,8 @@ async def test_an_update_sent_ahead_of_what_it_builds_on_is_refused(mesh: Mesh) 
     assert mesh.ledger_peer.board.locate("t") is None
 
 
-HANDSHAKE_BUG = (
-    "kanbanmesh/peer.py _session: the outbox is cleared and the writer started before the "
-    "server's sync step 1 is answered, so a local write made in that window goes out alone, "
-    "ahead of the writes made while offline (which only the step-2 answer carries); the server "
-    "refuses it (4400, fatal to the peer) or, without that check, applies it pending"
-)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=HANDSHAKE_BUG)
 async def test_a_write_during_the_reconnect_handshake_does_not_overtake_offline_writes() -> None:
     """A stand-in server that answers a reconnect's sync step 1 late, as a loaded one does."""
     server_doc: Doc[Any] = Doc()
