@@ -18,6 +18,7 @@ run in this process, each with its own websocket connection and its own replica 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import statistics
@@ -38,7 +39,7 @@ from bench.baselines import (
     run_celery,
     run_redis_queue,
 )
-from client_sdk import AsyncClient, Column
+from client_sdk import AsyncClient, Column, KanbanMeshError
 from client_sdk._async_client import new_task_id
 
 
@@ -124,8 +125,12 @@ async def _throughput(url: str, total: int, clients: int) -> float:
                 # `done` (archived), or a new generation of the board: ask for each.
                 for task_id in list(pending):
                     column = client.peer.board.locate(task_id)
-                    if column is Column.DONE or (column is None and await client.archived(task_id)):
+                    if column is Column.DONE:
                         pending.discard(task_id)
+                    elif column is None:
+                        with contextlib.suppress(KanbanMeshError):  # asked again next sweep
+                            if await client.archived(task_id) is not None:
+                                pending.discard(task_id)
 
             try:
                 for k in range(per_client):

@@ -87,6 +87,7 @@ class AsyncClient:
         self.id = f"client-{uuid.uuid4().hex[:12]}"
         self._connect_timeout_s = connect_timeout_s
         self._token = token
+        self._http: httpx.AsyncClient | None = None  # made on first use, kept alive
         self._peer = BoardPeer(
             url, board, token=token, max_message_bytes=max_message_bytes,
             connect_timeout_s=connect_timeout_s,
@@ -128,6 +129,9 @@ class AsyncClient:
         self._peer.set_presence({c.A_ROLE: Role.CLIENT.value, c.A_ID: self.id, c.A_NAME: self.owner})
 
     async def close(self) -> None:
+        if self._http is not None:
+            http, self._http = self._http, None
+            await http.aclose()
         if self._tg is None:
             return
         tg, self._tg = self._tg, None
@@ -259,9 +263,10 @@ class AsyncClient:
         """A request to /boards/<board><path> on the server (None on 404)."""
         url = f"{http_base(self.url)}/boards/{quote(self.board, safe='')}{path}"
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=10.0)
         try:
-            async with httpx.AsyncClient(timeout=10.0) as http:
-                reply = await http.request(method, url, headers=headers)
+            reply = await self._http.request(method, url, headers=headers)
         except httpx.HTTPError as exc:
             raise ConnectError(f"cannot reach {url}: {exc}") from exc
         if reply.status_code == 404:
