@@ -71,6 +71,11 @@ class AwarenessRegistry:
             frozenset(str(s.get(c.A_NAME)) for s in states if s.get(c.A_NAME)),
         )
 
+    def owner_of(self, client_id: int) -> Hashable | None:
+        """The connection a present client id belongs to (None: nobody's)."""
+        peer = self._peers.get(client_id)
+        return peer.owner if peer is not None and peer.state is not None else None
+
     def client_ids_of(self, owner: Hashable) -> list[int]:
         return [cid for cid, p in self._peers.items() if p.owner is owner and p.state is not None]
 

@@ -394,7 +394,7 @@ class BoardRoom:
             else:
                 self._apply(conn, message.payload)
         elif isinstance(message, codec.AwarenessMessage):
-            _check_announced_roles(conn.identity, message.update)
+            _check_announced_roles(conn, self.awareness, message.update)
             update = self.awareness.apply(conn, message.update)
             roles, conn.worker_ids = self.awareness.roles_of(conn)
             conn.eager = not roles.isdisjoint(_EAGER_ROLES)
@@ -507,12 +507,19 @@ _ANNOUNCEABLE: dict[AccessRole, frozenset[object]] = {
 }
 
 
-def _check_announced_roles(identity: Identity, update: bytes) -> None:
-    """A client may not pose as a worker or a broker in awareness (nor a worker as a broker)."""
+def _check_announced_roles(conn: Connection, registry: AwarenessRegistry, update: bytes) -> None:
+    """A client may not pose as a worker or a broker in awareness (nor a worker as a broker).
+
+    Only for the states this connection sets for itself: a stock y-websocket client sends back
+    every state it hears (the broker's included), which the registry takes as echoes."""
+    identity = conn.identity
     allowed = _ANNOUNCEABLE.get(identity.role)
     if allowed is None:
         return  # admin
     for entry in codec.decode_awareness(update):
+        owner = registry.owner_of(entry.client_id)
+        if owner is not None and owner is not conn:
+            continue  # another connection's state: an echo, or the registry's conflict
         if entry.state is not None and entry.state.get(c.A_ROLE) not in allowed:
             raise AwarenessConflictError(
                 f"a {identity.role.value} may not announce role {entry.state.get(c.A_ROLE)!r}"

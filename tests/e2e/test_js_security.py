@@ -95,8 +95,6 @@ async def test_forbidden_js_writes_are_refused_and_a_python_client_sees_none_of_
         assert [w.id for w in bob.workers()] == [secure_worker.id]
 
 
-@pytest.mark.xfail(strict=True, reason="core bug: the awareness role check reads the states a "
-                   "stock client relays (other peers') as its own announcement")
 async def test_a_stock_js_client_is_not_closed_for_relaying_awareness(
     secure_url: str, secure_worker: Worker, js_dir: Path
 ) -> None:
