@@ -28,7 +28,6 @@ from kanbanmesh.board.schema import BROKER_FIELDS, CLIENT_FIELDS, REQUEST_FIELDS
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.server.validation import UpdateChanges, UpdateRefused
 
-
 # Fields a client may not put into a task it creates: the broker's, the worker's, the server's.
 _NOT_FOR_CLIENTS = (BROKER_FIELDS | WORKER_FIELDS | {c.F_HISTORY}) - REQUEST_FIELDS
 
@@ -112,19 +111,21 @@ class WriteRules:
         allowed_control = {c.DRAIN_PREFIX + x for x in ids | worker_names}
         if not changes.control <= allowed_control:
             raise _forbid("a worker may only remove its own drain request")
-        held_before: dict[str, dict[str, Any]] = {}
+        # Which tasks it holds, by id; an entry is read whole only if the update copies it.
+        held_before: dict[str, Map[Any]] = {}
         for held_column in (Column.PREPARED, Column.DOING):
-            for task_id, entry in _held(board, held_column, ids):
-                held_before[task_id] = entry
+            for task_id, entry in board.entries(held_column):
+                if entry.get(c.F_WORKER) in ids:
+                    held_before[task_id] = entry
         for column, key in changes.removed:
             if column not in (c.PREPARED, c.DOING) or key not in held_before:
                 raise _forbid(f"task {key[:24]!r} is not assigned to you")
         for (column, key), fields in changes.written.items():
-            before = held_before.get(key)
-            if column not in (c.DOING, c.DONE) or before is None:
+            held = held_before.get(key)
+            if column not in (c.DOING, c.DONE) or held is None:
                 raise _forbid(f"a worker may only move its own tasks on ({key[:24]!r})")
             # The owner may set cancel/ack while the copy is on its way: not the mover's doing.
-            _unchanged_except(before, fields, set(WORKER_FIELDS | CLIENT_FIELDS), key)
+            _unchanged_except(plain_fields(held), fields, set(WORKER_FIELDS | CLIENT_FIELDS), key)
         for place, names in changes.fields.items():
             if place[1] not in held_before and place not in changes.written:
                 raise _forbid(f"task {place[1][:24]!r} is not assigned to you")
@@ -155,16 +156,6 @@ class WriteRules:
 def _entry(board: BoardDoc, column: str, task_id: str) -> Map[Any] | None:
     entry = board.column_map(Column(column)).get(task_id)
     return entry if isinstance(entry, Map) else None
-
-
-def _held(
-    board: BoardDoc, column: Column, worker_ids: frozenset[str]
-) -> list[tuple[str, dict[str, Any]]]:
-    held = []
-    for task_id, entry in board.entries(column):
-        if entry.get(c.F_WORKER) in worker_ids:
-            held.append((task_id, plain_fields(entry)))
-    return held
 
 
 def _unchanged_except(
