@@ -41,8 +41,8 @@ def requeue_or_fail(
 
     Returns the status it was finished with, or None when it was requeued.
     """
-    attempt = int(_number(entry.get(c.F_ATTEMPT)) or 1)
-    limit = int(_number(entry.get(c.F_MAX_ATTEMPTS)) or policy.max_attempts)
+    attempt = int(as_number(entry.get(c.F_ATTEMPT)) or 1)
+    limit = int(as_number(entry.get(c.F_MAX_ATTEMPTS)) or policy.max_attempts)
     history = list(entry.get(c.F_ATTEMPTS) or [])
     history.append(
         AttemptRecord(
@@ -93,7 +93,7 @@ def drop_duplicates(board: BoardDoc, task_id: str) -> list[Column]:
     """Keep only the winning copy of a task found in several columns (concurrent moves:
     `done` wins, then the highest attempt); returns the columns whose copies were deleted."""
     copies = [
-        (column, int(_number(board.column_map(column)[task_id].get(c.F_ATTEMPT))))
+        (column, int(as_number(board.column_map(column)[task_id].get(c.F_ATTEMPT))))
         for column in Column
         if task_id in board.column_map(column)
     ]
@@ -107,7 +107,8 @@ def drop_duplicates(board: BoardDoc, task_id: str) -> list[Column]:
     return dropped
 
 
-def _number(value: object) -> float:
+def as_number(value: object) -> float:
+    """A field read off the board as a number (0 for anything that is not one)."""
     try:
         return float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -23,7 +23,7 @@ from pycrdt import Map
 import kanbanmesh
 from awareness.states import Role, WorkerPresence, workers_from_states
 from broker.election import leader_id
-from broker.repair import RetryPolicy, drop_duplicates, finish, requeue_or_fail
+from broker.repair import RetryPolicy, as_number, drop_duplicates, finish, requeue_or_fail
 from broker.scheduler import plan
 from broker.tracker import BoardTracker
 from broker.view import BoardView
@@ -204,13 +204,7 @@ class Broker:
                     self._count(requeue_or_fail(
                         self.board, task_id, column, entry, reason, message, self._settings.retry
                     ))
-        prepared = self.board.column_map(Column.PREPARED)
-        for task_id in list(self._tracker.prepared_cancels):
-            self._tracker.prepared_cancels.discard(task_id)
-            entry = prepared.get(task_id)
-            if isinstance(entry, Map) and entry.get(c.F_CANCEL):
-                finish(self.board, task_id, Column.PREPARED, TaskStatus.CANCELLED, None)
-                self.stats.cancelled += 1
+        self._finish_cancelled(Column.PREPARED, self._tracker.prepared_cancels)
         return load
 
     def _count(self, outcome: TaskStatus | None) -> None:
@@ -222,12 +216,17 @@ class Broker:
             self.stats.failed += 1
 
     def _cancel_queued(self) -> None:
-        todo = self.board.column_map(Column.TODO)
-        for task_id in list(self._tracker.todo_cancels):
-            self._tracker.todo_cancels.discard(task_id)
-            entry = todo.get(task_id)
+        self._finish_cancelled(Column.TODO, self._tracker.todo_cancels)
+
+    def _finish_cancelled(self, column: Column, requests: set[str]) -> None:
+        """Finish, cancelled, the tasks in `column` whose cancel flag was written (no worker
+        runs them); `requests` is the tracker's set of such ids, emptied here."""
+        entries = self.board.column_map(column)
+        for task_id in list(requests):
+            requests.discard(task_id)
+            entry = entries.get(task_id)
             if isinstance(entry, Map) and entry.get(c.F_CANCEL):
-                finish(self.board, task_id, Column.TODO, TaskStatus.CANCELLED, None)
+                finish(self.board, task_id, column, TaskStatus.CANCELLED, None)
                 self.stats.cancelled += 1
 
     def _assign(self, workers: list[WorkerPresence], load: dict[str, int]) -> None:
@@ -240,18 +239,11 @@ class Broker:
                 continue
             assignment: dict[str, Any] = {
                 c.F_WORKER: worker_id,
-                c.F_ATTEMPT: int(_number(entry.get(c.F_ATTEMPT)) or 1),
+                c.F_ATTEMPT: int(as_number(entry.get(c.F_ATTEMPT)) or 1),
                 c.F_ASSIGNED_AT: now_ms(),
             }
             queued = queue.get(task_id)
-            if not _number(entry.get(c.F_CREATED_AT)) and queued is not None:
+            if not as_number(entry.get(c.F_CREATED_AT)) and queued is not None:
                 assignment[c.F_CREATED_AT] = queued.created_at
             self.board.move(task_id, Column.TODO, Column.PREPARED, Writer.BROKER, set_fields=assignment)
             self.stats.assigned += 1
-
-
-def _number(value: object) -> float:
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return 0.0

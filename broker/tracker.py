@@ -13,6 +13,7 @@ from typing import Any
 
 from pycrdt import Map, MapEvent, Subscription
 
+from broker.repair import as_number
 from broker.scheduler import QueuedTask, TodoQueue
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms
@@ -89,14 +90,14 @@ class BoardTracker:
             self.todo_cancels.add(task_id)
         # A task without `created_at` (a JavaScript client may leave it out) is as old as
         # its arrival here, not older than every other task; it is stamped when assigned.
-        created_at = _number(entry.get(c.F_CREATED_AT)) or now_ms()
+        created_at = as_number(entry.get(c.F_CREATED_AT)) or now_ms()
         self.queue.add(
             QueuedTask.make(
                 task_id,
                 str(entry.get(c.F_MODEL) or ""),
-                _number(entry.get(c.F_PRIORITY)),
+                as_number(entry.get(c.F_PRIORITY)),
                 created_at,
-                not_before=_number(entry.get(c.F_RETRY_AT)),
+                not_before=as_number(entry.get(c.F_RETRY_AT)),
             )
         )
         self._note_copy(task_id, Column.TODO)
@@ -159,10 +160,3 @@ def column_changes(events: list[Any]) -> tuple[list[MapEvent], list[str]]:
         elif len(path) == 1 and c.F_CANCEL in event_keys(event):
             cancels.append(str(path[0]))
     return roots, cancels
-
-
-def _number(value: object) -> float:
-    try:
-        return float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return 0.0
