@@ -18,6 +18,7 @@ from typing import Any
 import anyio.to_thread
 
 from kanbanmesh.errors import StoreError
+from kanbanmesh.server.sqlite_file import open_sqlite
 
 _SCHEMA = (
     (
@@ -51,18 +52,7 @@ class TaskArchive:
         self._conn: sqlite3.Connection | None = None
 
     def open(self) -> None:
-        target = ":memory:" if self._path is None else str(self._path)
-        try:
-            if self._path is not None:
-                self._path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            for statement in _SCHEMA:
-                conn.execute(statement)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open the task archive {target}: {exc}") from exc
-        self._conn = conn
+        self._conn = open_sqlite(self._path, _SCHEMA, "task archive")
 
     def close(self) -> None:
         with self._lock:

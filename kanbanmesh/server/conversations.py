@@ -22,6 +22,7 @@ import anyio.to_thread
 from pydantic import BaseModel
 
 from kanbanmesh.errors import StoreError
+from kanbanmesh.server.sqlite_file import open_sqlite
 
 _SCHEMA = (
     (
@@ -55,16 +56,7 @@ class ConversationStore:
         self._conn: sqlite3.Connection | None = None
 
     def open(self) -> None:
-        target = ":memory:" if self._path is None else str(self._path)
-        try:
-            conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            for statement in _SCHEMA:
-                conn.execute(statement)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open the conversation store {target}: {exc}") from exc
-        self._conn = conn
+        self._conn = open_sqlite(self._path, _SCHEMA, "conversation store")
 
     def close(self) -> None:
         with self._lock:
