@@ -18,3 +18,8 @@ class ChangeSignal:
 
     async def wait(self) -> None:
         await self._event.wait()
+
+    def upcoming(self) -> anyio.Event:
+        """The event the next `notify()` sets. Taken before reading what it guards, it cannot
+        miss a change made while the reader is away (between the read and its wait)."""
+        return self._event

@@ -46,10 +46,11 @@ class WorkerPool:
     tg: anyio.abc.TaskGroup
     scopes: list[anyio.CancelScope] = field(default_factory=list)
     workers: list[Worker] = field(default_factory=list)
+    token: str | None = None  # the workers' token, on a server with auth on
 
     async def start(self, *, slots: int = 1, delay_ms: float = 0.0, name: str = "") -> Worker:
         scope = anyio.CancelScope()
-        peer = BoardPeer(self.url, "default")
+        peer = BoardPeer(self.url, "default", token=self.token)
         worker = Worker(peer, EchoBackend(delay_ms=delay_ms), WorkerSettings(name=name, slots=slots))
 
         async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:

@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from awareness.states import WorkerState, workers_from_states
 from kanbanmesh.auth import AuthError, Identity
+from kanbanmesh.auth import Role as AccessRole
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, entry_from_map
 from kanbanmesh.board.schema import ChatMessage, TaskEntry, TaskParams, TaskRequest, TaskStatus
@@ -30,6 +31,7 @@ from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
 from kanbanmesh.server.hub import Hub
 from kanbanmesh.server.room import BoardRoom
+from kanbanmesh.server.validation import UpdateRefused
 
 BOARD_HEADER = "x-kanbanmesh-board"
 CONVERSATION_HEADER = "x-kanbanmesh-conversation"  # continue this conversation of the key's owner
@@ -123,6 +125,8 @@ def openai_routes(
             body.conversation = body.conversation or request.headers.get(CONVERSATION_HEADER)
             _check_model(room, body.model)
             task = _task(identity, body)
+            if identity.role is AccessRole.CLIENT:
+                _admit(room, task.owner)
             room.server_write(lambda board: board.create(task), created=(task.id,))
         except ApiError as exc:
             return exc.response()
@@ -169,10 +173,18 @@ def _check_model(room: BoardRoom, model: str) -> None:
                        kind="invalid_request_error", code="model_not_found", param="model")
 
 
+def _admit(room: BoardRoom, owner: str) -> None:
+    """The board's per-owner limits hold for API requests as for websocket submissions."""
+    try:
+        room.admit_tasks(owner)
+    except UpdateRefused as exc:
+        raise ApiError(429, exc.reason, kind="requests", code="rate_limit_exceeded") from exc
+
+
 def _task(identity: Identity, body: _Sampling) -> TaskRequest:
     fields: dict[str, Any] = {
         "id": f"api-{uuid.uuid4().hex}",
-        "owner": identity.subject if identity.role.value == "client" else "",
+        "owner": identity.subject if identity.role is AccessRole.CLIENT else "",
         "model": body.model,
         "params": body.params(),
         "conversation": body.conversation or None,
@@ -188,6 +200,9 @@ def _task(identity: Identity, body: _Sampling) -> TaskRequest:
         return TaskRequest.model_validate(fields)
     except ValidationError as exc:
         raise ApiError(400, str(exc.errors()[0]["msg"]), kind="invalid_request_error") from exc
+
+
+_SAFETY_WAKE_S = 5.0
 
 
 class _Follower:
@@ -207,23 +222,30 @@ class _Follower:
         """The output as it grows (whole text each time it changed), until the task is done."""
         queued_until = anyio.current_time() + self.queue_timeout_s
         last = None
-        while True:
-            found = self._find()
-            if found is None:
-                raise ApiError(500, "the task left the board", kind="server_error")
-            column, ymap = found
-            if column is Column.TODO and anyio.current_time() > queued_until:
-                raise ApiError(503, "no worker took the request in time; try again later",
-                               kind="server_error", code="no_worker")
-            text = _output(ymap, column)
-            if text != last:
-                last = text
-                yield text
-            if column is Column.DONE:
-                self.done = True
-                return
-            with anyio.move_on_after(0.5):
-                await self.room.changed.wait()
+        with self.room.following(self.task_id) as signal:
+            while True:
+                # Taken before the read: a change made while the caller holds our text wakes us.
+                changed = signal.upcoming()
+                found = self._find()
+                if found is None:
+                    raise ApiError(500, "the task left the board", kind="server_error")
+                column, ymap = found
+                now = anyio.current_time()
+                if column is Column.TODO and now > queued_until:
+                    raise ApiError(503, "no worker took the request in time; try again later",
+                                   kind="server_error", code="no_worker")
+                text = _output(ymap, column)
+                if text != last:
+                    last = text
+                    yield text
+                if column is Column.DONE:
+                    self.done = True
+                    return
+                # Queued: wake at the queue timeout. Otherwise the signal wakes us; the
+                # timeout is only a safety net.
+                wait_s = queued_until - now if column is Column.TODO else _SAFETY_WAKE_S
+                with anyio.move_on_after(max(wait_s, 0.0) + 0.01):
+                    await changed.wait()
 
     async def finished(self) -> TaskEntry:
         async for _ in self.texts():

@@ -51,11 +51,14 @@ class OwnerQuota:
 
     def admit(self, changes: UpdateChanges, now_s: float) -> None:
         """Refuse (4429) an update whose new tasks take an owner past a limit."""
-        new: dict[str, int] = collections.Counter(
+        self.admit_new(collections.Counter(
             str(fields.get(c.F_OWNER) or "")
             for (column, key), fields in changes.written.items()
             if column == c.TODO and key not in self._owner_of and isinstance(fields, dict)
-        )
+        ), now_s)
+
+    def admit_new(self, new: dict[str, int], now_s: float) -> None:
+        """Count `new[owner]` new tasks for each owner, or refuse them all (4429)."""
         for owner, count in new.items():
             who = repr(owner[:24]) if owner else "(no owner)"
             if len(self._open[owner]) + count > self._limits.max_open_tasks:

@@ -11,7 +11,8 @@ empty state as a phantom peer. Here every update is persisted and fanned out fro
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,6 +112,9 @@ class BoardRoom:
         self._ready = anyio.Event()
         self._update_listeners: list[Callable[[], None]] = []
         self.changed = ChangeSignal()  # notified after every update of the board, ours included
+        # One signal per task somebody in this process follows (the HTTP API's requests): woken
+        # only by updates that touch that task, so N open requests do not all wake per update.
+        self._task_signals: dict[str, ChangeSignal] = {}
         self._finished_listeners: list[Callable[[dict[str, Any]], None]] = []
         # What the update being applied does, for its fan-out: the tasks it touches, the
         # tasks it assigns (to which worker), the tasks it finishes. A peer gets it at once
@@ -131,6 +135,16 @@ class BoardRoom:
         the update that caused it.
         """
         self._update_listeners.append(listener)
+
+    @contextmanager
+    def following(self, task_id: str) -> Iterator[ChangeSignal]:
+        """A signal notified after each update that touches task `task_id` (its entry or its
+        column), and when the board moves to a new generation; for as long as the block runs."""
+        signal = self._task_signals.setdefault(task_id, ChangeSignal())
+        try:
+            yield signal
+        finally:
+            self._task_signals.pop(task_id, None)
 
     def on_finished(self, listener: Callable[[dict[str, Any]], None]) -> None:
         """Call `listener(fields)` with each entry that enters `done` (metrics)."""
@@ -238,6 +252,8 @@ class BoardRoom:
         log.info("board %s: generation %d", self.name, self.generation)
         for listener in self._reset_listeners:
             listener()
+        for signal in self._task_signals.values():
+            signal.notify()
         reason = f"board rotated to generation {self.generation}: reconnect with a new Y.Doc"
         for conn in [conn for conn in self._connections if conn.epoch != self._epoch]:
             await conn.close(c.CLOSE_BOARD_ROTATED, reason)
@@ -299,6 +315,9 @@ class BoardRoom:
         self.stats.updates_applied += 1
         self._last_update_at = anyio.current_time()
         self.changed.notify()
+        if self._task_signals:
+            for task_id in touched.intersection(self._task_signals):
+                self._task_signals[task_id].notify()
 
     def _broadcast(self, message: bytes, exclude: Connection | None) -> None:
         for conn in self._connections:
@@ -414,6 +433,11 @@ class BoardRoom:
                             boards=[self.name])
         # Its own binding table: without tokens there is no subject to bind client ids to.
         return WriteRules(identity, lambda: self.board, lambda: self.awareness.announced_by(conn), {})
+
+    def admit_tasks(self, owner: str, count: int = 1) -> None:
+        """Hold a server-written submission of `owner`'s (the HTTP API's) to the per-owner
+        limits of the board's clients; raises `UpdateRefused` (code 4429) past one."""
+        self._quota.admit_new({owner: count}, anyio.current_time())
 
     def server_write(self, write: Callable[[BoardDoc], None], created: tuple[str, ...] = ()) -> None:
         """A write of the server's own (the HTTP API creating or cancelling a task): applied

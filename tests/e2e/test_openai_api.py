@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from client_sdk import AsyncClient, Column, TaskStatus
+from kanbanmesh.auth import Identity, Role, create_token
 from kanbanmesh.server.runner import serve
 from kanbanmesh.settings import Settings
 from tests.conftest import WorkerPool
@@ -40,8 +41,8 @@ async def test_chat_streaming_and_not_streaming_agree(api: tuple[str, WorkerPool
     messages = [{"role": "user", "content": "the quick brown fox"}]
     whole = await oai.chat.completions.create(model="echo", messages=messages)  # type: ignore[arg-type]
     pieces, usage = [], None
-    stream = await oai.chat.completions.create(
-        model="echo", messages=messages, stream=True, stream_options={"include_usage": True},  # type: ignore[arg-type]
+    stream = await oai.chat.completions.create(  # type: ignore[call-overload]
+        model="echo", messages=messages, stream=True, stream_options={"include_usage": True},
     )
     async for chunk in stream:
         if chunk.usage is not None:
@@ -107,3 +108,60 @@ async def test_a_client_that_goes_away_cancels_its_task(api: tuple[str, WorkerPo
     assert done[0].status is TaskStatus.CANCELLED
     assert len(done[0].result or "") < len("echo: " + prompt)
     assert not watcher.peer.board.ids(Column.DOING)
+
+
+SECRET = "k" * 40
+
+
+def api_key(role: Role, subject: str, boards: tuple[str, ...] = ("default",)) -> str:
+    return create_token(SECRET, Identity(subject=subject, role=role, boards=list(boards)), 600)
+
+
+@pytest.fixture
+async def secure_api(tmp_path: Path) -> AsyncIterator[tuple[str, WorkerPool]]:
+    settings = Settings(
+        port=0, data_dir=tmp_path, auth_secret=SECRET,  # type: ignore[arg-type]
+        queue_timeout_s=2.0, max_open_tasks=2, max_submissions_per_minute=3,
+    )
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(serve, settings)
+        yield url, WorkerPool(url, tg, token=api_key(Role.WORKER, "host"))
+        tg.cancel_scope.cancel()
+
+
+def secure_client(url: str, key: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url="http" + url[2:] + "/v1", api_key=key, max_retries=0)
+
+
+async def test_api_keys_and_owner_limits(secure_api: tuple[str, WorkerPool]) -> None:
+    """Keys are the server's tokens (401 without one, 403 for another board), the request's
+    task belongs to the key's subject, and the board's per-owner limits answer 429."""
+    url, pool = secure_api
+    await pool.start()
+    hi = [{"role": "user", "content": "hi"}]
+    async with secure_client(url, "not-a-token") as anonymous:
+        with pytest.raises(openai.AuthenticationError) as unknown:
+            await anonymous.chat.completions.create(model="echo", messages=hi)  # type: ignore[arg-type]
+    assert unknown.value.status_code == 401 and unknown.value.type == "authentication_error"
+    async with secure_client(url, api_key(Role.CLIENT, "alice", boards=("elsewhere",))) as outsider:
+        with pytest.raises(openai.PermissionDeniedError):
+            await outsider.chat.completions.create(model="echo", messages=hi)  # type: ignore[arg-type]
+    async with (
+        secure_client(url, api_key(Role.CLIENT, "alice")) as alice,
+        secure_client(url, api_key(Role.CLIENT, "bob")) as bob,
+        AsyncClient(url, token=api_key(Role.ADMIN, "ops")) as watcher,
+    ):
+        answers = [await alice.chat.completions.create(model="echo", messages=hi)  # type: ignore[arg-type]
+                   for _ in range(3)]
+        with pytest.raises(openai.RateLimitError) as limited:
+            await alice.chat.completions.create(model="echo", messages=hi)  # type: ignore[arg-type]
+        # Another owner is not affected.
+        theirs = await bob.chat.completions.create(model="echo", messages=hi)  # type: ignore[arg-type]
+        with anyio.fail_after(10):  # the watcher's replica catches up
+            while len(owners := {e.id: e.owner for e in watcher.snapshot().done}) < 4:
+                await watcher.wait_changed(0.5)
+    assert [a.choices[0].message.content for a in answers] == ["echo: hi"] * 3
+    assert limited.value.code == "rate_limit_exceeded" and "3 a minute" in limited.value.message
+    assert theirs.choices[0].message.content == "echo: hi"
+    assert owners[answers[0].id] == "alice" and owners[theirs.id] == "bob"
+    assert len(owners) == 4 and not watcher.snapshot().todo, "the refused request left no task"
