@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
+import openai
 import pytest
 from llama_cpp import Llama
 
@@ -165,28 +168,67 @@ async def wait_healthy(port: int) -> None:
                 await anyio.sleep(0.1)
 
 
-async def test_cli_submit_against_up_streams_a_real_answer(tmp_path: Path, direct: Llama) -> None:
+@asynccontextmanager
+async def running_up(data_dir: Path) -> AsyncIterator[int]:
+    """`kanbanmesh up` on the bundled model, as a user starts it; yields its port once a
+    worker is ready, and stops it (SIGTERM) at the end."""
     port = free_port()
-    url = f"ws://127.0.0.1:{port}"
-    up_command = cli("up", "--port", str(port), "--data-dir", str(tmp_path), "--n-ctx", str(N_CTX), "--threads", str(THREADS))
+    up_command = cli("up", "--port", str(port), "--data-dir", str(data_dir), "--n-ctx", str(N_CTX), "--threads", str(THREADS))
     async with await anyio.open_process(up_command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as up:
         try:
             await wait_healthy(port)
-            async with AsyncClient(url) as client:
+            async with AsyncClient(f"ws://127.0.0.1:{port}") as client:
                 await client.wait_for_workers(1, timeout_s=60)
-            submit = cli("submit", "--url", url, "--max-tokens", "48", "--temperature", "0", "--seed", "11", HAIKU)
-            reads: list[bytes] = []
-            with anyio.fail_after(60):
-                async with await anyio.open_process(submit, env={**os.environ, "PYTHONUNBUFFERED": "1"}) as process:
-                    assert process.stdout is not None
-                    async for data in process.stdout:
-                        reads.append(data)
-                    code = await process.wait()
+            yield port
         finally:
             up.terminate()
             with anyio.fail_after(20):
                 await up.wait()
+
+
+async def test_cli_submit_against_up_streams_a_real_answer(tmp_path: Path, direct: Llama) -> None:
+    async with running_up(tmp_path) as port:
+        url = f"ws://127.0.0.1:{port}"
+        submit = cli("submit", "--url", url, "--max-tokens", "48", "--temperature", "0", "--seed", "11", HAIKU)
+        reads: list[bytes] = []
+        with anyio.fail_after(60):
+            async with await anyio.open_process(submit, env={**os.environ, "PYTHONUNBUFFERED": "1"}) as process:
+                assert process.stdout is not None
+                async for data in process.stdout:
+                    reads.append(data)
+                code = await process.wait()
     assert code == 0
     printed = b"".join(reads).decode()
     assert printed.rstrip("\n") == baseline(direct, HAIKU, max_tokens=48, **GREEDY)
     assert len(reads) > 1, "the answer is printed as it streams, not at the end"
+
+
+async def test_the_openai_package_against_up_streams_what_it_answers_whole(tmp_path: Path, direct: Llama) -> None:
+    """The official `openai` client, unmodified, on the bundled model: at temperature 0 the
+    streamed text equals the whole answer (and llama-cpp-python's own), usage included."""
+    messages: Any = [{"role": "user", "content": HAIKU}]
+    params: Any = {"model": BUNDLED_NAME, "messages": messages, "max_tokens": 40, **GREEDY}
+    async with (
+        running_up(tmp_path) as port,
+        openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-", max_retries=0) as oai,
+    ):
+        with anyio.fail_after(90):
+            models = [m.id for m in (await oai.models.list()).data]
+            whole = await oai.chat.completions.create(**params)
+            pieces, usage = [], None
+            stream = await oai.chat.completions.create(
+                **params, stream=True, stream_options={"include_usage": True})
+            async for chunk in stream:
+                usage = chunk.usage or usage
+                pieces += [ch.delta.content for ch in chunk.choices if ch.delta.content]
+            legacy = await oai.completions.create(model=BUNDLED_NAME, prompt="The sea is", max_tokens=8,
+                                                  temperature=0.0, seed=11)
+    assert BUNDLED_NAME in models
+    text = whole.choices[0].message.content
+    assert text and "".join(pieces) == text == baseline(direct, HAIKU, max_tokens=40, **GREEDY)
+    assert len(pieces) > 1, "it streamed in pieces"
+    assert whole.choices[0].finish_reason in {"stop", "length"}
+    assert whole.usage is not None and whole.usage.prompt_tokens > 0 and whole.usage.completion_tokens > 0
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == (
+        whole.usage.prompt_tokens, whole.usage.completion_tokens)
+    assert legacy.choices[0].text and legacy.usage is not None and legacy.usage.completion_tokens <= 8
