@@ -47,10 +47,11 @@ class WorkerPool:
     scopes: list[anyio.CancelScope] = field(default_factory=list)
     workers: list[Worker] = field(default_factory=list)
     token: str | None = None  # the workers' token, on a server with auth on
+    board: str = "default"
 
     async def start(self, *, slots: int = 1, delay_ms: float = 0.0, name: str = "") -> Worker:
         scope = anyio.CancelScope()
-        peer = BoardPeer(self.url, "default", token=self.token)
+        peer = BoardPeer(self.url, self.board, token=self.token)
         worker = Worker(peer, EchoBackend(delay_ms=delay_ms), WorkerSettings(name=name, slots=slots))
 
         async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:

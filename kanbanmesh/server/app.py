@@ -41,8 +41,9 @@ def create_app(
     async def prometheus(request: Request) -> Response:
         return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
-    def identify(connection: HTTPConnection, board: str) -> Identity:
-        """The caller's identity; raises `AuthError` (401 no/bad token, 403 wrong board)."""
+    def identify(connection: HTTPConnection, board: str | None) -> Identity:
+        """The caller's identity; raises `AuthError` (401 no/bad token, 403 wrong board).
+        `board` None: the caller names no board yet (the OpenAI API picks one from the token)."""
         if auth_secret is None:
             return OPEN_ACCESS
         token = connection.query_params.get("token")
@@ -52,7 +53,7 @@ def create_app(
         if not token:
             raise AuthError("missing token: pass ?token=... or an Authorization: Bearer header")
         identity = verify_token(auth_secret, token)
-        if not identity.may_open(board):
+        if board is not None and not identity.may_open(board):
             raise AuthError(f"this token does not open board {board!r}", status=403)
         return identity
 

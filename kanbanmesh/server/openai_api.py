@@ -22,7 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from awareness.states import WorkerState, workers_from_states
-from kanbanmesh.auth import AuthError, Identity
+from kanbanmesh.auth import ALL_BOARDS, AuthError, Identity
 from kanbanmesh.auth import Role as AccessRole
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, entry_from_map
@@ -86,19 +86,23 @@ class CompletionRequest(_Sampling):
 
 
 def openai_routes(
-    hub: Hub, identify: Callable[[Request, str], Identity], queue_timeout_s: float = 30.0
+    hub: Hub, identify: Callable[[Request, str | None], Identity], queue_timeout_s: float = 30.0
 ) -> list[Route]:
     """The routes, bound to `hub`; `identify` checks the API key for a board."""
 
     async def caller(request: Request) -> tuple[Identity, BoardRoom]:
-        board = request.headers.get(BOARD_HEADER) or "default"
-        if not hub.valid_board(board):
-            raise ApiError(400, f"invalid board name {board!r}", kind="invalid_request_error")
+        named = request.headers.get(BOARD_HEADER) or None
+        if named is not None and not hub.valid_board(named):
+            raise ApiError(400, f"invalid board name {named!r}", kind="invalid_request_error")
         try:
-            identity = identify(request, board)
+            identity = identify(request, named)
         except AuthError as exc:
             raise ApiError(exc.status, str(exc), kind="authentication_error" if exc.status == 401
                            else "permission_error") from exc
+        board = named or _home_board(identity)
+        if not identity.may_open(board):
+            raise ApiError(403, f"this API key does not open board {board!r}; name one it opens "
+                           f"in the {BOARD_HEADER} header", kind="permission_error")
         return identity, await hub.room(board)
 
     async def models(request: Request) -> Response:
@@ -149,6 +153,13 @@ def openai_routes(
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
     ]
+
+
+def _home_board(identity: Identity) -> str:
+    """The board of a request that names none: the API key's board when it opens exactly one,
+    else `default`."""
+    boards = identity.boards
+    return boards[0] if len(boards) == 1 and boards[0] != ALL_BOARDS else c.DEFAULT_BOARD
 
 
 def _parse(model: type[_Sampling], raw: bytes) -> Any:

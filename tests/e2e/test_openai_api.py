@@ -145,7 +145,8 @@ async def test_api_keys_and_owner_limits(secure_api: tuple[str, WorkerPool]) -> 
     assert unknown.value.status_code == 401 and unknown.value.type == "authentication_error"
     async with secure_client(url, api_key(Role.CLIENT, "alice", boards=("elsewhere",))) as outsider:
         with pytest.raises(openai.PermissionDeniedError):
-            await outsider.chat.completions.create(model="echo", messages=hi)  # type: ignore[arg-type]
+            await outsider.chat.completions.create(  # type: ignore[call-overload]
+                model="echo", messages=hi, extra_headers={"X-Kanbanmesh-Board": "default"})
     async with (
         secure_client(url, api_key(Role.CLIENT, "alice")) as alice,
         secure_client(url, api_key(Role.CLIENT, "bob")) as bob,
@@ -165,3 +166,22 @@ async def test_api_keys_and_owner_limits(secure_api: tuple[str, WorkerPool]) -> 
     assert theirs.choices[0].message.content == "echo: hi"
     assert owners[answers[0].id] == "alice" and owners[theirs.id] == "bob"
     assert len(owners) == 4 and not watcher.snapshot().todo, "the refused request left no task"
+
+
+async def test_a_request_goes_to_the_board_its_key_opens(secure_api: tuple[str, WorkerPool]) -> None:
+    """No board header: the key's one board; a header names another it opens; else 403."""
+    url, _ = secure_api
+    hi = [{"role": "user", "content": "hi"}]
+    http_url = "http" + url[2:]
+    pool = WorkerPool(url, secure_api[1].tg, token=api_key(Role.WORKER, "host", ("team-a",)), board="team-a")
+    await pool.start()
+    async with secure_client(url, api_key(Role.CLIENT, "carol", boards=("team-a",))) as carol:
+        answer = await carol.chat.completions.create(model="echo", messages=hi)  # type: ignore[arg-type]
+        with pytest.raises(openai.PermissionDeniedError):
+            await carol.chat.completions.create(  # type: ignore[call-overload]
+                model="echo", messages=hi, extra_headers={"X-Kanbanmesh-Board": "default"})
+    async with httpx.AsyncClient(base_url=http_url) as http:
+        found = await http.get(f"/boards/team-a/tasks/{answer.id}",
+                               headers={"Authorization": f"Bearer {api_key(Role.ADMIN, 'ops', ('*',))}"})
+    assert answer.choices[0].message.content == "echo: hi"
+    assert found.status_code == 200 and found.json()["entry"]["owner"] == "carol"
