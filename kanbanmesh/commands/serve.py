@@ -6,6 +6,7 @@ import anyio
 import click
 
 from kanbanmesh.server.runner import serve
+from kanbanmesh.server.web import BUILD_HINT, page_built
 from kanbanmesh.settings import Settings
 
 
@@ -13,6 +14,7 @@ def describe_server(settings: Settings, url: str) -> str:
     http = "http" + url[2:]
     lines = [
         f"kanbanmesh server on {url}  (boards: {url}/<board>, default board: {url}/default)",
+        f"  page    {http}/" + ("  (the live board)" if page_built() else f"  (not built: {BUILD_HINT})"),
         f"  health  {http}/healthz",
         f"  data    {settings.data_dir if settings.persist else '(in memory, --no-persist)'}",
         f"  broker  {'embedded' if settings.embedded_broker else 'none (run `kanbanmesh broker`)'}",

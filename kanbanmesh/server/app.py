@@ -23,6 +23,7 @@ from kanbanmesh.server.kpis import kpis
 from kanbanmesh.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kanbanmesh.server.metrics import MeshMetrics
 from kanbanmesh.server.openai_api import openai_routes
+from kanbanmesh.server.web import web_routes
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ def create_app(
             Route("/boards/{board}/conversations", conversations),
             Route("/boards/{board}/conversations/{conversation}", conversations, methods=["GET", "DELETE"]),
             *openai_routes(hub, identify, queue_timeout_s),
+            *web_routes(identify, hub.valid_board),  # the board page at `/`, and its assets
             WebSocketRoute("/{board}", board_socket),
         ]
     )

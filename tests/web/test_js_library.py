@@ -1,0 +1,26 @@
+"""The JavaScript library's own tests (web/test, node's test runner) against a real server."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+import pytest
+
+from tests.conftest import WorkerPool
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_js_library_suite(server_url: str, workers: WorkerPool, web_dir: Path) -> None:
+    await workers.start(delay_ms=10, slots=2)
+    files = sorted(str(path) for path in (web_dir / "test").glob("*.test.mjs"))
+    with anyio.fail_after(120):
+        done = await anyio.run_process(
+            ["node", "--test", *files], cwd=web_dir, check=False,
+            env={**os.environ, "KANBANMESH_URL": server_url},
+        )
+    report = done.stdout.decode() + done.stderr.decode()
+    assert done.returncode == 0, report
+    assert "# fail 0" in report and "# pass 0" not in report, report
