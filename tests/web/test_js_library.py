@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import anyio
@@ -19,7 +20,8 @@ async def test_js_library_suite(server_url: str, workers: WorkerPool, web_dir: P
     with anyio.fail_after(120):
         done = await anyio.run_process(
             ["node", "--test", *files], cwd=web_dir, check=False,
-            env={**os.environ, "KANBANMESH_URL": server_url},
+            # the rotation test starts a server of its own with this interpreter
+            env={**os.environ, "KANBANMESH_URL": server_url, "KANBANMESH_PYTHON": sys.executable},
         )
     report = done.stdout.decode() + done.stderr.decode()
     assert done.returncode == 0, report

@@ -7,9 +7,8 @@ import WebSocket from 'ws'
 
 import { COLUMNS, RefusedError, connect } from '../src/index.js'
 import { requestFields } from '../src/tasks.js'
-import { startServer } from './server.mjs'
+import { TIMEOUT_MS, startServer, until, within } from './support.mjs'
 
-const TIMEOUT_MS = 30000 // a loaded 2-core machine is slow; every wait is bounded by this
 let server
 
 before(async () => {
@@ -25,25 +24,6 @@ async function open (t, options = {}) {
   const board = await connect(server.url, 'default', { WebSocket, timeoutMs: TIMEOUT_MS, ...options })
   t.after(() => board.close())
   return board
-}
-
-/** Resolve with `check()`'s first truthy value, re-checked after every change of `board`. */
-function until (board, check, what) {
-  return new Promise((resolve, reject) => {
-    const offs = []
-    const done = (value) => { clearTimeout(timer); offs.forEach((off) => off()); resolve(value) }
-    const timer = setTimeout(() => { offs.forEach((off) => off()); reject(new Error(`timed out waiting for ${what}`)) }, TIMEOUT_MS)
-    const test = () => { const value = check(); if (value) done(value) }
-    offs.push(board.onBoardChange(test), board.onWorkersChange(test))
-    test()
-  })
-}
-
-/** Bound a promise by TIMEOUT_MS. */
-function within (promise, what) {
-  let timer
-  const timeout = new Promise((resolve, reject) => { timer = setTimeout(() => reject(new Error(`timed out: ${what}`)), TIMEOUT_MS) })
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
 }
 
 test('a request needs exactly one of messages and prompt', () => {
