@@ -6,7 +6,16 @@ from awareness.states import WorkerPresence, WorkerState
 from client_sdk._async_client import AsyncClient, TaskHandle
 from client_sdk._models import BoardSnapshot
 from client_sdk._sync_client import Client, SyncTaskHandle
-from kanbanmesh.board.schema import ChatMessage, TaskEntry, TaskParams, TaskStatus, Timings, Usage
+from kanbanmesh.board.schema import (
+    ChatMessage,
+    Citation,
+    RagSpec,
+    TaskEntry,
+    TaskParams,
+    TaskStatus,
+    Timings,
+    Usage,
+)
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import (
     BoardRotatedError,
@@ -28,6 +37,7 @@ __all__ = [
     "BoardRotatedError",
     "BoardSnapshot",
     "ChatMessage",
+    "Citation",
     "Client",
     "Column",
     "ConnectError",
@@ -35,6 +45,7 @@ __all__ = [
     "InvalidTaskError",
     "KanbanMeshError",
     "MessageTooLargeError",
+    "RagSpec",
     "StreamRestartedError",
     "SyncTaskHandle",
     "TaskCancelledError",

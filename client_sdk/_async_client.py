@@ -17,7 +17,7 @@ from awareness.states import PeerPresence, Role, WorkerPresence, workers_from_st
 from client_sdk._models import BoardSnapshot
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_fields, entry_from_map, request_from_fields
-from kanbanmesh.board.schema import ChatMessage, TaskEntry, TaskParams, TaskStatus
+from kanbanmesh.board.schema import ChatMessage, RagSpec, TaskEntry, TaskParams, TaskStatus
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import (
     BoardRotatedError,
@@ -36,6 +36,15 @@ from kanbanmesh.server.kpis import BoardKpis
 
 def new_task_id() -> str:
     return uuid.uuid4().hex
+
+
+def rag_spec(rag: str | RagSpec | dict[str, Any] | None) -> dict[str, Any] | None:
+    """A task's `rag` field from a collection name, a `RagSpec` or its fields."""
+    if rag is None:
+        return None
+    if isinstance(rag, str):
+        return RagSpec(collection=rag).model_dump()
+    return rag.model_dump() if isinstance(rag, RagSpec) else dict(rag)
 
 
 def token_subject(token: str) -> str:
@@ -150,6 +159,7 @@ class AsyncClient:
         priority: int = 0,
         task_id: str | None = None,
         conversation: str | None = None,
+        rag: str | RagSpec | dict[str, Any] | None = None,
         durable_timeout_s: float | None = 10.0,
         **extra: Any,
     ) -> TaskHandle:
@@ -164,6 +174,9 @@ class AsyncClient:
             task_id: Your own id (default: a random one).
             conversation: Continue (or start) this conversation of yours: send only the new
                 turn; the worker gets the earlier ones too.
+            rag: Retrieval: a collection name (its top 4 chunks), or `RagSpec(collection, k)`.
+                The server puts the chunks closest to your question into the prompt; the
+                finished entry's `citations` name the sources the answer was given.
             durable_timeout_s: How long to wait for the server to confirm the task is stored
                 (it survives a server crash from then on); None returns at once, when the
                 task is only written locally (it is still sent, and re-sent after reconnects).
@@ -188,6 +201,7 @@ class AsyncClient:
                     "params": params if params is not None else {},
                     "priority": priority,
                     "conversation": conversation,
+                    "rag": rag_spec(rag),
                     **extra,
                 }
             )

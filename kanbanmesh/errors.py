@@ -19,6 +19,8 @@ Errors from websockets, pycrdt, sqlite and backends are translated at the bounda
     ├── TaskCancelledError        a task ended `cancelled`
     ├── StreamRestartedError      a retried task produced text that differs from what was streamed
     ├── BackendError              an LLM backend could not run a request
+    ├── MiddlewareError           a pre-inference middleware could not enrich a task
+    ├── RagError                  ingesting, indexing or searching a collection failed
     └── StoreError                persistence failed
 """
 
@@ -116,6 +118,26 @@ class StreamRestartedError(KanbanMeshError):
 
 class BackendError(KanbanMeshError):
     """Raised when an LLM backend cannot run a request; `code` is written into the task."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class MiddlewareError(KanbanMeshError):
+    """Raised by a pre-inference middleware (history, retrieval) that cannot enrich a task; the
+    task then ends `failed` with `code` and the message as its `error`."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class RagError(KanbanMeshError):
+    """Raised when a collection cannot be ingested, indexed or searched; `code` is stable
+    (`collection_not_found`, `unreadable_document`, `model_mismatch`, `rag_unavailable`, ...)."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)

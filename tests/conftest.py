@@ -22,6 +22,9 @@ from worker.backends import EchoBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The embedding model and the ingested docs, one per run, for tests/rag and tests/e2e/test_rag*.
+pytest_plugins = ["tests.rag.fixtures"]
+
 
 @pytest.fixture
 def anyio_backend() -> str:

@@ -28,6 +28,9 @@ F_PRIORITY: Final = "priority"
 F_CONVERSATION: Final = "conversation"
 F_HISTORY: Final = "history"  # written by the server: the conversation's earlier turns
 F_RAG: Final = "rag"
+# Written by the server's pre-inference pipeline (kanbanmesh.server.enrichment).
+F_ENRICHING: Final = "enriching"  # middlewares still to run; brokers do not assign meanwhile
+F_CONTEXT: Final = "context"  # retrieved chunks, for the worker's prompt template
 F_CREATED_AT: Final = "created_at"
 F_MAX_ATTEMPTS: Final = "max_attempts"
 # Written by the broker.
@@ -48,6 +51,7 @@ F_USAGE: Final = "usage"
 F_TIMINGS: Final = "timings"
 F_FINISHED_AT: Final = "finished_at"
 F_FINISH_REASON: Final = "finish_reason"  # stop | length, when the backend finished it
+F_CITATIONS: Final = "citations"  # the retrieved chunks the worker's prompt used
 # Set by the owner, honoured in every column.
 F_CANCEL: Final = "cancel"
 # Set by the owner on a `done` entry: the result was read, archive it now.

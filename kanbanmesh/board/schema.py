@@ -52,6 +52,30 @@ class RagSpec(BaseModel):
     k: int = Field(default=4, ge=1, le=100)
 
 
+class ContextChunk(BaseModel):
+    """A retrieved chunk the server put into a task's `context`, best first."""
+
+    model_config = ConfigDict(extra="allow")
+
+    text: str
+    source: str  # the document's path as ingested
+    heading: str = ""  # heading path within the document ("Guide > Install")
+    position: int = 0  # the chunk's 0-based order in its document
+    score: float = 0.0  # cosine similarity to the question
+
+
+class Citation(BaseModel):
+    """A source the worker's prompt used: `[n]` in the prompt is `context[n - 1]`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    n: int
+    source: str
+    heading: str = ""
+    position: int = 0
+    score: float = 0.0
+
+
 class TaskRequest(BaseModel):
     """The fields a client writes once, when it creates the entry in `todo`."""
 
@@ -127,6 +151,9 @@ class TaskEntry(TaskRequest):
     retry_at: float | None = None
     attempts: list[AttemptRecord] = Field(default_factory=list)
     history: list[ChatMessage] | None = None  # the conversation's earlier turns (server)
+    enriching: list[str] | None = None  # middlewares still to run (server); not assignable
+    context: list[ContextChunk] | None = None  # retrieved chunks (server)
+    citations: list[Citation] | None = None  # the chunks the prompt used (worker)
     started_at: float | None = None
     output: str = ""
     tokens: int = 0
@@ -172,5 +199,8 @@ WORKER_FIELDS = frozenset(
         c.F_TIMINGS,
         c.F_FINISHED_AT,
         c.F_FINISH_REASON,
+        c.F_CITATIONS,
     }
 )
+# Fields only the server writes (its pre-inference pipeline): nobody else may set them.
+SERVER_FIELDS = frozenset({c.F_HISTORY, c.F_ENRICHING, c.F_CONTEXT})

@@ -10,7 +10,7 @@ from typing import Any
 import anyio
 
 from client_sdk import AsyncClient
-from kanbanmesh.board.schema import TaskStatus
+from kanbanmesh.board.schema import RagSpec, TaskStatus
 from kanbanmesh.settings import Settings
 
 
@@ -25,6 +25,8 @@ class SubmitOptions:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     priority: int = 0
+    rag_collection: str | None = None
+    rag_k: int | None = None
     no_stream: bool = False
     as_json: bool = False
     timeout: float | None = None
@@ -39,6 +41,12 @@ class SubmitOptions:
         }
         return {k: v for k, v in params.items() if v is not None}
 
+    def rag(self) -> RagSpec | None:
+        if self.rag_collection is None:
+            return None
+        k = {"k": self.rag_k} if self.rag_k is not None else {}
+        return RagSpec.model_validate({"collection": self.rag_collection, **k})
+
 
 async def submit_async(settings: Settings, options: SubmitOptions) -> int:
     async with AsyncClient(settings.url, settings.board, token=settings.token,
@@ -48,10 +56,12 @@ async def submit_async(settings: Settings, options: SubmitOptions) -> int:
                 messages=[{"role": "system", "content": options.system},
                           {"role": "user", "content": options.prompt}],
                 model=options.model, params=options.params(), priority=options.priority,
+                rag=options.rag(),
             )
         else:
             task = await client.submit(options.prompt, model=options.model,
-                                       params=options.params(), priority=options.priority)
+                                       params=options.params(), priority=options.priority,
+                                       rag=options.rag())
         with anyio.fail_after(options.timeout):
             if not options.no_stream and not options.as_json:
                 async for chunk in task.stream():
@@ -64,6 +74,10 @@ async def submit_async(settings: Settings, options: SubmitOptions) -> int:
         print(entry.result or "")
     else:
         print()
+    if entry.citations and not options.as_json:
+        for cite in entry.citations:
+            where = f"{cite.source} > {cite.heading}" if cite.heading else cite.source
+            print(f"[{cite.n}] {where} ({cite.score:.3f})")
     if entry.status is TaskStatus.SUCCEEDED:
         return 0
     detail = f": {entry.error.code}: {entry.error.message}" if entry.error else ""

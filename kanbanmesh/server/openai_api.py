@@ -26,7 +26,14 @@ from kanbanmesh.auth import ALL_BOARDS, AuthError, Identity
 from kanbanmesh.auth import Role as AccessRole
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, entry_from_map
-from kanbanmesh.board.schema import ChatMessage, TaskEntry, TaskParams, TaskRequest, TaskStatus
+from kanbanmesh.board.schema import (
+    ChatMessage,
+    RagSpec,
+    TaskEntry,
+    TaskParams,
+    TaskRequest,
+    TaskStatus,
+)
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
 from kanbanmesh.server.hub import Hub
@@ -64,6 +71,7 @@ class _Sampling(BaseModel):
     seed: int | None = None
     n: int = Field(default=1, ge=1, le=1)
     conversation: str | None = None
+    rag: RagSpec | None = None  # retrieval, an extra body field: {"collection": ..., "k": ...}
 
     def params(self) -> TaskParams:
         stop = [self.stop] if isinstance(self.stop, str) else self.stop
@@ -199,6 +207,7 @@ def _task(identity: Identity, body: _Sampling) -> TaskRequest:
         "model": body.model,
         "params": body.params(),
         "conversation": body.conversation or None,
+        "rag": body.rag,
     }
     if isinstance(body, ChatCompletionRequest):
         fields["messages"] = body.messages

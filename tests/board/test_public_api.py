@@ -12,9 +12,9 @@ import pytest
 
 PUBLIC_API = {
     "client_sdk": {
-        "AsyncClient", "BoardRotatedError", "BoardSnapshot", "ChatMessage", "Client", "Column", "ConnectError",
+        "AsyncClient", "BoardRotatedError", "BoardSnapshot", "ChatMessage", "Citation", "Client", "Column", "ConnectError",
         "ConnectionClosedError", "InvalidTaskError", "KanbanMeshError", "MessageTooLargeError",
-        "StreamRestartedError", "SyncTaskHandle", "TaskCancelledError", "TaskEntry",
+        "RagSpec", "StreamRestartedError", "SyncTaskHandle", "TaskCancelledError", "TaskEntry",
         "TaskFailedError", "TaskHandle", "TaskNotFoundError", "TaskParams", "TaskStatus",
         "Timings", "TransportError", "UpdateRefusedError", "Usage", "WorkerPresence",
         "WorkerState",

