@@ -86,7 +86,9 @@ def finish(
     }
     if error is not None:
         fields[c.F_ERROR] = error
-    board.move(task_id, column, Column.DONE, Writer.BROKER, set_fields=fields)
+    # A task cancelled while the server's middlewares enriched it: the marker means nothing in done.
+    board.move(task_id, column, Column.DONE, Writer.BROKER, set_fields=fields,
+               drop_fields=frozenset({c.F_ENRICHING}))
 
 
 def drop_duplicates(board: BoardDoc, task_id: str) -> list[Column]:

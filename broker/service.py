@@ -234,7 +234,7 @@ class Broker:
         queue = self._tracker.queue
         for task_id, worker_id in plan(queue, workers, load, now_ms()):
             entry = todo.get(task_id)
-            if not isinstance(entry, Map) or task_id in self._tracker.done:
+            if not isinstance(entry, Map) or task_id in self._tracker.done or entry.get(c.F_ENRICHING):
                 queue.discard(task_id)
                 continue
             assignment: dict[str, Any] = {

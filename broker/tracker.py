@@ -88,6 +88,11 @@ class BoardTracker:
             return
         if entry.get(c.F_CANCEL):
             self.todo_cancels.add(task_id)
+        if entry.get(c.F_ENRICHING):
+            # The server's middlewares have not finished with it (kanbanmesh.server.enrichment):
+            # not assignable yet; it is queued when the marker goes. A cancel still counts.
+            self.queue.discard(task_id)
+            return
         # A task without `created_at` (a JavaScript client may leave it out) is as old as
         # its arrival here, not older than every other task; it is stamped when assigned.
         created_at = as_number(entry.get(c.F_CREATED_AT)) or now_ms()
@@ -120,6 +125,9 @@ class BoardTracker:
                 else:
                     self._enqueue(key, change.get("newValue"))
         self.todo_cancels.update(cancels)
+        todo = self.board.column_map(Column.TODO)
+        for task_id in enrichment_changes(events):
+            self._enqueue(task_id, todo.get(task_id))  # marked: out of the queue; cleared: in
 
     def _on_prepared_events(self, events: list[Any]) -> None:
         roots, cancels = column_changes(events)
@@ -144,6 +152,16 @@ class BoardTracker:
             else:
                 self.done.add(key)
                 self._note_copy(key, Column.DONE)
+
+
+def enrichment_changes(events: list[Any]) -> list[str]:
+    """The ids of entries whose `enriching` marker was set or removed by these deep events."""
+    return [
+        str(path[0])
+        for event in events
+        if isinstance(event, MapEvent) and len(path := event_path(event)) == 1
+        and c.F_ENRICHING in event_keys(event)
+    ]
 
 
 def column_changes(events: list[Any]) -> tuple[list[MapEvent], list[str]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from contextlib import aclosing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
@@ -22,12 +22,13 @@ import kanbanmesh
 from awareness.states import Role, WorkerState
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_map, now_ms
-from kanbanmesh.board.schema import ChatMessage, TaskEntry, TaskStatus, Timings, Usage
+from kanbanmesh.board.schema import TaskEntry, TaskStatus, Timings, Usage
 from kanbanmesh.board.transitions import Column, Writer
 from kanbanmesh.errors import BackendError, InvalidTaskError, KanbanMeshError
 from kanbanmesh.notify import ChangeSignal
 from kanbanmesh.peer import BoardPeer
 from worker.backends.base import Backend, Finished, GenerationRequest, TextChunk
+from worker.prompt import build_prompt
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class _Outcome:
     first_chunk_at: float | None = None
     chunks: int = 0
     finish_reason: str = "stop"  # stop | length (from the backend)
+    citations: list[dict[str, Any]] | None = None  # the retrieved sources the prompt used
 
 
 @dataclass
@@ -278,9 +280,15 @@ class Worker:
 
     async def _generate(self, task_id: str, run: _Run, task: TaskEntry, outcome: _Outcome) -> None:
         request = GenerationRequest(
-            messages=self._with_history(task), prompt=None if task.history else task.prompt,
-            params=task.params, model=task.model,
+            messages=task.messages, prompt=task.prompt, params=task.params, model=task.model,
         )
+        if task.history or task.context is not None:
+            # History and retrieved sources: the template, trimmed to the model's context.
+            fits = getattr(self._backend, "fits", None)
+            prompt = build_prompt(task, fits if callable(fits) else None)
+            request = replace(request, messages=prompt.messages, prompt=None)
+            if task.context is not None:
+                outcome.citations = [citation.model_dump() for citation in prompt.citations]
         try:
             async with aclosing(self._backend.generate(request)) as events:
                 async for event in events:
@@ -295,17 +303,6 @@ class Worker:
         except BackendError as exc:
             outcome.status = TaskStatus.FAILED
             outcome.error = {"code": exc.code, "message": exc.message}
-
-    def _with_history(self, task: TaskEntry) -> list[ChatMessage] | None:
-        """The task's turns after its conversation's earlier ones; the oldest are dropped while
-        the backend says the prompt would not fit (a backend without `fits` takes them all)."""
-        if not task.history:
-            return task.messages
-        history = list(task.history)
-        fits = getattr(self._backend, "fits", None)
-        while history and callable(fits) and not fits([*history, *task.chat()], task.params):
-            history.pop(0)
-        return [*history, *task.chat()]
 
     def _append(self, task_id: str, run: _Run, chunk: TextChunk, outcome: _Outcome) -> bool:
         output = run.output
@@ -360,5 +357,7 @@ class Worker:
         }
         if outcome.error is not None:
             fields[c.F_ERROR] = outcome.error
+        if outcome.citations is not None:
+            fields[c.F_CITATIONS] = outcome.citations
         self._peer.board.move(task_id, Column.DOING, Column.DONE, Writer.WORKER, set_fields=fields)
         self.completed += 1

@@ -24,12 +24,18 @@ from pycrdt import Map
 from kanbanmesh.auth import Identity, Role
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, plain_fields
-from kanbanmesh.board.schema import BROKER_FIELDS, CLIENT_FIELDS, REQUEST_FIELDS, WORKER_FIELDS
+from kanbanmesh.board.schema import (
+    BROKER_FIELDS,
+    CLIENT_FIELDS,
+    REQUEST_FIELDS,
+    SERVER_FIELDS,
+    WORKER_FIELDS,
+)
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.server.validation import UpdateChanges, UpdateRefused
 
 # Fields a client may not put into a task it creates: the broker's, the worker's, the server's.
-_NOT_FOR_CLIENTS = (BROKER_FIELDS | WORKER_FIELDS | {c.F_HISTORY}) - REQUEST_FIELDS
+_NOT_FOR_CLIENTS = (BROKER_FIELDS | WORKER_FIELDS | SERVER_FIELDS) - REQUEST_FIELDS
 
 
 def _forbid(reason: str) -> UpdateRefused:
@@ -147,7 +153,10 @@ class WriteRules:
             if column is None:
                 raise _forbid(f"a broker creates no task ({key[:24]!r})")
             before = plain_fields(board.column_map(column)[key])
-            _unchanged_except(before, fields, set(BROKER_FIELDS | CLIENT_FIELDS | {c.F_OUTPUT}), key)
+            # `enriching` too: finishing a task cancelled mid-pipeline drops the marker.
+            _unchanged_except(
+                before, fields, set(BROKER_FIELDS | CLIENT_FIELDS | {c.F_OUTPUT, c.F_ENRICHING}), key
+            )
         for names in changes.fields.values():
             if not names <= BROKER_FIELDS:
                 raise _forbid(f"a broker may not set {min(names - BROKER_FIELDS)!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -14,8 +14,10 @@ from anyio.abc import TaskGroup, TaskStatus
 from broker.service import Broker, BrokerSettings
 from broker.view import RoomView
 from kanbanmesh.errors import ConfigurationError
+from kanbanmesh.pipeline.base import Middleware
 from kanbanmesh.server.archive import TaskArchive
 from kanbanmesh.server.conversations import ConversationStore
+from kanbanmesh.server.enrichment import Enricher
 from kanbanmesh.server.room import BoardRoom, RoomSettings
 from kanbanmesh.server.store import BoardStore
 from kanbanmesh.settings import BOARD_NAME_PATTERN
@@ -30,6 +32,7 @@ class HubSettings:
     room: RoomSettings = field(default_factory=RoomSettings)
     # None: no embedded broker.
     broker: BrokerSettings | None = field(default_factory=lambda: BrokerSettings(name="embedded"))
+    middleware_timeout_s: float = 120.0  # a task still enriching after this fails
 
 
 class Hub:
@@ -37,11 +40,13 @@ class Hub:
 
     def __init__(
         self, store: BoardStore | None, archive: TaskArchive, settings: HubSettings,
-        conversations: ConversationStore | None = None,
+        conversations: ConversationStore | None = None, middlewares: Sequence[Middleware] = (),
     ) -> None:
+        """`middlewares`: the pre-inference pipeline every new task goes through, in order."""
         self._store = store
         self.archive = archive
         self.conversations = conversations
+        self.middlewares = list(middlewares)
         self._settings = settings
         self._rooms: dict[str, BoardRoom] = {}
         self._brokers: dict[str, Broker] = {}
@@ -98,6 +103,10 @@ class Hub:
             for listener in self._room_listeners:
                 listener(room)
             await self._tg.start(room.start)
+            if self.middlewares:
+                enricher = Enricher(room, self.middlewares, timeout_s=self._settings.middleware_timeout_s)
+                room.admit = enricher.admit
+                await self._tg.start(enricher.run)
             self._rooms[name] = room
             if self._settings.broker is not None:
                 broker = Broker(RoomView(room, random.getrandbits(32)), self._settings.broker)

@@ -111,6 +111,9 @@ class BoardRoom:
         self._validator: UpdateValidator | None = None
         self._ready = anyio.Event()
         self._update_listeners: list[Callable[[], None]] = []
+        # Set by the hub: marks the tasks just created that pre-inference middlewares (history,
+        # retrieval) must enrich before any broker may assign them, and queues them.
+        self.admit: Callable[[Iterable[str]], None] | None = None
         self.changed = ChangeSignal()  # notified after every update of the board, ours included
         # One signal per task somebody in this process follows (the HTTP API's requests): woken
         # only by updates that touch that task, so N open requests do not all wake per update.
@@ -445,28 +448,14 @@ class BoardRoom:
         embedded broker assigns at once. `created`: the tasks it created."""
         with self.doc.transaction():
             write(self.board)
-        self._attach_history(created)
+        self._admit_created(created)
         self._run_listeners()
 
-    def _attach_history(self, created: Iterable[str]) -> None:
-        """Give each new task of a conversation the conversation's earlier turns, before any
-        broker copies it on (one small write of the server's, for conversation tasks only)."""
-        if self.conversations is None:
-            return
-        todo = self.board.column_map(Column.TODO)
-        histories: dict[str, list[dict[str, str]]] = {}
-        for task_id in created:
-            entry = todo.get(task_id)
-            if not isinstance(entry, Map) or entry.get(c.F_HISTORY) is not None:
-                continue
-            conversation = entry.get(c.F_CONVERSATION)
-            if isinstance(conversation, str) and conversation:
-                turns = self.conversations.history(self.name, str(entry.get(c.F_OWNER) or ""), conversation)
-                histories[task_id] = [t.model_dump() for t in turns]
-        if histories:
-            with self.doc.transaction():
-                for task_id, history in histories.items():
-                    todo[task_id][c.F_HISTORY] = history
+    def _admit_created(self, created: Iterable[str]) -> None:
+        # Before any change listener (the embedded broker) sees the new tasks: the pipeline
+        # marks those its middlewares must enrich first (kanbanmesh.server.enrichment).
+        if self.admit is not None and created:
+            self.admit(created)
 
     def _record_turns(self, fields: dict[str, Any]) -> None:
         conversation = fields.get(c.F_CONVERSATION)
@@ -519,7 +508,7 @@ class BoardRoom:
         finally:
             self._origin = None
         if self._validator is not None:
-            self._attach_history(self._validator.created)
+            self._admit_created(self._validator.created)
         self._run_listeners()
 
 

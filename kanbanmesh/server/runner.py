@@ -22,6 +22,7 @@ from anyio.abc import TaskStatus
 from broker.service import BrokerSettings
 from kanbanmesh.auth import AuthError, check_secret
 from kanbanmesh.errors import ConfigurationError
+from kanbanmesh.pipeline import HistoryMiddleware, Middleware
 from kanbanmesh.server.app import create_app
 from kanbanmesh.server.archive import TaskArchive
 from kanbanmesh.server.conversations import ConversationStore
@@ -31,6 +32,9 @@ from kanbanmesh.server.room import RoomSettings
 from kanbanmesh.server.store import BoardStore
 from kanbanmesh.server.validation import ValidationLimits
 from kanbanmesh.settings import Settings
+from rag.collections import Collections
+from rag.embedding import ModelCache
+from rag.middleware import RetrievalMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +78,12 @@ async def serve(
     settings: Settings,
     *,
     handle_signals: bool = False,
+    rag_models: ModelCache | None = None,
     task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve until cancelled (or signalled); signals started with the `ws://host:port` URL."""
+    """Serve until cancelled (or signalled); signals started with the `ws://host:port` URL.
+    `rag_models`: the embedding models to retrieve with (default: a cache of this server's,
+    loading each model on first use)."""
     # proto must be IPPROTO_TCP: asyncio only sets TCP_NODELAY on accepted sockets that say so,
     # and without it Nagle + delayed ACKs add ~40 ms to every small message.
     secret = settings.auth_secret_value()
@@ -114,7 +121,12 @@ async def serve(
         )
         await anyio.to_thread.run_sync(conversations.open)
         stack.callback(conversations.close)
-        hub = Hub(store, archive, hub_settings(settings), conversations)
+        # One thread for embedding questions: the other core stays with the event loop and
+        # the workers (a question embeds in ~13 ms on one thread; two oversubscribe 2 cores).
+        collections = Collections(settings.data_dir / "rag", rag_models or ModelCache(threads=1))
+        stack.callback(collections.close)
+        middlewares: list[Middleware] = [HistoryMiddleware(conversations), RetrievalMiddleware(collections)]
+        hub = Hub(store, archive, hub_settings(settings), conversations, middlewares)
         config = uvicorn.Config(
             app=create_app(hub, secret, settings.max_connections_per_subject, settings.queue_timeout_s),
             ws="websockets-sansio",

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio
 
 from kanbanmesh.peer import BoardPeer
 from worker import Worker, WorkerSettings
-from worker.backends.base import Backend
+from worker.backends.base import Backend, GenerationEvent, GenerationRequest
+from worker.backends.echo import EchoBackend
+
+
+class RecordingBackend(EchoBackend):
+    """The echo backend, keeping every request it was given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[GenerationRequest] = []
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        self.requests.append(request)
+        async for event in super().generate(request):
+            yield event
 
 
 class Shared:

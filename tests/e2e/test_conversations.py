@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import anyio
@@ -13,25 +12,11 @@ from kanbanmesh.auth import Identity, Role, create_token
 from kanbanmesh.peer import BoardPeer
 from kanbanmesh.server.runner import serve
 from kanbanmesh.settings import Settings
-from worker.backends.base import GenerationEvent, GenerationRequest
-from worker.backends.echo import EchoBackend
+from tests.e2e.backend_workers import RecordingBackend
 from worker.service import Worker, WorkerSettings
 
 pytestmark = pytest.mark.anyio
 SECRET = "c" * 40
-
-
-class RecordingBackend(EchoBackend):
-    """The echo backend, keeping every request it was given."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: list[GenerationRequest] = []
-
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
-        self.requests.append(request)
-        async for event in super().generate(request):
-            yield event
 
 
 def token(role: Role, subject: str) -> str:

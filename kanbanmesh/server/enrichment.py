@@ -1,0 +1,149 @@
+"""Running the pre-inference middlewares on a room's new tasks, before they may be assigned.
+
+The marker: when a task is created (by a peer's update or a write of the server's own), the
+room calls `Enricher.admit` synchronously, before any change listener (the embedded broker)
+runs. If any middleware applies to the task, `admit` writes `enriching: [names]` into its
+entry; brokers do not queue an entry that carries `enriching` (broker/tracker.py). The
+middlewares then run in a task of their own, off the event loop (they use threads for SQLite,
+embedding and faiss); their fields and the removal of `enriching` are written in one server
+write, whose change listeners let the embedded broker assign the task at once. A standalone
+broker gets the marker with the task: the room's outbox merges the two updates into one
+message.
+
+- No middleware applies: nothing is written; the task costs one `applies` call per middleware.
+- A middleware fails (or runs past `timeout_s`): the task goes to `done`, `failed`, with the
+  middleware's error code (`collection_not_found`, `middleware_timeout`, ...).
+- Cancelled while enriching: the broker finishes it as any queued task (`cancel` is honoured
+  whether or not the task is queued); the pipeline notices and writes nothing.
+- Server restart mid-pipeline: the marker is in the stored document; `run` starts over with
+  every entry that still carries it (middlewares rewrite their fields whole, so a repeat is
+  harmless).
+- A client cannot skip the pipeline by writing `enriching` itself (with auth on it may not
+  write it at all; without auth `admit` rewrites it from what applies).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from pycrdt import Map
+
+from kanbanmesh.board import constants as c
+from kanbanmesh.board.document import BoardDoc, now_ms, plain_fields
+from kanbanmesh.board.schema import TaskStatus as Status
+from kanbanmesh.board.transitions import Column, Writer
+from kanbanmesh.errors import MiddlewareError
+from kanbanmesh.pipeline.base import Middleware, PendingTask
+from kanbanmesh.server.room import BoardRoom
+
+log = logging.getLogger(__name__)
+
+
+class Enricher:
+    """The pipeline of one room: `admit` marks, `run` enriches."""
+
+    def __init__(
+        self, room: BoardRoom, middlewares: Sequence[Middleware], *, timeout_s: float = 120.0,
+        concurrency: int = 4,
+    ) -> None:
+        self._room = room
+        self._middlewares = list(middlewares)
+        self._timeout_s = timeout_s
+        self._limiter = anyio.CapacityLimiter(concurrency)
+        self._send, self._receive = anyio.create_memory_object_stream[str](math.inf)
+        self.enriched = 0  # tasks whose middlewares finished (for tests and stats)
+        self.failed = 0
+
+    def admit(self, created: Iterable[str]) -> None:
+        """Mark the just-created tasks some middleware applies to, and queue them; called by
+        the room inside its update handling, before its change listeners run."""
+        todo = self._room.board.column_map(Column.TODO)
+        marks: dict[str, list[str]] = {}
+        for task_id in created:
+            entry = todo.get(task_id)
+            if not isinstance(entry, Map):
+                continue
+            names = [m.name for m in self._middlewares if m.applies(entry)]
+            if names or entry.get(c.F_ENRICHING) is not None:
+                marks[task_id] = names
+        if not marks:
+            return
+        with self._room.doc.transaction():
+            for task_id, names in marks.items():
+                if names:
+                    todo[task_id][c.F_ENRICHING] = names
+                else:  # written by a client without auth: it is not the client's to set
+                    del todo[task_id][c.F_ENRICHING]
+        for task_id, names in marks.items():
+            if names:
+                self._send.send_nowait(task_id)
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Enrich queued tasks until cancelled; first those a restart left half done."""
+        for task_id, entry in self._room.board.entries(Column.TODO):
+            if isinstance(entry, Map) and entry.get(c.F_ENRICHING):
+                self._send.send_nowait(task_id)
+        async with anyio.create_task_group() as tg:
+            task_status.started()
+            async for task_id in self._receive:
+                tg.start_soon(self._enrich, task_id)
+
+    def _pending(self, task_id: str) -> Map[Any] | None:
+        """The task's entry if it still waits for its middlewares (not cancelled, not gone)."""
+        entry = self._room.board.column_map(Column.TODO).get(task_id)
+        if not isinstance(entry, Map) or not entry.get(c.F_ENRICHING) or entry.get(c.F_CANCEL):
+            return None
+        return entry
+
+    async def _enrich(self, task_id: str) -> None:
+        async with self._limiter:
+            entry = self._pending(task_id)
+            if entry is None:
+                return
+            fields = plain_fields(entry)
+            names = set(fields.get(c.F_ENRICHING) or [])
+            task = PendingTask(self._room.name, task_id, fields)
+            written: dict[str, Any] = {}
+            error: dict[str, str] | None = None
+            step = ""
+            try:
+                with anyio.fail_after(self._timeout_s):
+                    for middleware in self._middlewares:
+                        if middleware.name not in names:
+                            continue
+                        if self._pending(task_id) is None:
+                            return  # cancelled or gone meanwhile: its result is not wanted
+                        step = middleware.name
+                        out = await middleware.enrich(task)
+                        written.update(out)
+                        task = task.with_fields(out)
+            except MiddlewareError as exc:
+                error = {"code": exc.code, "message": f"{step}: {exc.message}"}
+            except TimeoutError:
+                error = {"code": "middleware_timeout",
+                         "message": f"{step}: did not finish within {self._timeout_s:g} s"}
+            except Exception as exc:  # a middleware's bug fails its task, not the server
+                log.exception("board %s: middleware %s failed on task %s", self._room.name, step, task_id)
+                error = {"code": "middleware_failed", "message": f"{step}: {type(exc).__name__}: {exc}"}
+            self._room.server_write(lambda board: self._complete(board, task_id, written, error))
+
+    def _complete(self, board: BoardDoc, task_id: str, written: dict[str, Any],
+                  error: dict[str, str] | None) -> None:
+        entry = board.column_map(Column.TODO).get(task_id)
+        if not isinstance(entry, Map) or c.F_ENRICHING not in entry:
+            return  # cancelled (the broker finished it) or replaced meanwhile
+        if error is not None:
+            self.failed += 1
+            board.move(task_id, Column.TODO, Column.DONE, Writer.BROKER, drop_fields=frozenset({c.F_ENRICHING}),
+                       set_fields={c.F_STATUS: Status.FAILED.value, c.F_ERROR: error, c.F_RESULT: "",
+                                   c.F_FINISHED_AT: now_ms()})
+            return
+        for name, value in written.items():
+            entry[name] = value
+        del entry[c.F_ENRICHING]
+        self.enriched += 1
