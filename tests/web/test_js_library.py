@@ -1,4 +1,5 @@
-"""The JavaScript library's own tests (web/test, node's test runner) against a real server."""
+"""The JavaScript library's own tests (web/test, node's test runner) against a real server,
+and its type check."""
 
 from __future__ import annotations
 
@@ -26,3 +27,10 @@ async def test_js_library_suite(server_url: str, workers: WorkerPool, web_dir: P
     report = done.stdout.decode() + done.stderr.decode()
     assert done.returncode == 0, report
     assert "# fail 0" in report and "# pass 0" not in report, report
+
+
+async def test_js_types_check(web_dir: Path) -> None:
+    """The library's and the page's JSDoc types hold (tsc --checkJs, strict)."""
+    with anyio.fail_after(120):
+        done = await anyio.run_process(["node", "node_modules/typescript/bin/tsc", "-p", "tsconfig.json"], cwd=web_dir, check=False)
+    assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()

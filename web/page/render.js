@@ -5,7 +5,7 @@
 
 import { COLUMNS } from '../src/index.js'
 
-/** @typedef {import('../src/index.js').Task} Task */
+/** @typedef {import('../src/tasks.js').Task} Task */
 /** @typedef {import('../src/board.js').Worker} Worker */
 /** @typedef {import('../src/tasks.js').Snapshot} Snapshot */
 
@@ -52,6 +52,7 @@ export function duration (ms) {
 /** What the task asks, in one line: the prompt, or the last user turn. @param {Task} task */
 export function askedText (task) {
   if (typeof task.prompt === 'string') return task.prompt
+  /** @type {import('../src/tasks.js').Message[]} */
   const turns = Array.isArray(task.messages) ? task.messages : []
   const users = turns.filter((m) => m?.role === 'user')
   return String((users.at(-1) ?? turns.at(-1))?.content ?? '')

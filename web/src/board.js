@@ -142,7 +142,7 @@ export class Board {
     /** @type {Worker[]} */
     const found = []
     for (const [clientId, state] of this._provider.awareness.getStates()) {
-      if (state?.role === 'worker') found.push({ ...state, clientId })
+      if (state?.role === 'worker') found.push(/** @type {Worker} */ ({ ...state, clientId }))
     }
     return found.sort((a, b) => String(a.name).localeCompare(String(b.name)) || a.clientId - b.clientId)
   }

@@ -39,6 +39,9 @@ export const COLUMNS = /** @type {const} */ (['todo', 'prepared', 'doing', 'done
  * @property {Message[]} [messages]
  * @property {string} [prompt]
  * @property {Params} [params]
+ * @property {number} [priority]
+ * @property {string} [conversation]
+ * @property {{ collection: string, k: number }} [rag]
  * @property {number} [created_at]
  * @property {string} [worker]
  * @property {number} [attempt]
@@ -68,15 +71,20 @@ export const DEFAULT_RAG_K = 4
  * @returns {{ column: Column, entry: Y.Map<any> } | null}
  */
 export function findTask (doc, id) {
-  /** @type {{ column: Column, entry: Y.Map<any>, rank: number[] } | null} */
+  /** @type {{ column: Column, entry: Y.Map<any> } | null} */
   let best = null
-  COLUMNS.forEach((column, index) => {
+  /** @type {number[]} */
+  let bestRank = []
+  for (const [index, column] of COLUMNS.entries()) {
     const entry = doc.getMap(column).get(id)
-    if (!(entry instanceof Y.Map)) return
+    if (!(entry instanceof Y.Map)) continue
     const rank = [column === 'done' ? 1 : 0, Number(entry.get('attempt') ?? 0) || 0, index]
-    if (best === null || ahead(rank, best.rank)) best = { column, entry, rank }
-  })
-  return best && { column: best.column, entry: best.entry }
+    if (best === null || ahead(rank, bestRank)) {
+      best = { column, entry }
+      bestRank = rank
+    }
+  }
+  return best
 }
 
 /** @param {number[]} a @param {number[]} b */
