@@ -44,10 +44,20 @@ def web_dir() -> Path:
     return WEB
 
 
+def bundle_outdated(web_dir: Path) -> bool:
+    """Whether a source of the page changed since the bundle was built (or there is none)."""
+    if not page_built(STATIC_DIR):
+        return True
+    built = (STATIC_DIR / "board.js").stat().st_mtime
+    sources = [*web_dir.glob("src/*.js"), *web_dir.glob("page/*")]
+    return any(source.stat().st_mtime > built for source in sources)
+
+
 @pytest.fixture(scope="session")
 def page_assets(web_dir: Path) -> Path:
-    """The built board page (built here if missing, as scripts/install.sh does)."""
-    if not page_built(STATIC_DIR):
+    """The built board page, (re)built here when missing or older than its sources, as
+    scripts/install.sh does: the tests always see the page as it is in the tree."""
+    if bundle_outdated(web_dir):
         subprocess.run(["npm", "run", "build"], cwd=web_dir, check=True, timeout=300)
     return STATIC_DIR
 
