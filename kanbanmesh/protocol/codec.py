@@ -217,23 +217,35 @@ def encode_awareness(entries: list[AwarenessEntry]) -> bytes:
     return b"".join(out)
 
 
-def update_outline(update: bytes) -> tuple[int, int, int] | list[tuple[int, int, int]]:
-    """What a Yjs (v1) update writes, as far as can be read without decoding its structs:
-    `(client blocks, first client, its first clock)` when it adds structs, or, for an update
-    that only deletes, its delete set as `[(client, clock, length), ...]`."""
+def delete_set(update: bytes) -> list[tuple[int, int, int]] | None:
+    """The delete set of a Yjs (v1) update that adds no structs, as `[(client, clock, length),
+    ...]`; None when the update adds structs (its delete set then lies behind them, and reading
+    it would mean decoding every struct: `pycrdt.get_update(update, state)` cuts them off).
+
+    Layout: `varUint(0)` (no client blocks), then the delete set: `varUint(clients) { varUint(client)
+    varUint(ranges) { varUint(clock) varUint(length) }* }*`."""
     reader = Reader(update)
-    blocks = reader.var_uint()
-    if blocks:
-        reader.var_uint()  # number of structs of the first block
-        client = reader.var_uint()
-        return blocks, client, reader.var_uint()
+    if reader.var_uint():
+        return None
     deleted = []
     for _ in range(reader.var_uint()):
         client = reader.var_uint()
         for _ in range(reader.var_uint()):
             clock = reader.var_uint()
             deleted.append((client, clock, reader.var_uint()))
+    if not reader.done():
+        raise ProtocolError("trailing bytes after the delete set")
     return deleted
+
+
+def deleting_all_of(state: dict[int, int]) -> bytes:
+    """A struct-free update whose delete set is every clock of `state`: `[0, clock)` of each
+    client. Merged with another delete set (`pycrdt.merge_updates`, which unites and squashes
+    ranges), it swallows every range of that set that lies within `state`."""
+    out = [b"\x00", var_uint(len(state))]
+    for client, clock in state.items():
+        out += (var_uint(client), b"\x01\x00", var_uint(clock))
+    return b"".join(out)
 
 
 def decode_state_vector(data: bytes) -> dict[int, int]:

@@ -4,6 +4,15 @@ The update is first applied to a twin of the board document; `observe_deep` on t
 root maps tells exactly what it touched (a new entry, a field of an entry, a deletion, a text
 append). Only if the check passes is the same update applied to the board. A refused update
 leaves the twin ahead of the board, so the twin is rebuilt from the board.
+
+An update that leaves anything pending on the twin is refused (`_refuse_pending`): Yrs would
+keep it and integrate it later, inside another writer's update, where this check would blame
+or pass the wrong writer. It is read off what Yrs itself did: `get_update(update, twin state)`
+is what of the update did not integrate (structs: pending) plus its delete set, each range of
+which must lie within the twin's state. Preferred to a complete Yjs update reader in Python
+(every struct and content type decoded to learn its length and origins): that costs Python time
+per struct on every update, and would be a second decoder to keep in step with Yrs, whose own
+reading is what counts (a delete set naming a client twice: Yrs keeps the last).
 """
 
 from __future__ import annotations
@@ -13,14 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycrdt import Doc, Map, MapEvent, Subscription, merge_updates
+from pycrdt import Doc, Map, MapEvent, Subscription, get_update, merge_updates
 
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_fields, plain_fields, request_from_fields
 from kanbanmesh.board.events import event_keys, event_path
 from kanbanmesh.board.schema import REQUEST_FIELDS
 from kanbanmesh.errors import InvalidTaskError, ProtocolError
-from kanbanmesh.protocol.codec import decode_state_vector, update_outline
+from kanbanmesh.protocol.codec import EMPTY_UPDATE, decode_state_vector, delete_set, deleting_all_of
 
 
 class UpdateRefused(Exception):
@@ -62,23 +71,34 @@ class UpdateChanges:
 KNOWN_ROOTS = frozenset({*c.COLUMNS, c.CONTROL, "meta"})
 
 
-def _refuse_pending(update: bytes, before: dict[int, int], after: dict[int, int]) -> None:
-    """Refuse an update that would stay pending (DESIGN.md): its structs or deletions refer
-    to what the board does not have yet, and would integrate later inside somebody else's
-    update, where the check would take them for that writer's. Read off the update's outline
-    and the twin's state vectors: structs of one client that start at or beyond what the board
-    knows of it and did not integrate, or deletions of what the board does not have."""
+# Above this many bytes, a delete set is folded into the board's state before it is read.
+_DELETE_SET_READ_BYTES = 128
+
+
+def _refuse_pending(update: bytes, state: bytes, after: dict[int, int]) -> None:
+    """Refuse an update that leaves anything pending on the twin (DESIGN.md): structs whose
+    origin, neighbour, parent or preceding clocks the board does not have, or deletions of what
+    it does not have. Yrs keeps those and integrates them later, inside somebody else's update,
+    where the check would take them for that writer's.
+
+    `state` is the twin's state vector after applying the update (`after`, decoded). A state
+    vector counts the clocks a document holds, each client's from 0 without a gap, so a struct
+    the twin did not integrate lies at or beyond its client's state: `get_update(update,
+    state)` (Yrs' own decoder, slicing partly covered structs) keeps exactly those. Struct-free,
+    what is left of it is the update's delete set, each range of which must lie below the
+    twin's state of its client (Yrs keeps a deletion beyond it pending)."""
     try:
-        outline = update_outline(update)
-    except ProtocolError as exc:
-        raise UpdateRefused(c.CLOSE_INVALID_UPDATE, f"update does not decode: {exc}") from exc
-    if isinstance(outline, tuple):
-        blocks, client, clock = outline
-        known = before.get(client, 0)
-        if blocks == 1 and clock >= known and after.get(client, 0) <= known:
+        rest = update if update == EMPTY_UPDATE else get_update(update, state)
+        if rest[:1] != b"\x00":  # client blocks left: structs that did not integrate
             raise UpdateRefused(c.CLOSE_INVALID_UPDATE, "update depends on changes the board does not have")
-        return
-    for client, clock, length in outline:
+        if len(rest) > _DELETE_SET_READ_BYTES:
+            # A long delete set (a peer's whole history, in a sync step 2): let Yrs fold it
+            # into "everything the board has" first, leaving one range per client to read.
+            rest = merge_updates(rest, deleting_all_of(after))
+        deleted = delete_set(rest)
+    except (ValueError, RuntimeError, ProtocolError) as exc:
+        raise UpdateRefused(c.CLOSE_INVALID_UPDATE, f"update does not decode: {exc}") from exc
+    for client, clock, length in deleted or ():
         if clock + length > after.get(client, 0):
             raise UpdateRefused(c.CLOSE_INVALID_UPDATE, "update deletes what the board does not have")
 
@@ -185,7 +205,7 @@ class UpdateValidator:
             before = decode_state_vector(state_before)
             after = before if state_after == state_before else decode_state_vector(state_after)
             changes.writers = {cid for cid, clock in after.items() if clock > before.get(cid, 0)}
-            _refuse_pending(update, before, after)
+            _refuse_pending(update, state_after, after)
             changes.unknown_roots = set(self._twin.keys()) - roots - KNOWN_ROOTS
             if changes.unknown_roots:
                 raise UpdateRefused(

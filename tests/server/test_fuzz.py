@@ -37,7 +37,7 @@ import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pycrdt import Doc, Map, Text, get_state, merge_updates
+from pycrdt import Doc, Map, Text, get_update, merge_updates
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
@@ -75,9 +75,7 @@ DOCUMENTED_CLOSES = frozenset({
 # Properties a known core bug still breaks, each pinned by a strict xfail test: the fuzzer
 # counts these violations (see the summary) instead of failing. Remove an entry once its
 # test passes.
-KNOWN_BUGS: dict[str, str] = {
-    "accepted update left pending": "test_an_update_whose_dependencies_are_missing_is_refused",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 WAIT_S = 15.0  # the longest any single wait may take before the server counts as hung
 
@@ -518,9 +516,11 @@ async def exchange(url: str, messages: list[bytes], token: str | None = None) ->
             return Outcome(open=False, code=ws.close_code, reason=ws.close_reason or "")
 
 
-def left_pending(messages: list[bytes], state: bytes) -> list[dict[int, int]]:
-    """The clocks of updates among `messages` that a document of state `state` has not
-    integrated: what an accepted update left pending on the server."""
+def left_pending(messages: list[bytes], state: bytes) -> list[str]:
+    """What of the updates among `messages` a document of state `state` has not integrated:
+    structs beyond its clocks (what `get_update` leaves of an update against the state),
+    deletions of what it does not have. What an accepted update left pending on the server.
+    (Not `get_state(update)`: it is empty for an update that does not start at clock 0.)"""
     have = codec.decode_state_vector(state)
     missing = []
     for message in messages:
@@ -528,11 +528,16 @@ def left_pending(messages: list[bytes], state: bytes) -> list[dict[int, int]]:
             parsed = codec.parse_message(message)
             if not isinstance(parsed, codec.SyncMessage) or parsed.step is codec.SyncStep.STEP1:
                 continue
-            need = codec.decode_state_vector(get_state(parsed.payload))
+            rest = get_update(parsed.payload, state)
         except Exception:  # noqa: BLE001, S112 - not an update at all: nothing to integrate
             continue
-        if not codec.covers(have, need):
-            missing.append({k: v for k, v in need.items() if have.get(k, 0) < v})
+        deleted = codec.delete_set(rest)
+        if deleted is None:
+            missing.append(f"structs {rest.hex()[:80]}")
+            continue
+        beyond = [(k, clock, n) for k, clock, n in deleted if clock + n > have.get(k, 0)]
+        if beyond:
+            missing.append(f"deletions {beyond[:5]}")
     return missing
 
 
@@ -659,7 +664,7 @@ class FuzzMesh:
         assert health.status_code == 200 and health.json()["status"] == "ok", health.text
         assert await self._observer.resync(WAIT_S), "the observer could not resync"
         if outcome.open and (pending := left_pending(messages, self._observer.doc.get_state())):
-            self._violated("accepted update left pending", f"clocks {pending}")
+            self._violated("accepted update left pending", "; ".join(pending))
         problems = board_problems(self._observer.doc)
         assert not problems, f"board corrupted: {problems}"
         for peer in (self._bystander.peer, self._observer, self._worker_peer):
@@ -858,30 +863,38 @@ def _pending_shapes() -> dict[str, tuple[bytes, ...]]:
         own_task(doc)
         del doc.get(c.TODO, type=Map)["t-ghost"]
 
+    def only_delete_ghost(doc: Doc[Any]) -> None:
+        del doc.get(c.TODO, type=Map)["t-ghost"]
+
+    # One writer's three updates, the middle one lost: merged, the third sits behind a gap.
+    gappy: Doc[Any] = Doc()
+    steps = []
+    for i in range(3):
+        before = gappy.get_state()
+        gappy.get(c.TODO, type=Map)[f"t-gap-{i}"] = _task(f"t-gap-{i}", "x")
+        steps.append(gappy.get_update(before))
+
     return {
         "alone": write(cancel_ghost),
         "after-an-own-struct": write(own_task_then_cancel_ghost),
         "two-writers": write(own_task, cancel_ghost),
         "deletion": write(delete_ghost),
+        "deletion-alone": write(only_delete_ghost),
+        "gap": (steps[2],),
+        "gap-in-a-merge": (merge_updates(steps[0], steps[2]),),
     }
 
 
 PENDING_SHAPES = _pending_shapes()
-_PENDING_BUG = pytest.mark.xfail(strict=True, reason="core bug: an update that leaves structs or "
-                                 "deletions pending is accepted (DESIGN.md: refuse it)")
 
 
-@pytest.mark.parametrize("shape", [
-    pytest.param(name, marks=[] if name == "alone" else [_PENDING_BUG]) for name in PENDING_SHAPES
-])
+@pytest.mark.parametrize("shape", PENDING_SHAPES)
 async def test_an_update_whose_dependencies_are_missing_is_refused(server_url: str, shape: str) -> None:
     outcome = await exchange(server_url, [codec.sync_update(u) for u in PENDING_SHAPES[shape]])
     assert not outcome.open and outcome.code == c.CLOSE_INVALID_UPDATE, outcome
 
 
-@pytest.mark.parametrize("behind_own_task", [
-    False, pytest.param(True, marks=_PENDING_BUG),
-], ids=["alone", "behind-an-own-task"])
+@pytest.mark.parametrize("behind_own_task", [False, True], ids=["alone", "behind-an-own-task"])
 async def test_a_pending_update_cannot_slip_text_into_another_owners_stream(
     secure_url: str, behind_own_task: bool
 ) -> None:
@@ -889,8 +902,7 @@ async def test_a_pending_update_cannot_slip_text_into_another_owners_stream(
     has not streamed yet. Were it kept pending, it would integrate when the worker streams that
     character, inside the worker's update: the check would take it for the worker's own append
     (Alice sees Mallory's text in her stream), or blame the worker for it (the worker is
-    refused and Alice's task stalls). Behind a task of her own, in the same update, the
-    insertion still gets through today."""
+    refused and Alice's task stalls). Behind a task of her own, in the same update, too."""
     worker_peer = BoardPeer(secure_url, token=token(Role.WORKER, "w"))
     worker = Worker(worker_peer, EchoBackend(delay_ms=100), WorkerSettings(name="slow"))
     async with anyio.create_task_group() as tg:
