@@ -42,7 +42,9 @@ class IndexSettings(BaseModel):
     approximate_above: int = Field(default=20_000, ge=0)
     hnsw_m: int = Field(default=32, ge=4, le=128)  # graph degree: recall and memory
     ef_construction: int = Field(default=80, ge=8)
-    ef_search: int = Field(default=96, ge=8)  # candidates kept per query: recall vs time
+    # Candidates kept per query: recall vs time. 256 measured recall@10 0.98 against exact at
+    # 100k chunks for ~0.5 ms a query (bench/rag.py); 96 gave 0.93.
+    ef_search: int = Field(default=256, ge=8)
 
 
 def _faiss() -> Any:
