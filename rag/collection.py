@@ -49,6 +49,10 @@ class CollectionConfig(BaseModel):
     index_kind: IndexKind = IndexKind.EXACT
     index_version: int = 0
     chunks: int = 0
+    # Set before the first chunk of an ingest is written, cleared by the rebuild after it: an
+    # ingest cut short (a crash, Ctrl-C) leaves it set, and the next ingest rebuilds the index
+    # even if every file is unchanged by then.
+    index_stale: bool = False
 
     def fingerprint(self) -> str:
         """What a file's chunks depend on besides its content: a new policy or model
@@ -203,6 +207,9 @@ class Collection:
         total = sum(len(p.chunks) for p in pending)
         embedded = 0
         embed_started = time.perf_counter()
+        if pending and not self.config.index_stale:
+            self.config = self.config.model_copy(update={"index_stale": True})
+            _write_config(self.folder, self.config)
         for item in pending:
             vectors: list[Vectors] = []
             texts = [ch.embedding_text() for ch in item.chunks]
@@ -216,7 +223,7 @@ class Collection:
             report.chunks_added += len(item.chunks)
             report.ingested += 1
         report.embed_seconds = time.perf_counter() - embed_started
-        if pending or not (self.folder / _INDEX).is_file():
+        if self.config.index_stale or not (self.folder / _INDEX).is_file():
             if progress is not None:
                 progress(IngestProgress("indexing", 0, 1))
             self.rebuild_index()
@@ -232,6 +239,7 @@ class Collection:
         index.save(self.folder / _INDEX)
         config = self.config.model_copy(update={
             "index_kind": index.kind, "index_version": self.config.index_version + 1, "chunks": len(ids),
+            "index_stale": False,
         })
         _write_config(self.folder, config)
         with self._lock:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from rag.collection import Collection
+from rag.collection import Collection, IngestProgress
 from rag.embedding import ModelCache
 from rag.index import IndexKind
 from tests.rag.pdf import write_pdf
@@ -93,3 +93,19 @@ def test_another_process_reingesting_is_seen_by_an_open_collection(
     other.close()
     os.sync()
     assert "Saturn" in top(collection, "Which planet has rings?")
+
+
+def test_an_ingest_cut_short_is_indexed_by_the_next_one(corpus: Path, collection: Collection) -> None:
+    collection.ingest([corpus])
+    (corpus / "kitchen.txt").write_text("Rice needs twice its volume of water.\n")
+
+    def crash(step: IngestProgress) -> None:
+        if step.phase == "indexing":
+            raise KeyboardInterrupt  # after the chunks are stored, before the index is rebuilt
+
+    with pytest.raises(KeyboardInterrupt):
+        collection.ingest([corpus], progress=crash)
+    assert collection.config.index_stale
+    resumed = collection.ingest([corpus])
+    assert resumed.ingested == 0 and not collection.config.index_stale
+    assert "Rice" in top(collection, "How much water for rice?")
