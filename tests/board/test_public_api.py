@@ -29,6 +29,13 @@ PUBLIC_API = {
         "WorkerState", "workers_from_states",
     },
     "kanbanmesh": {"__version__"},
+    "rag": {
+        "Block", "Chunk", "ChunkPolicy", "Collection", "Collections", "DEFAULT_MODEL", "Embedder",
+        "EvalQuestion", "EvalReport", "IndexKind", "IndexSettings", "IngestProgress", "IngestReport",
+        "ModelCache", "RetrievalMiddleware", "SearchHit", "VectorIndex", "chunk_blocks", "evaluate",
+        "load_questions", "read_document",
+    },
+    "kanbanmesh.pipeline": {"FieldReader", "HistoryMiddleware", "Middleware", "PendingTask"},
 }
 
 
