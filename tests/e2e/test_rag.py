@@ -12,12 +12,15 @@ import anyio
 import httpx
 import pytest
 
+from broker import Broker, BrokerSettings, PeerView
 from client_sdk import AsyncClient, RagSpec, TaskFailedError, UpdateRefusedError
 from kanbanmesh.auth import Identity, Role, create_token
+from kanbanmesh.peer import BoardPeer
 from kanbanmesh.server.runner import serve
 from kanbanmesh.settings import Settings
+from rag.embedding import ModelCache
 from tests.e2e.backend_workers import RecordingBackend, running_worker
-from tests.rag.fixtures import DOCS_COLLECTION
+from tests.rag.fixtures import DOCS_COLLECTION, copy_collections
 
 pytestmark = pytest.mark.anyio
 QUESTION = "How does a client cancel a task that is already running?"
@@ -99,6 +102,29 @@ async def test_clients_cannot_forge_context_or_skip_the_pipeline(tmp_path: Path)
                     await eve.submit("hi", **{field: value})
             assert refused.value.code == 4403 and field in refused.value.reason
         tg.cancel_scope.cancel()
+
+
+async def test_a_standalone_broker_waits_for_the_pipeline_too(
+    tmp_path: Path, docs_collection_root: Path, rag_models: ModelCache
+) -> None:
+    """The marker reaches a broker over the websocket in the same message as the task: it
+    never assigns a task whose context is still being retrieved."""
+    copy_collections(docs_collection_root, tmp_path / "data")
+    settings = Settings(port=0, data_dir=tmp_path / "data", orphan_grace_s=0.5, embedded_broker=False)
+    backend = RecordingBackend()
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(lambda task_status: serve(settings, rag_models=rag_models, task_status=task_status))
+        peer = BoardPeer(url)
+        await tg.start(peer.start)
+        await tg.start(Broker(PeerView(peer), BrokerSettings(name="standalone")).run)
+        async with running_worker(url, backend), AsyncClient(url) as client:
+            with anyio.fail_after(30):
+                handles = [await client.submit(f"{QUESTION} ({i})", rag=DOCS_COLLECTION) for i in range(3)]
+                entries = [await h.result() for h in handles]
+        tg.cancel_scope.cancel()
+    assert all(e.citations and len(e.citations) == 4 for e in entries)
+    assert len(backend.requests) == 3
+    assert all(r.messages and "[4] " in r.messages[-1].content for r in backend.requests)
 
 
 def test_the_shipped_eval_set_is_valid_json_lines() -> None:
