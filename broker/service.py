@@ -124,8 +124,9 @@ class Broker:
 
     def _after_remote_change(self) -> None:
         # A pass right away, before the change is fanned out: a new task and its assignment
-        # then reach every peer in one message instead of two.
-        if not self._running:
+        # then reach every peer in one message instead of two. Only when the board changed in
+        # a way a pass acts on: most updates are text streamed into `doing` entries.
+        if not self._running or not self._tracker.dirty:
             return
         try:
             self.run_pass()
@@ -177,6 +178,8 @@ class Broker:
             load = self._repair(present, stale)
             self._cancel_queued()
             self._assign(alive, load)
+        # After the commit: the pass's own moves fired the observers too, and need no pass.
+        self._tracker.dirty = False
 
     def _deduplicate(self) -> None:
         suspects, self._tracker.suspects = self._tracker.suspects, set()

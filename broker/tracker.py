@@ -35,6 +35,10 @@ class BoardTracker:
     done: set[str] = field(default_factory=set)
     # Task ids seen in more than one column since the last pass.
     suspects: set[str] = field(default_factory=set)
+    # Whether anything a pass acts on changed since the last pass: an entry entered or left a
+    # column, or a field changed inside a queued or prepared task. Text streamed into `doing`
+    # entries does not count, so a worker's chunks cost the broker nothing.
+    dirty: bool = True
     _subs: list[tuple[Map[Any], Subscription]] = field(default_factory=list)
 
     def attach(self) -> None:
@@ -117,6 +121,7 @@ class BoardTracker:
             self.suspects.add(task_id)
 
     def _on_todo_events(self, events: list[Any]) -> None:
+        self.dirty = True
         roots, cancels = column_changes(events)
         for event in roots:
             for key, change in event_keys(event).items():
@@ -130,12 +135,14 @@ class BoardTracker:
             self._enqueue(task_id, todo.get(task_id))  # marked: out of the queue; cleared: in
 
     def _on_prepared_events(self, events: list[Any]) -> None:
+        self.dirty = True
         roots, cancels = column_changes(events)
         for event in roots:
             self._on_held_keys(Column.PREPARED, event)
         self.prepared_cancels.update(cancels)
 
     def _on_doing_event(self, event: MapEvent) -> None:
+        self.dirty = True
         self._on_held_keys(Column.DOING, event)
 
     def _on_held_keys(self, column: Column, event: MapEvent) -> None:
@@ -146,6 +153,7 @@ class BoardTracker:
                 self._hold(column, key, change.get("newValue"))
 
     def _on_done_event(self, event: MapEvent) -> None:
+        self.dirty = True
         for key, change in event_keys(event).items():
             if change.get("action") == "delete":
                 self.done.discard(key)
