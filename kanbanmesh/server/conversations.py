@@ -12,16 +12,20 @@ the oldest turns if the prompt would not fit its model's context.
 
 from __future__ import annotations
 
+import logging
 import pathlib
 import sqlite3
 import threading
 import time
 from typing import Any
 
+import anyio
 import anyio.to_thread
 from pydantic import BaseModel
 
 from kanbanmesh.errors import StoreError
+
+log = logging.getLogger(__name__)
 from kanbanmesh.server.sqlite_file import open_sqlite
 
 _SCHEMA = (
@@ -54,6 +58,12 @@ class ConversationStore:
         self.max_chars = max_chars
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        # Turns recorded on the event loop, not yet in SQLite: written in order by `run_writer`
+        # in a thread, and by any read first (under the same lock), so a follow-up's history
+        # always sees the turn before it.
+        self._unwritten: list[tuple[str, str, str, str, list[Turn], float]] = []
+        self._unwritten_lock = threading.Lock()  # held for an append or a swap only, never for I/O
+        self._recorded: anyio.Event | None = None  # made by run_writer, in the event loop
 
     def open(self) -> None:
         self._conn = open_sqlite(self._path, _SCHEMA, "conversation store")
@@ -61,8 +71,34 @@ class ConversationStore:
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
+                try:
+                    self._write_unwritten()
+                except StoreError:
+                    log.exception("turns recorded before the stop could not be written")
                 self._conn.close()
                 self._conn = None
+
+    def record(self, board: str, owner: str, conversation: str, task: str, turns: list[Turn]) -> None:
+        """Add a finished task's turns without touching the disk (safe on the event loop)."""
+        with self._unwritten_lock:
+            self._unwritten.append((board, owner, conversation, task, turns, time.time() * 1000.0))
+        if self._recorded is not None:
+            self._recorded.set()
+
+    async def run_writer(self) -> None:
+        """Write recorded turns to SQLite, in order, off the event loop, until cancelled."""
+        while True:
+            self._recorded = recorded = anyio.Event()
+            if not self._unwritten:
+                await recorded.wait()
+            try:
+                await anyio.to_thread.run_sync(self._write_now)
+            except StoreError:
+                log.exception("could not write turns to the conversation store")
+
+    def _write_now(self) -> None:
+        with self._lock:
+            self._write_unwritten()
 
     def history(self, board: str, owner: str, conversation: str) -> list[Turn]:
         """The turns to send with a new task: the last ones within the policy's bounds."""
@@ -78,37 +114,44 @@ class ConversationStore:
 
     def turns(self, board: str, owner: str, conversation: str) -> list[Turn]:
         with self._lock:
+            self._write_unwritten()
             rows = self._require().execute(
                 "SELECT role, content FROM turns WHERE board = ? AND owner = ? AND conversation = ?"
                 " ORDER BY seq", (board, owner, conversation),
             ).fetchall()
         return [Turn(role=r[0], content=r[1]) for r in rows]
 
-    def append_now(self, board: str, owner: str, conversation: str, task: str, turns: list[Turn]) -> None:
-        now = time.time() * 1000.0
-        rows = [(board, owner, conversation, t.role, t.content, task, now) for t in turns]
-        with self._lock:
-            conn = self._require()
-            try:
-                conn.execute("BEGIN IMMEDIATE")
+    def _write_unwritten(self) -> None:
+        """Write the recorded turns; the caller holds the lock. On failure they are dropped
+        (a StoreError says so) rather than retried forever."""
+        with self._unwritten_lock:
+            batch, self._unwritten = self._unwritten, []
+        if not batch:
+            return
+        conn = self._require()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for board, owner, conversation, task, turns, at in batch:
                 # A task's turns go in once, even if it is seen finishing twice.
                 if conn.execute("SELECT 1 FROM turns WHERE board = ? AND task = ? LIMIT 1",
                                 (board, task)).fetchone() is None:
                     conn.executemany(
                         "INSERT INTO turns (board, owner, conversation, role, content, task, at)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)", rows,
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [(board, owner, conversation, t.role, t.content, task, at) for t in turns],
                     )
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise StoreError(f"cannot write the conversation store: {exc}") from exc
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"cannot write the conversation store: {exc}") from exc
 
     async def summaries(self, board: str, owner: str) -> list[ConversationSummary]:
         return await anyio.to_thread.run_sync(self._list_sync, board, owner)
 
     def _list_sync(self, board: str, owner: str) -> list[ConversationSummary]:
         with self._lock:
+            self._write_unwritten()
             rows = self._require().execute(
                 "SELECT conversation, COUNT(*), MAX(at) FROM turns WHERE board = ? AND owner = ?"
                 " GROUP BY conversation ORDER BY MAX(at) DESC", (board, owner),
@@ -120,6 +163,7 @@ class ConversationStore:
 
     def _delete_sync(self, board: str, owner: str, conversation: str) -> int:
         with self._lock:
+            self._write_unwritten()
             cur = self._require().execute(
                 "DELETE FROM turns WHERE board = ? AND owner = ? AND conversation = ?",
                 (board, owner, conversation),

@@ -27,7 +27,7 @@ from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms, plain_fields
 from kanbanmesh.board.events import event_keys
 from kanbanmesh.board.transitions import Column
-from kanbanmesh.errors import ConnectionClosedError, ProtocolError, StoreError
+from kanbanmesh.errors import ConnectionClosedError, ProtocolError
 from kanbanmesh.notify import ChangeSignal
 from kanbanmesh.protocol import codec
 from kanbanmesh.protocol.channel import Channel
@@ -462,13 +462,11 @@ class BoardRoom:
         if (self.conversations is None or not isinstance(conversation, str) or not conversation
                 or fields.get(c.F_STATUS) != "succeeded"):
             return
-        try:
-            self.conversations.append_now(
-                self.name, str(fields.get(c.F_OWNER) or ""), conversation, str(fields.get(c.F_ID)),
-                task_turns(fields),
-            )
-        except StoreError:
-            log.exception("board %s: could not record a turn of conversation %r", self.name, conversation)
+        # In memory now, on disk shortly (the store's writer thread): never SQLite on the loop.
+        self.conversations.record(
+            self.name, str(fields.get(c.F_OWNER) or ""), conversation, str(fields.get(c.F_ID)),
+            task_turns(fields),
+        )
 
     def _run_listeners(self) -> None:
         for listener in self._update_listeners:

@@ -141,6 +141,7 @@ async def serve(
         server = _Server(config)
         async with anyio.create_task_group() as tg:
             await tg.start(hub.start)
+            tg.start_soon(conversations.run_writer)
             if handle_signals:
                 tg.start_soon(_stop_on_signal, server)
             log.info("serving %s", url)
