@@ -35,6 +35,7 @@ from kanbanmesh.server.archive import ArchivedTask, TaskArchive
 from kanbanmesh.server.authz import WriteRules
 from kanbanmesh.server.connection import Connection
 from kanbanmesh.server.conversations import ConversationStore, task_turns
+from kanbanmesh.server.memory import release_freed_memory
 from kanbanmesh.server.quota import OwnerQuota, QuotaLimits
 from kanbanmesh.server.retention import RetentionIndex
 from kanbanmesh.server.rotation import generation_of, next_generation
@@ -229,6 +230,8 @@ class BoardRoom:
             observed.unobserve(sub)
         self._subs = []
         self._retention.detach()
+        if self._validator is not None:
+            self._validator.close()  # or its twin and the old document stay alive for good
 
     async def _maybe_rotate(self) -> None:
         """Start a new generation of the document when enough tasks have left the board."""
@@ -260,6 +263,7 @@ class BoardRoom:
         reason = f"board rotated to generation {self.generation}: reconnect with a new Y.Doc"
         for conn in [conn for conn in self._connections if conn.epoch != self._epoch]:
             await conn.close(c.CLOSE_BOARD_ROTATED, reason)
+        await release_freed_memory()  # the old generation's, kept by the allocator otherwise
 
     def _maybe_compact(self) -> None:
         # Outside the observe callback: a snapshot cannot be taken mid-transaction.

@@ -120,11 +120,20 @@ class UpdateValidator:
         self._collecting = True
         self._twin = self._make_twin()
 
-    def _make_twin(self) -> Doc[Any]:
+    def close(self) -> None:
+        """Stop observing the twin (the room leaves this board document: a rotation).
+
+        The twin's observers are held by Yrs and refer back to this validator: a cycle Python's
+        collector cannot see, which would keep the validator, its twin and the board document
+        alive for good.
+        """
         for ymap, sub in self._subs:
             ymap.unobserve(sub)
         self._subs = []
-        self._unmirrored.clear()  # the board's state includes them
+        self._unmirrored.clear()
+
+    def _make_twin(self) -> Doc[Any]:
+        self.close()  # the board's state includes what was not mirrored yet
         twin: Doc[Any] = Doc()
         twin.apply_update(self._board.get_update())
         for name in c.COLUMNS:
