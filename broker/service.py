@@ -125,8 +125,9 @@ class Broker:
     def _after_remote_change(self) -> None:
         # A pass right away, before the change is fanned out: a new task and its assignment
         # then reach every peer in one message instead of two. Only when the board changed in
-        # a way a pass acts on: most updates are text streamed into `doing` entries.
-        if not self._running or not self._tracker.dirty:
+        # a way a pass acts on (most updates are text streamed into `doing` entries) and
+        # something waits for one: a task finishing with nothing queued needs no pass.
+        if not self._running or not self._tracker.dirty or not self._tracker.waiting():
             return
         try:
             self.run_pass()
@@ -182,7 +183,7 @@ class Broker:
         self._tracker.dirty = False
 
     def _deduplicate(self) -> None:
-        suspects, self._tracker.suspects = self._tracker.suspects, set()
+        suspects, self._tracker.suspects = self._tracker.duplicates(), set()
         for task_id in suspects:
             if drop_duplicates(self.board, task_id):
                 self.stats.deduplicated += 1

@@ -75,6 +75,20 @@ class BoardTracker:
         live = set(self.queue.ids()) | set(self.held[Column.PREPARED]) | set(self.held[Column.DOING])
         self.suspects = {task_id for task_id in live if len(self.columns_of(task_id)) > 1}
 
+    def waiting(self) -> bool:
+        """Whether a pass has anything to act on besides repairs: queued tasks, cancels to
+        finish, or copies to deduplicate. (Repairs follow presence and time: the broker's
+        loop runs them.)"""
+        return bool(self.queue or self.todo_cancels or self.prepared_cancels or self.duplicates())
+
+    def duplicates(self) -> set[str]:
+        """The suspects still indexed in more than one column, now that the transaction's
+        observers have all run (a move's insert is often seen before its delete); the others
+        are forgotten."""
+        if self.suspects:
+            self.suspects = {t for t in self.suspects if len(self.columns_of(t)) > 1}
+        return self.suspects
+
     def columns_of(self, task_id: str) -> list[Column]:
         """Every column that holds a copy of `task_id` (by the indexes)."""
         found = []
