@@ -136,7 +136,7 @@ class BoardTracker:
 
     def _on_todo_events(self, events: list[Any]) -> None:
         self.dirty = True
-        roots, cancels = column_changes(events)
+        roots, cancels, enrichments = column_changes(events)
         for event in roots:
             for key, change in event_keys(event).items():
                 if change.get("action") == "delete":
@@ -145,12 +145,12 @@ class BoardTracker:
                     self._enqueue(key, change.get("newValue"))
         self.todo_cancels.update(cancels)
         todo = self.board.column_map(Column.TODO)
-        for task_id in enrichment_changes(events):
+        for task_id in enrichments:
             self._enqueue(task_id, todo.get(task_id))  # marked: out of the queue; cleared: in
 
     def _on_prepared_events(self, events: list[Any]) -> None:
         self.dirty = True
-        roots, cancels = column_changes(events)
+        roots, cancels, _ = column_changes(events)
         for event in roots:
             self._on_held_keys(Column.PREPARED, event)
         self.prepared_cancels.update(cancels)
@@ -176,27 +176,23 @@ class BoardTracker:
                 self._note_copy(key, Column.DONE)
 
 
-def enrichment_changes(events: list[Any]) -> list[str]:
-    """The ids of entries whose `enriching` marker was set or removed by these deep events."""
-    return [
-        str(path[0])
-        for event in events
-        if isinstance(event, MapEvent) and len(path := event_path(event)) == 1
-        and c.F_ENRICHING in event_keys(event)
-    ]
-
-
-def column_changes(events: list[Any]) -> tuple[list[MapEvent], list[str]]:
-    """A column's deep events: those on the column itself (entries added or removed), and
-    the ids of entries whose `cancel` flag was written."""
+def column_changes(events: list[Any]) -> tuple[list[MapEvent], list[str], list[str]]:
+    """A column's deep events, read in one walk: those on the column itself (entries added or
+    removed), the ids of entries whose `cancel` flag was written, and the ids of entries whose
+    `enriching` marker was set or removed."""
     roots: list[MapEvent] = []
     cancels: list[str] = []
+    enrichments: list[str] = []
     for event in events:
         if not isinstance(event, MapEvent):
             continue
         path = event_path(event)
         if not path:
             roots.append(event)
-        elif len(path) == 1 and c.F_CANCEL in event_keys(event):
-            cancels.append(str(path[0]))
-    return roots, cancels
+        elif len(path) == 1:
+            keys = event_keys(event)
+            if c.F_CANCEL in keys:
+                cancels.append(str(path[0]))
+            if c.F_ENRICHING in keys:
+                enrichments.append(str(path[0]))
+    return roots, cancels, enrichments
