@@ -103,7 +103,7 @@ def openai_routes(
         if named is not None and not hub.valid_board(named):
             raise ApiError(400, f"invalid board name {named!r}", kind="invalid_request_error")
         try:
-            identity = identify(request, named)
+            identity = identify(request, None)  # the board is checked below, once it is known
         except AuthError as exc:
             raise ApiError(exc.status, str(exc), kind="authentication_error" if exc.status == 401
                            else "permission_error") from exc
