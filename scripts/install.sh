@@ -45,6 +45,9 @@ command -v npm >/dev/null 2>&1 || apt_install nodejs npm ||
     echo "could not install node and npm: the board page is not built, the JS tests will be skipped" >&2
 command -v chromium >/dev/null 2>&1 || apt_install chromium ||
     echo "could not install chromium: the board page's browser tests will be skipped" >&2
+# The Firefox extension's browser tests drive Debian's firefox-esr over WebDriver BiDi.
+command -v firefox-esr >/dev/null 2>&1 || apt_install firefox-esr ||
+    echo "could not install firefox-esr: the Firefox extension's browser tests will be skipped" >&2
 
 if command -v npm >/dev/null 2>&1; then
     # The JavaScript interop tests drive stock yjs + y-websocket clients with node.
@@ -52,6 +55,8 @@ if command -v npm >/dev/null 2>&1; then
     # The JS library and the board page: yjs and y-websocket bundled by esbuild into
     # kanbanmesh/server/static/, which `kanbanmesh serve`/`up` serve at /.
     (cd web && npm ci --no-audit --no-fund && npm run build)
+    # The Firefox extension (examples/firefox), bundled with the library into dist/extension.
+    (cd examples/firefox && npm ci --no-audit --no-fund && npm run build)
 fi
 
 .venv/bin/kanbanmesh --version

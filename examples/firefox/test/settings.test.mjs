@@ -52,6 +52,12 @@ test('saving asks for the host permission first, then stores; a declined permiss
   // the default server is in the manifest's host_permissions: no prompt needed
   await saveSettings(stingy, DEFAULTS)
   assert.deepEqual(stingy.storage.local.items[SETTINGS_KEY], DEFAULTS)
+
+  // saved by a script, not a click: Firefox refuses to prompt; a granted origin still saves
+  const scripted = fakeBrowser({ userInput: false })
+  await saveSettings(scripted, { ...DEFAULTS, serverUrl: 'ws://localhost:9000' })
+  await assert.rejects(saveSettings(scripted, { ...DEFAULTS, serverUrl: 'ws://elsewhere:1' }), SettingsError)
+  assert.equal(scripted.storage.local.items[SETTINGS_KEY].serverUrl, 'ws://localhost:9000')
 })
 
 test('a broken stored value falls back to the defaults; changes reach listeners', async () => {

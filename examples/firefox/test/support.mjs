@@ -41,7 +41,7 @@ class FakeArea {
  * reach (its `host_permissions`); `allowRequests` is what the user answers to a permission
  * prompt. Every call is recorded in `calls`, in order.
  */
-export function fakeBrowser ({ granted = ['http://127.0.0.1/*', 'http://localhost/*'], allowRequests = true } = {}) {
+export function fakeBrowser ({ granted = ['http://127.0.0.1/*', 'http://localhost/*'], allowRequests = true, userInput = true } = {}) {
   const calls = []
   const storageListeners = new Set()
   const changed = (changes, area) => {
@@ -66,6 +66,7 @@ export function fakeBrowser ({ granted = ['http://127.0.0.1/*', 'http://localhos
     permissions: {
       async request ({ origins: wanted }) {
         calls.push(`permissions.request ${wanted.join(' ')}`)
+        if (!userInput) throw new Error('permissions.request may only be called from a user input handler')
         if (wanted.every((origin) => origins.has(origin))) return true
         if (!allowRequests) return false
         for (const origin of wanted) origins.add(origin)
