@@ -92,15 +92,21 @@ class Reader:
         return self.pos >= len(self.data)
 
     def var_uint(self) -> int:
+        data, pos = self.data, self.pos
+        # Most numbers of the protocol (message kinds, lengths, counts) fit in one byte.
+        if pos < len(data) and data[pos] < 0x80:
+            self.pos = pos + 1
+            return data[pos]
         value = 0
         shift = 0
         for _ in range(_MAX_VAR_UINT_BYTES):
-            if self.pos >= len(self.data):
+            if pos >= len(data):
                 raise ProtocolError("message ends inside a number")
-            byte = self.data[self.pos]
-            self.pos += 1
+            byte = data[pos]
+            pos += 1
             value |= (byte & 0x7F) << shift
             if byte < 0x80:
+                self.pos = pos
                 return value
             shift += 7
         raise ProtocolError("number too long")
@@ -250,12 +256,9 @@ def deleting_all_of(state: dict[int, int]) -> bytes:
 
 def decode_state_vector(data: bytes) -> dict[int, int]:
     reader = Reader(data)
-    count = reader.var_uint()
-    vector = {}
-    for _ in range(count):
-        client_id = reader.var_uint()
-        vector[client_id] = reader.var_uint()
-    return vector
+    read = reader.var_uint
+    # Decoded on every update the server checks: the bound method is looked up once.
+    return {read(): read() for _ in range(read())}
 
 
 def covers(state: dict[int, int], required: dict[int, int]) -> bool:

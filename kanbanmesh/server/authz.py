@@ -119,10 +119,11 @@ class WriteRules:
             raise _forbid("a worker may only remove its own drain request")
         # Which tasks it holds, by id; an entry is read whole only if the update copies it.
         held_before: dict[str, Map[Any]] = {}
-        for held_column in (Column.PREPARED, Column.DOING):
-            for task_id, entry in board.entries(held_column):
-                if entry.get(c.F_WORKER) in ids:
-                    held_before[task_id] = entry
+        with board.doc.transaction():  # one for all these reads, not one per read
+            for held_column in (Column.PREPARED, Column.DOING):
+                for task_id, entry in board.entries(held_column):
+                    if entry.get(c.F_WORKER) in ids:
+                        held_before[task_id] = entry
         for column, key in changes.removed:
             if column not in (c.PREPARED, c.DOING) or key not in held_before:
                 raise _forbid(f"task {key[:24]!r} is not assigned to you")

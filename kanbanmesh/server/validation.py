@@ -103,6 +103,14 @@ def _refuse_pending(update: bytes, state: bytes, after: dict[int, int]) -> None:
             raise UpdateRefused(c.CLOSE_INVALID_UPDATE, "update deletes what the board does not have")
 
 
+def _root_count(doc: Doc[Any]) -> int:
+    """How many root types `doc` has. Read through pycrdt's Rust document (`_doc.roots`):
+    `Doc.keys()` wraps every root in a Python object first, which costs more, on every
+    update, than the rest of the root check."""
+    with doc.transaction() as txn:
+        return len(doc._doc.roots(txn._txn))
+
+
 class UpdateValidator:
     """Validates incoming updates against a twin of one board document."""
 
@@ -202,42 +210,19 @@ class UpdateValidator:
         self._changes = changes = UpdateChanges()
         self.touched.clear()
         self.created.clear()
-        roots = set(self._twin.keys())
-        state_before = self._twin.get_state()
+        twin = self._twin
+        roots = _root_count(twin)
+        state_before = twin.get_state()
         try:
-            self._twin.apply_update(update)
+            twin.apply_update(update)
         except (ValueError, RuntimeError) as exc:  # pycrdt raises either for what it cannot take
             self._twin = self._make_twin()
             raise UpdateRefused(c.CLOSE_INVALID_UPDATE, f"update does not decode: {exc}") from exc
         try:
-            state_after = self._twin.get_state()
-            before = decode_state_vector(state_before)
-            after = before if state_after == state_before else decode_state_vector(state_after)
-            changes.writers = {cid for cid, clock in after.items() if clock > before.get(cid, 0)}
-            _refuse_pending(update, state_after, after)
-            changes.unknown_roots = set(self._twin.keys()) - roots - KNOWN_ROOTS
-            if changes.unknown_roots:
-                raise UpdateRefused(
-                    c.CLOSE_FORBIDDEN,
-                    f"forbidden: unknown root type {min(changes.unknown_roots)[:40]!r}",
-                )
-            for column, key in dict.fromkeys(self._new):
-                # Read after the whole update: an entry it created and moved on again (a
-                # worker's doing -> done in one go) is not on the board and needs no check.
-                target = self._twin.get(column, type=Map)
-                if key not in target:
-                    continue
-                value = target[key]  # may be null: that is an invalid entry, not a deletion
-                fields = plain_fields(value) if isinstance(value, Map) else value
-                self._check_entry(_NewEntry(column, key, fields))
-                changes.written[(column, key)] = fields
-                if column == c.TODO:
-                    self.created.append(key)
-            for column, key in changes.fields:
-                # A field set inside an existing entry (a cancel, say) must leave it valid too.
-                value = self._twin.get(column, type=Map).get(key)
-                if isinstance(value, Map) and (column, key) not in changes.written:
-                    self._check_entry(_NewEntry(column, key, plain_fields(value)))
+            # One read transaction for everything read below: pycrdt otherwise opens and
+            # commits one per read, which costs more than most of the reads themselves.
+            with twin.transaction():
+                self._inspect(update, state_before, roots, changes)
             if authorize is not None:
                 authorize(changes)
         except UpdateRefused:
@@ -245,6 +230,40 @@ class UpdateValidator:
             raise
         finally:
             self._new.clear()
+
+    def _inspect(self, update: bytes, state_before: bytes, roots: int, changes: UpdateChanges) -> None:
+        """What the update did to the twin, each written entry checked (see `check`)."""
+        twin = self._twin
+        state_after = twin.get_state()
+        before = decode_state_vector(state_before)
+        after = before if state_after == state_before else decode_state_vector(state_after)
+        changes.writers = {cid for cid, clock in after.items() if clock > before.get(cid, 0)}
+        _refuse_pending(update, state_after, after)
+        if _root_count(twin) != roots:
+            changes.unknown_roots = set(twin.keys()) - KNOWN_ROOTS
+            if changes.unknown_roots:
+                raise UpdateRefused(
+                    c.CLOSE_FORBIDDEN,
+                    f"forbidden: unknown root type {min(changes.unknown_roots)[:40]!r}",
+                )
+        columns = {name: twin.get(name, type=Map) for name in {col for col, _ in self._new}}
+        for column, key in dict.fromkeys(self._new):
+            # Read after the whole update: an entry it created and moved on again (a
+            # worker's doing -> done in one go) is not on the board and needs no check.
+            target = columns[column]
+            if key not in target:
+                continue
+            value = target[key]  # may be null: that is an invalid entry, not a deletion
+            fields = plain_fields(value) if isinstance(value, Map) else value
+            self._check_entry(_NewEntry(column, key, fields))
+            changes.written[(column, key)] = fields
+            if column == c.TODO:
+                self.created.append(key)
+        for column, key in changes.fields:
+            # A field set inside an existing entry (a cancel, say) must leave it valid too.
+            value = twin.get(column, type=Map).get(key)
+            if isinstance(value, Map) and (column, key) not in changes.written:
+                self._check_entry(_NewEntry(column, key, plain_fields(value)))
 
     def _check_entry(self, entry: _NewEntry) -> None:
         # Close reasons hold 123 bytes: say what is wrong first, name the entry briefly.
