@@ -48,6 +48,11 @@ command -v chromium >/dev/null 2>&1 || apt_install chromium ||
 # The Firefox extension's browser tests drive Debian's firefox-esr over WebDriver BiDi.
 command -v firefox-esr >/dev/null 2>&1 || apt_install firefox-esr ||
     echo "could not install firefox-esr: the Firefox extension's browser tests will be skipped" >&2
+# LibreOffice Writer and its Python bridge: the Writer extension (examples/libreoffice/) and
+# its tests, which drive a headless Writer.
+{ command -v soffice >/dev/null 2>&1 && /usr/bin/python3 -c 'import uno' 2>/dev/null; } ||
+    apt_install libreoffice-writer python3-uno ||
+    echo "could not install LibreOffice: the Writer extension's tests will be skipped" >&2
 
 if command -v npm >/dev/null 2>&1; then
     # The JavaScript interop tests drive stock yjs + y-websocket clients with node.
@@ -58,6 +63,11 @@ if command -v npm >/dev/null 2>&1; then
     # The Firefox extension (examples/firefox), bundled with the library into dist/extension.
     (cd examples/firefox && npm ci --no-audit --no-fund && npm run build)
 fi
+
+# The Writer extension, examples/libreoffice/dist/kanbanmesh.oxt: the SDK and its dependencies
+# as wheels for LibreOffice's Python (see examples/libreoffice/README.md).
+.venv/bin/python examples/libreoffice/build.py ||
+    echo "could not build the LibreOffice extension: see examples/libreoffice/README.md" >&2
 
 .venv/bin/kanbanmesh --version
 echo "installed. Start the mesh with:  .venv/bin/kanbanmesh up"
