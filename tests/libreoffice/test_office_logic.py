@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
+from collections.abc import AsyncGenerator
 from pathlib import Path
 
 import anyio
@@ -25,9 +26,13 @@ from kanbanmesh_office import (
 )
 from kanbanmesh_office.settings import BOARD_NAME_PATTERN as OFFICE_BOARD_PATTERN
 
+from kanbanmesh.errors import BackendError
 from kanbanmesh.settings import BOARD_NAME_PATTERN
 from tests.conftest import WorkerPool, free_port
+from tests.e2e.backend_workers import running_worker
 from tests.libreoffice.conftest import EXAMPLE
+from worker.backends.base import GenerationEvent, GenerationRequest
+from worker.backends.echo import EchoBackend
 
 
 def test_answer_pieces_turn_newlines_into_paragraph_breaks() -> None:
@@ -73,6 +78,24 @@ async def test_a_job_streams_the_answer_and_the_check_lists_the_models(server_ur
     assert outcome.status.value == "succeeded" and len(chunks) > 1
     assert "".join(chunks) == outcome.text == "echo: Rewrite.\n\none two three"
     assert models == ["echo"] and line == "Connected to board 'default': 1 worker, models: echo."
+
+
+class OutOfMemory(EchoBackend):
+    """A backend that fails every request, as a worker short of memory would."""
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        raise BackendError("backend_error", "out of memory")
+        yield  # an async generator all the same
+
+
+@pytest.mark.anyio
+async def test_a_failed_task_is_explained_with_the_workers_error(server_url: str) -> None:
+    job = AnswerJob(OfficeSettings(url=server_url), build_messages("Summarize.", "x"), on_chunk=lambda _: None)
+    async with running_worker(server_url, OutOfMemory()):
+        with anyio.fail_after(30), pytest.raises(OfficeError) as caught:
+            await anyio.to_thread.run_sync(job.run)
+    assert caught.value.title == "kanbanmesh: the task failed"
+    assert caught.value.message == "The mesh could not answer: out of memory (backend_error)"
 
 
 @pytest.mark.anyio
