@@ -29,6 +29,7 @@ from broker.tracker import BoardTracker
 from broker.view import BoardView
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms
+from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.schema import TaskStatus
 from kanbanmesh.board.transitions import Column, Writer
 from kanbanmesh.notify import ChangeSignal
@@ -203,7 +204,7 @@ class Broker:
                     continue  # it may be reconnecting after a server restart
                 else:
                     reason, message = "worker_lost", f"worker {worker} left the board"
-                entry = self.board.column_map(column).get(task_id)
+                entry = read_field(self.board.column_map(column), task_id)
                 if isinstance(entry, Map):
                     self._count(requeue_or_fail(
                         self.board, task_id, column, entry, reason, message, self._settings.retry
@@ -228,8 +229,8 @@ class Broker:
         entries = self.board.column_map(column)
         for task_id in list(requests):
             requests.discard(task_id)
-            entry = entries.get(task_id)
-            if isinstance(entry, Map) and entry.get(c.F_CANCEL):
+            entry = read_field(entries, task_id)
+            if isinstance(entry, Map) and read_field(entry, c.F_CANCEL):
                 finish(self.board, task_id, column, TaskStatus.CANCELLED, None)
                 self.stats.cancelled += 1
 
@@ -237,17 +238,17 @@ class Broker:
         todo = self.board.column_map(Column.TODO)
         queue = self._tracker.queue
         for task_id, worker_id in plan(queue, workers, load, now_ms()):
-            entry = todo.get(task_id)
-            if not isinstance(entry, Map) or task_id in self._tracker.done or entry.get(c.F_ENRICHING):
+            entry = read_field(todo, task_id)
+            if not isinstance(entry, Map) or task_id in self._tracker.done or read_field(entry, c.F_ENRICHING):
                 queue.discard(task_id)
                 continue
             assignment: dict[str, Any] = {
                 c.F_WORKER: worker_id,
-                c.F_ATTEMPT: int(as_number(entry.get(c.F_ATTEMPT)) or 1),
+                c.F_ATTEMPT: int(as_number(read_field(entry, c.F_ATTEMPT)) or 1),
                 c.F_ASSIGNED_AT: now_ms(),
             }
             queued = queue.get(task_id)
-            if not as_number(entry.get(c.F_CREATED_AT)) and queued is not None:
+            if not as_number(read_field(entry, c.F_CREATED_AT)) and queued is not None:
                 assignment[c.F_CREATED_AT] = queued.created_at
             self.board.move(task_id, Column.TODO, Column.PREPARED, Writer.BROKER, set_fields=assignment)
             self.stats.assigned += 1

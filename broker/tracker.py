@@ -18,6 +18,7 @@ from broker.scheduler import QueuedTask, TodoQueue
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms
 from kanbanmesh.board.events import event_keys, event_path
+from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.transitions import Column
 
 
@@ -69,7 +70,7 @@ class BoardTracker:
             held.clear()
             for task_id, entry in self.board.entries(column):
                 self._hold(column, task_id, entry)
-                if column is Column.PREPARED and entry.get(c.F_CANCEL):
+                if column is Column.PREPARED and read_field(entry, c.F_CANCEL):
                     self.prepared_cancels.add(task_id)
         self.done = set(self.board.ids(Column.DONE))
         live = set(self.queue.ids()) | set(self.held[Column.PREPARED]) | set(self.held[Column.DOING])
@@ -104,30 +105,30 @@ class BoardTracker:
     def _enqueue(self, task_id: str, entry: Any) -> None:
         if not isinstance(entry, Map):
             return
-        if entry.get(c.F_CANCEL):
+        if read_field(entry, c.F_CANCEL):
             self.todo_cancels.add(task_id)
-        if entry.get(c.F_ENRICHING):
+        if read_field(entry, c.F_ENRICHING):
             # The server's middlewares have not finished with it (kanbanmesh.server.enrichment):
             # not assignable yet; it is queued when the marker goes. A cancel still counts.
             self.queue.discard(task_id)
             return
         # A task without `created_at` (a JavaScript client may leave it out) is as old as
         # its arrival here, not older than every other task; it is stamped when assigned.
-        created_at = as_number(entry.get(c.F_CREATED_AT)) or now_ms()
+        created_at = as_number(read_field(entry, c.F_CREATED_AT)) or now_ms()
         self.queue.add(
             QueuedTask.make(
                 task_id,
-                str(entry.get(c.F_MODEL) or ""),
-                as_number(entry.get(c.F_PRIORITY)),
+                str(read_field(entry, c.F_MODEL) or ""),
+                as_number(read_field(entry, c.F_PRIORITY)),
                 created_at,
-                not_before=as_number(entry.get(c.F_RETRY_AT)),
+                not_before=as_number(read_field(entry, c.F_RETRY_AT)),
             )
         )
         self._note_copy(task_id, Column.TODO)
 
     def _hold(self, column: Column, task_id: str, entry: Any) -> None:
         if isinstance(entry, Map):
-            self.held[column][task_id] = str(entry.get(c.F_WORKER) or "")
+            self.held[column][task_id] = str(read_field(entry, c.F_WORKER) or "")
             self._note_copy(task_id, column)
 
     def _note_copy(self, task_id: str, column: Column) -> None:
@@ -146,7 +147,7 @@ class BoardTracker:
         self.todo_cancels.update(cancels)
         todo = self.board.column_map(Column.TODO)
         for task_id in enrichments:
-            self._enqueue(task_id, todo.get(task_id))  # marked: out of the queue; cleared: in
+            self._enqueue(task_id, read_field(todo, task_id))  # marked: out of the queue; cleared: in
 
     def _on_prepared_events(self, events: list[Any]) -> None:
         self.dirty = True

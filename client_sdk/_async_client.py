@@ -17,6 +17,7 @@ from awareness.states import PeerPresence, Role, WorkerPresence, workers_from_st
 from client_sdk._models import BoardSnapshot
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_fields, entry_from_map, request_from_fields
+from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.schema import ChatMessage, RagSpec, TaskEntry, TaskParams, TaskStatus
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import (
@@ -374,7 +375,7 @@ class TaskHandle:
                             yield piece
                             continue
                     elif not delivered.startswith(text):
-                        raise StreamRestartedError(self.id, int(ymap.get(c.F_ATTEMPT) or 1))
+                        raise StreamRestartedError(self.id, int(read_field(ymap, c.F_ATTEMPT) or 1))
                     if column is Column.DONE:
                         return
             await self._client.wait_changed(1.0)
@@ -432,15 +433,15 @@ class TaskHandle:
                 column, ymap = found
                 if column is Column.DONE:
                     return entry_from_map(ymap)
-                if not ymap.get(c.F_CANCEL):
+                if not read_field(ymap, c.F_CANCEL):
                     ymap[c.F_CANCEL] = True
                 await self._client.wait_changed(1.0)
 
 
 def _text_of(ymap: Map[Any], column: Column) -> str:
-    if column is Column.DONE and ymap.get(c.F_STATUS) == TaskStatus.SUCCEEDED.value:
-        result = ymap.get(c.F_RESULT)
+    if column is Column.DONE and read_field(ymap, c.F_STATUS) == TaskStatus.SUCCEEDED.value:
+        result = read_field(ymap, c.F_RESULT)
         if isinstance(result, str):
             return result
-    output = ymap.get(c.F_OUTPUT)
+    output = read_field(ymap, c.F_OUTPUT)
     return str(output) if isinstance(output, Text) else ""

@@ -22,6 +22,7 @@ import kanbanmesh
 from awareness.states import Role, WorkerState
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_map, now_ms
+from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.schema import TaskEntry, TaskStatus, Timings, Usage
 from kanbanmesh.board.transitions import Column, Writer
 from kanbanmesh.errors import BackendError, InvalidTaskError, KanbanMeshError
@@ -151,7 +152,7 @@ class Worker:
     def _assigned_waiting(self) -> bool:
         prepared = self._peer.board.column_map(Column.PREPARED)
         return any(
-            isinstance(entry, Map) and entry.get(c.F_WORKER) == self.id
+            isinstance(entry, Map) and read_field(entry, c.F_WORKER) == self.id
             for _, entry in prepared.items()
         )
 
@@ -197,35 +198,37 @@ class Worker:
         # broker saw us draining, and nobody else will run it.
         prepared = self._peer.board.column_map(Column.PREPARED)
         started = False
-        for task_id, entry in list(prepared.items()):
-            if len(self._running) >= self._settings.slots:
-                break
-            if task_id in self._running or not isinstance(entry, Map):
-                continue
-            if entry.get(c.F_WORKER) != self.id:
-                continue
-            run = _Run(attempt=int(entry.get(c.F_ATTEMPT) or 1))
-            self._running[task_id] = run
-            tg.start_soon(self._execute, task_id, run)
-            started = True
+        with self._peer.doc.transaction():  # one for every read of the scan
+            for task_id, entry in list(prepared.items()):
+                if len(self._running) >= self._settings.slots:
+                    break
+                if task_id in self._running or not isinstance(entry, Map):
+                    continue
+                if read_field(entry, c.F_WORKER) != self.id:
+                    continue
+                run = _Run(attempt=int(read_field(entry, c.F_ATTEMPT) or 1))
+                self._running[task_id] = run
+                tg.start_soon(self._execute, task_id, run)
+                started = True
         if started:
             self._publish()
 
     def _watch_cancels(self) -> None:
         doing = self._peer.board.column_map(Column.DOING)
         for task_id, run in self._running.items():
-            entry = doing.get(task_id)
-            if isinstance(entry, Map) and entry.get(c.F_CANCEL) and not run.cancelled:
+            entry = read_field(doing, task_id)
+            if isinstance(entry, Map) and read_field(entry, c.F_CANCEL) and not run.cancelled:
                 run.cancelled = True
                 run.scope.cancel()
 
     def _ours(self, column: Column, task_id: str, run: _Run) -> Map[Any] | None:
-        entry = self._peer.board.column_map(column).get(task_id)
-        if not isinstance(entry, Map):
-            return None
-        if entry.get(c.F_WORKER) != self.id or int(entry.get(c.F_ATTEMPT) or 1) != run.attempt:
-            return None
-        return entry
+        with self._peer.doc.transaction():  # one for the three reads
+            entry = read_field(self._peer.board.column_map(column), task_id)
+            if not isinstance(entry, Map):
+                return None
+            if read_field(entry, c.F_WORKER) != self.id or int(read_field(entry, c.F_ATTEMPT) or 1) != run.attempt:
+                return None
+            return entry
 
     async def _execute(self, task_id: str, run: _Run) -> None:
         try:
@@ -310,10 +313,10 @@ class Worker:
             entry = self._ours(Column.DOING, task_id, run)
             if entry is None:
                 return False
-            if entry.get(c.F_CANCEL):
+            if read_field(entry, c.F_CANCEL):
                 run.cancelled = True
                 return False
-            output = entry.get(c.F_OUTPUT)
+            output = read_field(entry, c.F_OUTPUT)
             if not isinstance(output, Text):
                 return False
             run.output, run.checked_at = output, self._peer.remote_updates

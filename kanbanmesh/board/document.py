@@ -16,6 +16,7 @@ from pycrdt import Doc, Map, Text
 from pydantic import ValidationError
 
 from kanbanmesh.board import constants as c
+from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.schema import TaskEntry, TaskRequest
 from kanbanmesh.board.transitions import Column, Writer, check_move, winner
 from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
@@ -38,11 +39,12 @@ class BoardDoc:
 
     def locate(self, task_id: str) -> Column | None:
         """The column that holds `task_id` (the winning copy if several do), or None."""
-        found = [
-            (col, _attempt_of(self.maps[col][task_id]))
-            for col in Column
-            if task_id in self.maps[col]
-        ]
+        with self.doc.transaction():  # one for the four lookups, not one per read
+            found = [
+                (col, _attempt_of(self.maps[col][task_id]))
+                for col in Column
+                if task_id in self.maps[col]
+            ]
         if not found:
             return None
         return winner(found)[0]
@@ -92,7 +94,7 @@ class BoardDoc:
         """
         check_move(src, dst, writer)
         with self.doc.transaction():
-            old = self.maps[src].get(task_id)
+            old = read_field(self.maps[src], task_id)
             if old is None:
                 raise TaskNotFoundError(f"no task {task_id!r} in {src.value}")
             fields = plain_fields(old)
@@ -142,7 +144,7 @@ def _plain(value: Any) -> Any:
 
 def _attempt_of(ymap: Any) -> int:
     try:
-        return int(ymap.get(c.F_ATTEMPT, 0) or 0)
+        return int(read_field(ymap, c.F_ATTEMPT, 0) or 0)
     except (AttributeError, TypeError, ValueError):
         return 0
 

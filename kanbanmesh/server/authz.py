@@ -24,6 +24,7 @@ from pycrdt import Map
 from kanbanmesh.auth import Identity, Role
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, plain_fields
+from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.schema import (
     BROKER_FIELDS,
     CLIENT_FIELDS,
@@ -122,7 +123,7 @@ class WriteRules:
         with board.doc.transaction():  # one for all these reads, not one per read
             for held_column in (Column.PREPARED, Column.DOING):
                 for task_id, entry in board.entries(held_column):
-                    if entry.get(c.F_WORKER) in ids:
+                    if read_field(entry, c.F_WORKER) in ids:
                         held_before[task_id] = entry
         for column, key in changes.removed:
             if column not in (c.PREPARED, c.DOING) or key not in held_before:
@@ -164,7 +165,7 @@ class WriteRules:
 
 
 def _entry(board: BoardDoc, column: str, task_id: str) -> Map[Any] | None:
-    entry = board.column_map(Column(column)).get(task_id)
+    entry = read_field(board.column_map(Column(column)), task_id)
     return entry if isinstance(entry, Map) else None
 
 

@@ -15,6 +15,7 @@ from pycrdt import Map, Subscription
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc
 from kanbanmesh.board.events import event_keys, event_path
+from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.transitions import Column
 
 
@@ -52,10 +53,10 @@ class RetentionIndex:
     def _schedule(self, task_id: str, entry: Any, *, now: bool = False) -> None:
         if not isinstance(entry, Map):
             return
-        if now or entry.get(c.F_ACK):
+        if now or read_field(entry, c.F_ACK):
             at = 0.0
         else:
-            finished = entry.get(c.F_FINISHED_AT)
+            finished = read_field(entry, c.F_FINISHED_AT)
             at = (float(finished) if isinstance(finished, int | float) else 0.0) + self._retention_ms
         self._due[task_id] = at
         heapq.heappush(self._heap, (at, task_id))

@@ -26,6 +26,7 @@ from kanbanmesh.auth import Role as AccessRole
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms, plain_fields
 from kanbanmesh.board.events import event_keys
+from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import ConnectionClosedError, ProtocolError
 from kanbanmesh.notify import ChangeSignal
@@ -190,7 +191,7 @@ class BoardRoom:
         done = self.board.column_map(Column.DONE)
         tasks = []
         for task_id in due:
-            entry = done.get(task_id)
+            entry = read_field(done, task_id)
             if isinstance(entry, Map):
                 fields = plain_fields(entry)
                 finished = fields.get(c.F_FINISHED_AT)
@@ -278,7 +279,7 @@ class BoardRoom:
                     continue
                 if column is Column.TODO:
                     entry = change.get("newValue")
-                    self._quota.opened(key, entry.get(c.F_OWNER) if isinstance(entry, Map) else "")
+                    self._quota.opened(key, read_field(entry, c.F_OWNER) if isinstance(entry, Map) else "")
                 elif column is Column.DONE:
                     self._quota.closed(key)
                     entry = change.get("newValue")
@@ -289,7 +290,7 @@ class BoardRoom:
                             listener(fields)
                 if column is Column.PREPARED:
                     entry = change.get("newValue")
-                    worker = entry.get(c.F_WORKER) if isinstance(entry, Map) else None
+                    worker = read_field(entry, c.F_WORKER) if isinstance(entry, Map) else None
                     if isinstance(worker, str):
                         self._assigned[key] = worker
                 elif column is Column.DONE:

@@ -108,6 +108,7 @@ def _root_count(doc: Doc[Any]) -> int:
     `Doc.keys()` wraps every root in a Python object first, which costs more, on every
     update, than the rest of the root check."""
     with doc.transaction() as txn:
+        assert txn._txn is not None  # set while the transaction is open
         return len(doc._doc.roots(txn._txn))
 
 

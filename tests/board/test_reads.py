@@ -1,0 +1,38 @@
+"""`read_field` reads what pycrdt's own `Map.get` reads, inside a transaction or not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pycrdt import Doc, Map, Text
+
+from kanbanmesh.board.reads import read_field
+
+
+@pytest.fixture
+def entry() -> Map[Any]:
+    doc: Doc[Any] = Doc()
+    column = doc.get("todo", type=Map)
+    column["t1"] = Map({"n": 3, "s": "x", "none": None, "d": {"a": [1, 2]}, "output": Text("hi"),
+                        "inner": Map({"k": 1})})
+    entry: Map[Any] = column["t1"]
+    return entry
+
+
+@pytest.mark.parametrize("key", ["n", "s", "none", "d", "missing"])
+def test_plain_values_and_missing_keys_read_as_map_get(entry: Map[Any], key: str) -> None:
+    assert read_field(entry, key) == entry.get(key)
+    assert read_field(entry, key, "default") == entry.get(key, "default")
+    with entry.doc.transaction():
+        assert read_field(entry, key) == entry.get(key)
+
+
+def test_shared_types_come_back_as_pycrdt_types(entry: Map[Any]) -> None:
+    output = read_field(entry, "output")
+    assert isinstance(output, Text) and str(output) == "hi"
+    inner = read_field(entry, "inner")
+    assert isinstance(inner, Map) and inner.get("k") == 1
+    column = entry.doc.get("todo", type=Map)
+    assert isinstance(read_field(column, "t1"), Map)
+    assert read_field(column, "t2") is None
