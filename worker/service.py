@@ -22,7 +22,7 @@ import kanbanmesh
 from awareness.states import Role, WorkerState
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_map, now_ms
-from kanbanmesh.board.reads import read_field
+from kanbanmesh.board.reads import read_field, read_items
 from kanbanmesh.board.schema import TaskEntry, TaskStatus, Timings, Usage
 from kanbanmesh.board.transitions import Column, Writer
 from kanbanmesh.errors import BackendError, InvalidTaskError, KanbanMeshError
@@ -153,7 +153,7 @@ class Worker:
         prepared = self._peer.board.column_map(Column.PREPARED)
         return any(
             isinstance(entry, Map) and read_field(entry, c.F_WORKER) == self.id
-            for _, entry in prepared.items()
+            for _, entry in read_items(prepared)
         )
 
     def _publish(self) -> None:
@@ -199,7 +199,7 @@ class Worker:
         prepared = self._peer.board.column_map(Column.PREPARED)
         started = False
         with self._peer.doc.transaction():  # one for every read of the scan
-            for task_id, entry in list(prepared.items()):
+            for task_id, entry in read_items(prepared):
                 if len(self._running) >= self._settings.slots:
                     break
                 if task_id in self._running or not isinstance(entry, Map):

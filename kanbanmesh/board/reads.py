@@ -26,3 +26,12 @@ def read_field(ymap: Map[Any], key: str, default: Any = None) -> Any:
             return default
         return ymap._maybe_as_type_or_doc(integrated.get(txn._txn, key))
 
+
+
+def read_items(ymap: Map[Any]) -> list[tuple[str, Any]]:
+    """`list(ymap.items())` in one transaction, one call into Yrs per value (pycrdt's
+    `items()` checks each key twice more and opens a transaction per value)."""
+    with ymap.doc.transaction() as txn:
+        integrated, raw = ymap.integrated, txn._txn
+        wrap = ymap._maybe_as_type_or_doc
+        return [(key, wrap(integrated.get(raw, key))) for key in integrated.keys(raw)]

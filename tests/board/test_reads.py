@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pycrdt import Doc, Map, Text
 
-from kanbanmesh.board.reads import read_field
+from kanbanmesh.board.reads import read_field, read_items
 
 
 @pytest.fixture
@@ -36,3 +36,13 @@ def test_shared_types_come_back_as_pycrdt_types(entry: Map[Any]) -> None:
     column = entry.doc.get("todo", type=Map)
     assert isinstance(read_field(column, "t1"), Map)
     assert read_field(column, "t2") is None
+
+
+def test_items_read_as_map_items(entry: Map[Any]) -> None:
+    def plain(items: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        return [(k, str(v) if isinstance(v, Text | Map) else v) for k, v in items]
+
+    assert plain(read_items(entry)) == plain(list(entry.items()))
+    column = entry.doc.get("todo", type=Map)
+    [(key, value)] = read_items(column)
+    assert key == "t1" and isinstance(value, Map)
