@@ -8,6 +8,9 @@ An update can be queued as not urgent: it then waits up to `lazy_s` for company,
 with the next urgent message or when that time is up, whichever comes first. Peers get other
 people's tasks that way (see `BoardRoom`): on a small machine, waking every process on the
 board for every update of every task costs more than the work itself.
+
+Peers that wait on the same updates (idle workers, watchers: their deadlines start with the
+same update) flush them in the same tick; `SharedMerges` merges such a batch once for all.
 """
 
 from __future__ import annotations
@@ -27,11 +30,37 @@ from kanbanmesh.server.validation import UpdateChanges
 _COMPACT_AT = 512
 
 
+class SharedMerges:
+    """Merges batches of updates, each batch once however many peers send it: the last few
+    results are kept, keyed by the batch (a tuple of the very update objects every peer was
+    handed; a bytes object hashes its content once and keeps the hash)."""
+
+    def __init__(self, keep: int = 4) -> None:
+        self._keep = keep
+        self._done: dict[tuple[bytes, ...], bytes] = {}
+
+    def merge(self, updates: list[bytes]) -> bytes:
+        if len(updates) == 1:
+            return updates[0]
+        batch = tuple(updates)
+        merged = self._done.get(batch)
+        if merged is None:
+            merged = merge_updates(*batch)
+            if len(self._done) >= self._keep:
+                del self._done[next(iter(self._done))]  # the oldest
+            self._done[batch] = merged
+        return merged
+
+
 class Connection:
     """A connected peer: `enqueue_*` never block; `run_sender` writes to the channel."""
 
-    def __init__(self, channel: Channel, *, keepalive_s: float, lazy_s: float = 0.05) -> None:
+    def __init__(
+        self, channel: Channel, *, keepalive_s: float, lazy_s: float = 0.05,
+        merges: SharedMerges | None = None,
+    ) -> None:
         self.channel = channel
+        self._merges = merges if merges is not None else SharedMerges()
         self.keepalive_s = keepalive_s
         self.lazy_s = lazy_s
         # What the room knows of the peer: whether it wants every update at once (a broker),
@@ -58,7 +87,7 @@ class Connection:
             return
         self._updates.append(update)
         if len(self._updates) >= _COMPACT_AT:
-            self._updates = [merge_updates(*self._updates)]
+            self._updates = [self._merges.merge(self._updates)]
         if urgent:
             self._urgent = True
             self._wakeup.set()
@@ -91,7 +120,7 @@ class Connection:
             if self._updates:
                 updates = self._updates
                 self._updates = []
-                update = updates[0] if len(updates) == 1 else merge_updates(*updates)
+                update = self._merges.merge(updates)
                 messages.append(codec.sync_update(update))
             if idle.cancelled_caught and not messages:
                 messages.append(codec.KEEPALIVE)

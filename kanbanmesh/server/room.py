@@ -34,7 +34,7 @@ from kanbanmesh.protocol import codec
 from kanbanmesh.protocol.channel import Channel
 from kanbanmesh.server.archive import ArchivedTask, TaskArchive
 from kanbanmesh.server.authz import WriteRules
-from kanbanmesh.server.connection import Connection
+from kanbanmesh.server.connection import Connection, SharedMerges
 from kanbanmesh.server.conversations import ConversationStore, task_turns
 from kanbanmesh.server.memory import release_freed_memory
 from kanbanmesh.server.quota import OwnerQuota, QuotaLimits
@@ -109,6 +109,7 @@ class BoardRoom:
         self._writers: dict[int, str] = {}  # Yjs client id -> the subject that first wrote with it
         self._last_update_at = 0.0  # anyio clock of the last update applied
         self._connections: set[Connection] = set()
+        self._merges = SharedMerges()  # one merge per batch that several peers wait on
         self._origin: Connection | None = None
         self._validator: UpdateValidator | None = None
         self._ready = anyio.Event()
@@ -341,7 +342,8 @@ class BoardRoom:
         """Serve one connection until it closes; a peer breaking a rule is closed with a reason."""
         await self._ready.wait()
         conn = Connection(
-            channel, keepalive_s=self._settings.keepalive_s, lazy_s=self._settings.lazy_s
+            channel, keepalive_s=self._settings.keepalive_s, lazy_s=self._settings.lazy_s,
+            merges=self._merges,
         )
         conn.epoch = self._epoch
         conn.identity = identity
