@@ -118,13 +118,19 @@ class WriteRules:
         allowed_control = {c.DRAIN_PREFIX + x for x in ids | worker_names}
         if not changes.control <= allowed_control:
             raise _forbid("a worker may only remove its own drain request")
-        # Which tasks it holds, by id; an entry is read whole only if the update copies it.
+        # Which of the tasks the update touches it holds, by id (looked up one by one: the
+        # board may hold thousands); an entry is read whole only if the update copies it.
+        touched = {key for _, key in changes.removed} | {key for _, key in changes.written}
+        touched |= {key for _, key in changes.fields} | {key for _, key in changes.texts}
         held_before: dict[str, Map[Any]] = {}
         with board.doc.transaction():  # one for all these reads, not one per read
-            for held_column in (Column.PREPARED, Column.DOING):
-                for task_id, entry in board.entries(held_column):
-                    if read_field(entry, c.F_WORKER) in ids:
+            for task_id in touched:
+                # `doing` first: of two copies this worker holds, the later one counts.
+                for held_column in (Column.DOING, Column.PREPARED):
+                    entry = read_field(board.column_map(held_column), task_id)
+                    if isinstance(entry, Map) and read_field(entry, c.F_WORKER) in ids:
                         held_before[task_id] = entry
+                        break
         for column, key in changes.removed:
             if column not in (c.PREPARED, c.DOING) or key not in held_before:
                 raise _forbid(f"task {key[:24]!r} is not assigned to you")
