@@ -17,6 +17,9 @@ from typing import Any
 
 from pycrdt import Map
 
+# What Yrs hands back for JSON-like values: returned as they are.
+_PLAIN = frozenset({str, int, float, bool, type(None), dict, list})
+
 
 def read_field(ymap: Map[Any], key: str, default: Any = None) -> Any:
     """`ymap.get(key, default)`, for a map integrated in a document."""
@@ -24,8 +27,9 @@ def read_field(ymap: Map[Any], key: str, default: Any = None) -> Any:
         integrated = ymap.integrated
         if not integrated.has(txn._txn, key):
             return default
-        return ymap._maybe_as_type_or_doc(integrated.get(txn._txn, key))
-
+        value = integrated.get(txn._txn, key)
+    # Most fields are plain values; pycrdt's wrapper tries each of its types on them first.
+    return value if type(value) in _PLAIN else ymap._maybe_as_type_or_doc(value)
 
 
 def read_items(ymap: Map[Any]) -> list[tuple[str, Any]]:
@@ -33,5 +37,6 @@ def read_items(ymap: Map[Any]) -> list[tuple[str, Any]]:
     `items()` checks each key twice more and opens a transaction per value)."""
     with ymap.doc.transaction() as txn:
         integrated, raw = ymap.integrated, txn._txn
-        wrap = ymap._maybe_as_type_or_doc
-        return [(key, wrap(integrated.get(raw, key))) for key in integrated.keys(raw)]
+        values = [(key, integrated.get(raw, key)) for key in integrated.keys(raw)]
+    wrap = ymap._maybe_as_type_or_doc
+    return [(key, value if type(value) in _PLAIN else wrap(value)) for key, value in values]
