@@ -120,7 +120,10 @@ class BoardPeer:
         self._stopped = anyio.Event()
         self._tg: TaskGroup | None = None
         self._listeners: list[Callable[[], None]] = []
-        self.doc.observe(self._on_doc_update)
+        # Held to unobserve when the peer stops: Yrs keeps the callback, the callback this
+        # peer, this peer the document, a cycle Python's collector cannot see, so a client
+        # closed without it would keep its whole replica alive for good.
+        self._doc_sub = self.doc.observe(self._on_doc_update)
         self.awareness.observe(self._on_awareness)
 
     # -- public surface -------------------------------------------------------------------
@@ -215,11 +218,14 @@ class BoardPeer:
         Signals started after the first sync; raises `ConnectError` if the first connection
         cannot be made, and the server's refusal if it refuses us.
         """
-        async with anyio.create_task_group() as tg:
-            self._tg = tg
-            tg.start_soon(self.awareness.start)
-            await tg.start(self._run)
-            task_status.started()
+        try:
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                tg.start_soon(self.awareness.start)
+                await tg.start(self._run)
+                task_status.started()
+        finally:
+            self.doc.unobserve(self._doc_sub)  # see __init__: or the replica stays alive
 
     async def stop(self) -> None:
         self._stopped.set()
@@ -273,11 +279,12 @@ class BoardPeer:
         comes back from the server's new generation at the next sync."""
         state = self.awareness.get_local_state()
         old_awareness = self.awareness
+        self.doc.unobserve(self._doc_sub)
         self.doc = Doc()
         self.board = BoardDoc(self.doc)
         self.awareness = Awareness(self.doc)
         self.awareness.set_local_state(state)
-        self.doc.observe(self._on_doc_update)
+        self._doc_sub = self.doc.observe(self._on_doc_update)
         self.awareness.observe(self._on_awareness)
         self._outbox.clear()
         self._synced = anyio.Event()
