@@ -75,6 +75,9 @@ def server_options(fn: F) -> F:
         click.option("--rotate-idle-seconds", "rotate_idle_s", type=float, default=None,
                      help="Also start a new generation when a board has been idle this long and "
                           "at least 100 tasks have left it (default 60)."),
+        click.option("--middleware-timeout", "middleware_timeout_s", type=float, default=None,
+                     help="Seconds the pre-inference middlewares (history, retrieval) may take "
+                          "on a task before it fails with middleware_timeout (default 120)."),
         click.option("--max-task-bytes", type=int, default=None,
                      help="Largest accepted task entry (default 1 MiB)."),
         click.option("--max-message-bytes", type=int, default=None,

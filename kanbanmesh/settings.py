@@ -59,6 +59,8 @@ class Settings(BaseSettings):
     retention_s: float = Field(default=600.0, ge=0)  # finished tasks leave the live board after
     rotate_after: int = Field(default=10_000, ge=1)  # tasks gone before a new doc generation
     rotate_idle_s: float = Field(default=60.0, gt=0)  # or on a board idle this long (>= 100 gone)
+    # Pre-inference middlewares (history, retrieval): a task still enriching after this fails.
+    middleware_timeout_s: float = Field(default=120.0, gt=0)
 
     # Broker.
     max_attempts: int = Field(default=3, ge=1, le=100)

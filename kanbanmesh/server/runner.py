@@ -71,6 +71,7 @@ def hub_settings(settings: Settings) -> HubSettings:
         broker=BrokerSettings.from_settings(settings, "embedded")
         if settings.embedded_broker
         else None,
+        middleware_timeout_s=settings.middleware_timeout_s,
     )
 
 
