@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from rag.collection import Collection, SearchHit
+from rag.collection import Collection, CollectionConfig, SearchHit, read_config
 from rag.embedding import ModelCache
 
 
@@ -38,6 +38,11 @@ class Collections:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if (p / "collection.json").is_file())
+
+    def configs(self) -> list[CollectionConfig]:
+        """Every collection's configuration (name, chunks, model, index), by name."""
+        found = (read_config(self.root, name) for name in self.names())
+        return [config for config in found if config is not None]
 
     def close(self) -> None:
         with self._lock:

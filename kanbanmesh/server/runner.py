@@ -129,7 +129,8 @@ async def serve(
         middlewares: list[Middleware] = [HistoryMiddleware(conversations), RetrievalMiddleware(collections)]
         hub = Hub(store, archive, hub_settings(settings), conversations, middlewares)
         config = uvicorn.Config(
-            app=create_app(hub, secret, settings.max_connections_per_subject, settings.queue_timeout_s),
+            app=create_app(hub, secret, settings.max_connections_per_subject, settings.queue_timeout_s,
+                           collections),
             ws="websockets-sansio",
             ws_max_size=settings.max_message_bytes,
             ws_ping_interval=20.0,

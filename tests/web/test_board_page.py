@@ -16,6 +16,7 @@ from kanbanmesh.peer import BoardPeer
 from kanbanmesh.server.runner import serve
 from kanbanmesh.settings import Settings
 from tests.conftest import ServerProcess, WorkerPool
+from tests.rag.fixtures import DOCS_COLLECTION
 from tests.web.conftest import OpenPage, http_url
 from worker import Worker, WorkerSettings
 from worker.backends import EchoBackend
@@ -219,4 +220,13 @@ async def test_a_token_is_asked_once_and_kept(secure_mesh: str, open_page: OpenP
     await page.reload()  # the token was kept: no question this time
     await connected(page)
     assert not await dialog.is_visible()
+    assert problems.errors == []
+
+
+async def test_the_form_offers_the_servers_rag_collections(rag_server: str, open_page: OpenPage) -> None:
+    page, problems = await open_page(http_url(rag_server))
+    await connected(page)
+    option = page.locator(f'#rag-collections option[value="{DOCS_COLLECTION}"]')
+    await option.wait_for(state="attached")
+    assert "chunks" in str(await option.get_attribute("label"))
     assert problems.errors == []

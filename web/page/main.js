@@ -3,7 +3,7 @@
 // submits and cancels tasks, asks for a token when the server wants one, and reconnects by
 // itself (saying so) when the connection drops.
 
-import { AuthError, connect } from '../src/index.js'
+import { AuthError, connect, listCollections } from '../src/index.js'
 import { BoardView } from './render.js'
 import { boardName, forgetToken, ownerName, saveToken, serverUrl, storedToken } from './session.js'
 
@@ -68,6 +68,27 @@ class Page {
     this.onStatus(board.status)
     this.view.renderWorkers(board.workers())
     this.draw()
+    void this.offerCollections(token)
+  }
+
+  /**
+   * Offer the server's retrieval collections in the form's RAG field (still free text: a
+   * collection ingested later can be typed). Quietly nothing when they cannot be listed.
+   * @param {string | undefined} token
+   */
+  async offerCollections (token) {
+    let collections
+    try {
+      collections = await listCollections(serverUrl(), this.board, token)
+    } catch {
+      return
+    }
+    byId('rag-collections').replaceChildren(...collections.map((collection) => {
+      const option = document.createElement('option')
+      option.value = collection.name
+      option.label = `${collection.name} (${collection.chunks} chunks)`
+      return option
+    }))
   }
 
   /** @param {import('../src/board.js').Status} status */

@@ -1,6 +1,6 @@
 // @ts-check
-// The HTTP side of the server (same host and port as the websocket): who a token is, and a
-// task that has left the live board for the archive.
+// The HTTP side of the server (same host and port as the websocket): who a token is, a task
+// that has left the live board for the archive, and the retrieval collections tasks may name.
 
 import { AuthError, ConnectError } from './errors.js'
 
@@ -59,4 +59,23 @@ export async function whoami (url, board, token) {
  */
 export function lookupTask (url, board, token, id) {
   return getJson(url, board, `/tasks/${encodeURIComponent(id)}`, token)
+}
+
+/**
+ * @typedef {object} RagCollection  A retrieval collection a task may name in `rag`.
+ * @property {string} name
+ * @property {number} chunks  how many chunks it holds
+ * @property {string} model  the embedding model
+ * @property {string} index  exact | hnsw
+ */
+
+/**
+ * The retrieval collections of the server, as a task on `board` may name them.
+ * @param {string} url @param {string} board @param {string | undefined} token
+ * @returns {Promise<RagCollection[]>}
+ */
+export async function listCollections (url, board, token) {
+  const body = await getJson(url, board, '/rag/collections', token)
+  if (body === null) throw new ConnectError(`no board ${JSON.stringify(board)} on ${httpBase(url)}`)
+  return body.collections
 }

@@ -11,6 +11,6 @@
 
 export { Board, connect } from './board.js'
 export { AuthError, ConnectError, KanbanmeshError, RefusedError } from './errors.js'
-export { httpBase, lookupTask, whoami } from './http.js'
+export { httpBase, listCollections, lookupTask, whoami } from './http.js'
 export { TaskHandle } from './task.js'
 export { COLUMNS, DEFAULT_RAG_K, findTask, newTaskId, plainTask, snapshot } from './tasks.js'
