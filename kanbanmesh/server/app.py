@@ -60,6 +60,17 @@ def create_app(
             raise AuthError(f"this token does not open board {board!r}", status=403)
         return identity
 
+    def board_access(request: Request) -> tuple[str, Identity | JSONResponse]:
+        """The request's board and the caller's identity on it, or the error to answer: 404
+        for an invalid board name, 401/403 for a token that does not open the board."""
+        board = str(request.path_params["board"])
+        if not hub.valid_board(board):
+            return board, JSONResponse({"error": f"invalid board name {board!r}"}, status_code=404)
+        try:
+            return board, identify(request, board)
+        except AuthError as exc:
+            return board, JSONResponse({"error": str(exc)}, status_code=exc.status)
+
     async def healthz(request: Request) -> Response:
         rooms = hub.rooms
         return JSONResponse(
@@ -75,13 +86,10 @@ def create_app(
 
     async def task_entry(request: Request) -> Response:
         """A task by id: from the live board, or from the archive once it left the board."""
-        board, task_id = request.path_params["board"], request.path_params["task_id"]
-        if not hub.valid_board(board):
-            return JSONResponse({"error": f"invalid board name {board!r}"}, status_code=404)
-        try:
-            identify(request, board)
-        except AuthError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        task_id = request.path_params["task_id"]
+        board, access = board_access(request)
+        if isinstance(access, JSONResponse):
+            return access
         room = hub.rooms.get(board)
         if room is not None:
             try:
@@ -101,14 +109,11 @@ def create_app(
 
     async def board_stats(request: Request) -> Response:
         """Key figures of what finished on a board in the last `since` seconds (default 3600)."""
-        board = request.path_params["board"]
-        if not hub.valid_board(board):
-            return JSONResponse({"error": f"invalid board name {board!r}"}, status_code=404)
+        board, access = board_access(request)
+        if isinstance(access, JSONResponse):
+            return access
         try:
-            identify(request, board)
             since_s = float(request.query_params.get("since", "3600"))
-        except AuthError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
         except ValueError:
             return JSONResponse({"error": "since must be a number of seconds"}, status_code=400)
         since_ms = now_ms() - since_s * 1000.0
@@ -121,13 +126,9 @@ def create_app(
     async def rag_collections_list(request: Request) -> Response:
         """The retrieval collections a task on this board may name in `rag`, for pickers (the
         board page's form): name, chunks, embedding model, index kind."""
-        board = request.path_params["board"]
-        if not hub.valid_board(board):
-            return JSONResponse({"error": f"invalid board name {board!r}"}, status_code=404)
-        try:
-            identify(request, board)
-        except AuthError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        _, access = board_access(request)
+        if isinstance(access, JSONResponse):
+            return access
         configs = [] if rag_collections is None else await anyio.to_thread.run_sync(rag_collections.configs)
         return JSONResponse({"collections": [
             {"name": config.name, "chunks": config.chunks,
