@@ -230,3 +230,26 @@ async def test_the_form_offers_the_servers_rag_collections(rag_server: str, open
     await option.wait_for(state="attached")
     assert "chunks" in str(await option.get_attribute("label"))
     assert problems.errors == []
+
+
+async def test_a_submission_past_the_owners_limit_is_explained_and_nothing_else_is_lost(
+    tmp_path: Path, open_page: OpenPage
+) -> None:
+    """The server refuses (4429) a task past `--max-open-tasks`: the page says why, reconnects
+    with a fresh copy of the board, and the task already open is still there."""
+    settings = Settings(port=0, data_dir=tmp_path, auth_secret=SECRET, max_open_tasks=1)  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        url: str = await tg.start(serve, settings)  # no worker: tasks stay open in todo
+        page, problems = await open_page(http_url(url))
+        await page.fill("#token-input", token(Role.CLIENT, "bob"))
+        await page.press("#token-input", "Enter")
+        await connected(page)
+        first = await submit(page, "the one task bob may have open")
+        await page.fill("#prompt", "one too many")
+        await page.click("#submit")
+        await page.locator("#banner", has_text="too many open tasks").wait_for()
+        await connected(page)  # back, with a fresh copy of the board
+        await card(page, first).wait_for()
+        assert await page.locator("li.card", has=page.locator(".asked", has_text="one too many")).count() == 0
+        assert not [e for e in problems.errors if not e.startswith(NETWORK_NOISE)]
+        tg.cancel_scope.cancel()
