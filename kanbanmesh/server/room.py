@@ -60,6 +60,9 @@ class RoomSettings:
     awareness_timeout_s: float = 30.0  # as Yjs: a state not renewed for this long is gone
     compact_every: int = 5000  # persisted rows of one board before they are squashed
     lazy_s: float = 0.05  # how long other people's tasks' updates may wait to be sent
+    # For a connection that announced only workers: it shows nobody anything, and needs other
+    # tasks' news only to keep its replica whole (its own tasks' news is never lazy).
+    worker_lazy_s: float = 0.25
     retention_s: float = 600.0  # finished tasks stay on the live board this long
     archive_batch: int = 2000  # most tasks archived in one round (one a second)
     # A new generation of the document once this many tasks have left the board (when no
@@ -427,6 +430,8 @@ class BoardRoom:
             update = self.awareness.apply(conn, message.update)
             roles, conn.worker_ids = self.awareness.roles_of(conn)
             conn.eager = not roles.isdisjoint(_EAGER_ROLES)
+            only_workers = bool(conn.worker_ids) and roles <= {"worker"}
+            conn.lazy_s = self._settings.worker_lazy_s if only_workers else self._settings.lazy_s
             if update is not None:
                 # Echoed to the sender too: y-websocket counts it as a sign of life.
                 self._broadcast(codec.awareness_message(update), None)
