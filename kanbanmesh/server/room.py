@@ -428,8 +428,14 @@ class BoardRoom:
         elif isinstance(message, codec.AwarenessMessage):
             _check_announced_roles(conn, self.awareness, message.update)
             update = self.awareness.apply(conn, message.update)
+            announced = conn.worker_ids
             roles, conn.worker_ids = self.awareness.roles_of(conn)
             conn.eager = not roles.isdisjoint(_EAGER_ROLES)
+            if conn.worker_ids - announced:
+                # A worker (back, after a reconnect or a server restart) follows the tasks it
+                # already holds: their requeue must reach it at once, or it runs on a stale
+                # attempt whose writes the worker fence refuses.
+                conn.interests.update(self._held_by(conn.worker_ids - announced))
             only_workers = bool(conn.worker_ids) and roles <= {"worker"}
             conn.lazy_s = self._settings.worker_lazy_s if only_workers else self._settings.lazy_s
             if update is not None:
@@ -442,6 +448,16 @@ class BoardRoom:
             if full is not None:
                 conn.enqueue_message(codec.awareness_message(full))
         return None
+
+    def _held_by(self, worker_ids: frozenset[str]) -> set[str]:
+        """The tasks in `prepared` and `doing` assigned to one of `worker_ids`."""
+        held = set()
+        with self.doc.transaction():
+            for column in (Column.PREPARED, Column.DOING):
+                for task_id, entry in self.board.entries(column):
+                    if isinstance(entry, Map) and read_field(entry, c.F_WORKER) in worker_ids:
+                        held.add(task_id)
+        return held
 
     def _worker_fence(self, conn: Connection) -> WriteRules:
         identity = Identity(subject=f"worker-connection-{id(conn)}", role=AccessRole.WORKER,

@@ -17,6 +17,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from pycrdt import Doc, Map, Text
 
 from kanbanmesh.board import constants as c
+from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import ConnectionClosedError
 from kanbanmesh.protocol import codec
 from kanbanmesh.server.archive import TaskArchive
@@ -222,3 +223,44 @@ async def _run_ownership_scenario(
             while "t1" not in other_worker.column(c.DOING) or not other_worker.column(c.DOING)["t1"].get("cancel"):
                 assert await other_worker.next_update(5) - start >= LAZY_S * 0.9
         tg.cancel_scope.cancel()
+
+
+async def test_a_worker_back_on_a_new_connection_hears_at_once_of_the_tasks_it_holds() -> None:
+    """After a reconnect (or a server restart) a worker's new connection follows the tasks the
+    board says it holds: their requeue reaches it at once, not with its batch, or it would run
+    on a stale attempt whose writes the worker fence refuses."""
+    archive = TaskArchive(None)
+    archive.open()
+    room = BoardRoom("test", None, archive, RoomSettings(lazy_s=LAZY_S, worker_lazy_s=WORKER_LAZY_S))
+    broker, worker = Peer(), Peer()
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(room.start)
+            tg.start_soon(room.serve, broker.channel)
+            await broker.announce({c.A_ROLE: "broker", c.A_ID: "b1"})
+            broker.column(c.PREPARED)["t1"] = Map(task_fields("t1", worker="w1"))
+            await broker.push()
+            with anyio.fail_after(5):
+                while "t1" not in room.board.column_map(Column.PREPARED):
+                    await anyio.sleep(0.01)
+            # The worker comes back: a new connection, syncing the board, announcing w1.
+            tg.start_soon(room.serve, worker.channel)
+            await worker.channel.to_room.send(codec.sync_step1(worker.doc.get_state()))
+            await worker.next_update(5)  # the sync: t1 is in its replica, assigned to it
+            assert worker.column(c.PREPARED)["t1"]["worker"] == "w1"
+            await worker.announce({c.A_ROLE: "worker", c.A_ID: "w1", c.A_SLOTS: 1})
+            with anyio.fail_after(5):
+                while len(room.awareness.states()) < 2:
+                    await anyio.sleep(0.01)
+            start = anyio.current_time()
+            with broker.doc.transaction():  # the broker requeues it
+                del broker.column(c.PREPARED)["t1"]
+                broker.column(c.TODO)["t1"] = Map(task_fields("t1", attempt=2))
+            await broker.push()
+            assert await worker.next_update(5) - start < LAZY_S / 2
+            assert "t1" not in worker.column(c.PREPARED)
+            tg.cancel_scope.cancel()
+    finally:
+        for peer in (broker, worker):
+            peer.channel.dispose()
+        archive.close()
