@@ -21,6 +21,8 @@ from kanbanmesh.board.schema import TaskEntry, TaskRequest
 from kanbanmesh.board.transitions import Column, Writer, check_move, winner
 from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
 
+_ABSENT = object()  # a key a map does not hold (None is a value a map may hold)
+
 
 def now_ms() -> float:
     """Wall-clock time in milliseconds since the epoch, as JavaScript's `Date.now()`."""
@@ -40,11 +42,8 @@ class BoardDoc:
     def locate(self, task_id: str) -> Column | None:
         """The column that holds `task_id` (the winning copy if several do), or None."""
         with self.doc.transaction():  # one for the four lookups, not one per read
-            found = [
-                (col, _attempt_of(self.maps[col][task_id]))
-                for col in Column
-                if task_id in self.maps[col]
-            ]
+            copies = [(col, read_field(self.maps[col], task_id, _ABSENT)) for col in Column]
+        found = [(col, _attempt_of(entry)) for col, entry in copies if entry is not _ABSENT]
         if not found:
             return None
         return winner(found)[0]

@@ -1,4 +1,5 @@
-"""Reading one field of a board entry with one call into Yrs.
+"""Reading a board document with one call into Yrs: one field of an entry, a column's
+entries, the number of root types.
 
 pycrdt's `Map.get(key)` opens three transactions and checks the key twice before it reads
 (`get` -> `__contains__` -> `__getitem__` -> `_check_key` -> `__contains__`): ~9 us a field
@@ -6,16 +7,17 @@ here, ~6 us inside an open transaction. The server reads a few fields of every e
 touches, a worker of every task it runs, a client of every task it waits on: on those paths
 `read_field` reads in ~5 us, ~2 us inside an open transaction.
 
-It goes one level below pycrdt's public API (`Map.integrated`, a transaction's `_txn` and
-`_maybe_as_type_or_doc`), which is why pycrdt is pinned to one version in pyproject.toml;
-tests/board/test_reads.py holds these functions to `Map.get` and `in`.
+It goes one level below pycrdt's public API (`Map.integrated`, `Doc._doc`, a transaction's
+`_txn` and `_maybe_as_type_or_doc`), which is why pycrdt is pinned to one version in
+pyproject.toml; tests/board/test_reads.py holds these functions to `Map.get`, `Map.items` and
+`Doc.keys`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from pycrdt import Map
+from pycrdt import Doc, Map
 
 # What Yrs hands back for JSON-like values: returned as they are.
 _PLAIN = frozenset({str, int, float, bool, type(None), dict, list})
@@ -40,3 +42,11 @@ def read_items(ymap: Map[Any]) -> list[tuple[str, Any]]:
         values = [(key, integrated.get(raw, key)) for key in integrated.keys(raw)]
     wrap = ymap._maybe_as_type_or_doc
     return [(key, value if type(value) in _PLAIN else wrap(value)) for key, value in values]
+
+
+def root_count(doc: Doc[Any]) -> int:
+    """`len(list(doc.keys()))`: `Doc.keys()` wraps every root in a Python object first, which
+    costs the update validator more, on every update, than the rest of its root check."""
+    with doc.transaction() as txn:
+        assert txn._txn is not None  # set while the transaction is open
+        return len(doc._doc.roots(txn._txn))

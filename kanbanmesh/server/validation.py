@@ -27,6 +27,7 @@ from pycrdt import Doc, Map, MapEvent, Subscription, get_update, merge_updates
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_fields, plain_fields, request_from_fields
 from kanbanmesh.board.events import event_keys, event_path
+from kanbanmesh.board.reads import root_count
 from kanbanmesh.board.schema import REQUEST_FIELDS
 from kanbanmesh.errors import InvalidTaskError, ProtocolError
 from kanbanmesh.protocol.codec import EMPTY_UPDATE, decode_state_vector, delete_set, deleting_all_of
@@ -101,15 +102,6 @@ def _refuse_pending(update: bytes, state: bytes, after: dict[int, int]) -> None:
     for client, clock, length in deleted or ():
         if clock + length > after.get(client, 0):
             raise UpdateRefused(c.CLOSE_INVALID_UPDATE, "update deletes what the board does not have")
-
-
-def _root_count(doc: Doc[Any]) -> int:
-    """How many root types `doc` has. Read through pycrdt's Rust document (`_doc.roots`):
-    `Doc.keys()` wraps every root in a Python object first, which costs more, on every
-    update, than the rest of the root check."""
-    with doc.transaction() as txn:
-        assert txn._txn is not None  # set while the transaction is open
-        return len(doc._doc.roots(txn._txn))
 
 
 class UpdateValidator:
@@ -212,7 +204,7 @@ class UpdateValidator:
         self.touched.clear()
         self.created.clear()
         twin = self._twin
-        roots = _root_count(twin)
+        roots = root_count(twin)
         state_before = twin.get_state()
         try:
             twin.apply_update(update)
@@ -240,7 +232,7 @@ class UpdateValidator:
         after = before if state_after == state_before else decode_state_vector(state_after)
         changes.writers = {cid for cid, clock in after.items() if clock > before.get(cid, 0)}
         _refuse_pending(update, state_after, after)
-        if _root_count(twin) != roots:
+        if root_count(twin) != roots:
             changes.unknown_roots = set(twin.keys()) - KNOWN_ROOTS
             if changes.unknown_roots:
                 raise UpdateRefused(

@@ -1,4 +1,4 @@
-"""`read_field` reads what pycrdt's own `Map.get` reads, inside a transaction or not."""
+"""The fast reads read what pycrdt's own `Map.get`, `Map.items` and `Doc.keys` read."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pycrdt import Doc, Map, Text
 
-from kanbanmesh.board.reads import read_field, read_items
+from kanbanmesh.board.reads import read_field, read_items, root_count
 
 
 @pytest.fixture
@@ -46,3 +46,10 @@ def test_items_read_as_map_items(entry: Map[Any]) -> None:
     column = entry.doc.get("todo", type=Map)
     [(key, value)] = read_items(column)
     assert key == "t1" and isinstance(value, Map)
+
+
+def test_root_count_counts_what_doc_keys_lists(entry: Map[Any]) -> None:
+    doc = entry.doc
+    assert root_count(doc) == len(list(doc.keys())) == 1
+    doc.get("done", type=Map)
+    assert root_count(doc) == len(list(doc.keys())) == 2
