@@ -11,13 +11,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycrdt import Map, MapEvent, Subscription
+from pycrdt import Map, Subscription
 
 from broker.repair import as_number
 from broker.scheduler import QueuedTask, TodoQueue
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms
-from kanbanmesh.board.events import event_keys, event_path
+from kanbanmesh.board.events import (
+    change_value,
+    event_keys,
+    event_path,
+    is_map_event,
+    observe_events,
+)
 from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.transitions import Column
 
@@ -49,11 +55,11 @@ class BoardTracker:
         doing = self.board.column_map(Column.DOING)
         done = self.board.column_map(Column.DONE)
         self._subs = [
-            (todo, todo.observe_deep(self._on_todo_events)),
-            (prepared, prepared.observe_deep(self._on_prepared_events)),
+            (todo, observe_events(todo, self._on_todo_events, deep=True)),
+            (prepared, observe_events(prepared, self._on_prepared_events, deep=True)),
             # Shallow: `doing` entries change with every streamed chunk, `done` needs no more.
-            (doing, doing.observe(self._on_doing_event)),
-            (done, done.observe(self._on_done_event)),
+            (doing, observe_events(doing, self._on_doing_event)),
+            (done, observe_events(done, self._on_done_event)),
         ]
         self.rebuild()
 
@@ -143,7 +149,7 @@ class BoardTracker:
                 if change.get("action") == "delete":
                     self.queue.discard(key)
                 else:
-                    self._enqueue(key, change.get("newValue"))
+                    self._enqueue(key, change_value(change, self.board.column_map(Column.TODO)))
         self.todo_cancels.update(cancels)
         todo = self.board.column_map(Column.TODO)
         for task_id in enrichments:
@@ -156,18 +162,18 @@ class BoardTracker:
             self._on_held_keys(Column.PREPARED, event)
         self.prepared_cancels.update(cancels)
 
-    def _on_doing_event(self, event: MapEvent) -> None:
+    def _on_doing_event(self, event: Any) -> None:
         self.dirty = True
         self._on_held_keys(Column.DOING, event)
 
-    def _on_held_keys(self, column: Column, event: MapEvent) -> None:
+    def _on_held_keys(self, column: Column, event: Any) -> None:
         for key, change in event_keys(event).items():
             if change.get("action") == "delete":
                 self.held[column].pop(key, None)
             else:
-                self._hold(column, key, change.get("newValue"))
+                self._hold(column, key, change_value(change, self.board.column_map(column)))
 
-    def _on_done_event(self, event: MapEvent) -> None:
+    def _on_done_event(self, event: Any) -> None:
         self.dirty = True
         for key, change in event_keys(event).items():
             if change.get("action") == "delete":
@@ -177,15 +183,15 @@ class BoardTracker:
                 self._note_copy(key, Column.DONE)
 
 
-def column_changes(events: list[Any]) -> tuple[list[MapEvent], list[str], list[str]]:
+def column_changes(events: list[Any]) -> tuple[list[Any], list[str], list[str]]:
     """A column's deep events, read in one walk: those on the column itself (entries added or
     removed), the ids of entries whose `cancel` flag was written, and the ids of entries whose
     `enriching` marker was set or removed."""
-    roots: list[MapEvent] = []
+    roots: list[Any] = []
     cancels: list[str] = []
     enrichments: list[str] = []
     for event in events:
-        if not isinstance(event, MapEvent):
+        if not is_map_event(event):
             continue
         path = event_path(event)
         if not path:

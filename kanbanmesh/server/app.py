@@ -18,6 +18,7 @@ from kanbanmesh.board.document import entry_from_fields, now_ms, plain_fields
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
 from kanbanmesh.server.channel import StarletteChannel
+from kanbanmesh.server.direct_ws import DirectChannel
 from kanbanmesh.server.hub import Hub
 from kanbanmesh.server.kpis import kpis
 from kanbanmesh.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -182,7 +183,8 @@ def create_app(
         await websocket.accept()
         connections[identity.subject] += 1
         try:
-            await room.serve(StarletteChannel(websocket, "/" + name), identity)
+            channel = DirectChannel.of(websocket.scope, "/" + name) or StarletteChannel(websocket, "/" + name)
+            await room.serve(channel, identity)
         finally:
             connections[identity.subject] -= 1
 

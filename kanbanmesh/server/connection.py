@@ -11,11 +11,20 @@ board for every update of every task costs more than the work itself.
 
 Peers that wait on the same updates (idle workers, watchers: their deadlines start with the
 same update) flush them in the same tick; `SharedMerges` merges such a batch once for all.
+
+On a channel that can write at once (`DirectSend`: the server's direct websocket path), an
+urgent message queued while the room handles a peer's message leaves as soon as that handling
+is over (`SendBatch`), with whatever waited for it, instead of waking the sender task: one task
+switch less per message on the path of every task. Not before: what the server writes because
+of an update (the pipeline's `enriching` marker, the embedded broker's assignment) must leave
+in the same message as the update. The sender task still sends what is lazy, what waits while
+the peer reads slowly, what the server writes on its own, and keepalives.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
 import anyio
 from pycrdt import merge_updates
@@ -28,6 +37,35 @@ from kanbanmesh.server.validation import UpdateChanges
 # Merge in place once this many updates wait, so a stalled peer costs memory in proportion
 # to what changed, not to how many updates it missed.
 _COMPACT_AT = 512
+
+
+@runtime_checkable
+class DirectSend(Protocol):
+    """A channel that can write a message at once, without awaiting."""
+
+    @property
+    def writable(self) -> bool:
+        """Whether it takes more now (False while the peer reads slowly)."""
+        ...
+
+    def send_now(self, message: bytes) -> bool:
+        """Write at once; False when the peer is gone."""
+        ...
+
+
+class SendBatch:
+    """Urgent messages for direct channels, held while the room handles one message."""
+
+    def __init__(self) -> None:
+        self.open = False
+        self.held: list[Connection] = []
+
+    def release(self) -> None:
+        """Close the batch and send what it held."""
+        self.open = False
+        held, self.held = self.held, []
+        for conn in held:
+            conn.release()
 
 
 class SharedMerges:
@@ -57,7 +95,7 @@ class Connection:
 
     def __init__(
         self, channel: Channel, *, keepalive_s: float, lazy_s: float = 0.05,
-        merges: SharedMerges | None = None,
+        merges: SharedMerges | None = None, batch: SendBatch | None = None,
     ) -> None:
         self.channel = channel
         self._merges = merges if merges is not None else SharedMerges()
@@ -77,6 +115,10 @@ class Connection:
         self._urgent = False
         self._lazy_deadline: float | None = None
         self._closed = False
+        self._direct = channel if isinstance(channel, DirectSend) else None
+        self._batch = batch if batch is not None else SendBatch()
+        self._held = False  # in the batch
+        self._sending = False  # the sender task is writing what it took from the outbox
 
     @property
     def closed(self) -> bool:
@@ -90,7 +132,7 @@ class Connection:
             self._updates = [self._merges.merge(self._updates)]
         if urgent:
             self._urgent = True
-            self._wakeup.set()
+            self._signal()
         elif self._lazy_deadline is None:
             self._lazy_deadline = anyio.current_time() + self.lazy_s
             self._wakeup.set()  # the sender re-arms its timer for the deadline
@@ -101,7 +143,41 @@ class Connection:
             return
         self._other.append(message)
         self._urgent = True
-        self._wakeup.set()
+        self._signal()
+
+    def _signal(self) -> None:
+        if self._direct is not None and self._batch.open:
+            if not self._held:
+                self._held = True
+                self._batch.held.append(self)
+        else:
+            self._wakeup.set()
+
+    def release(self) -> None:
+        """Send what the batch held for this peer, at once if the channel takes it now."""
+        self._held = False
+        if self._urgent and not self._closed and not self._send_direct():
+            self._wakeup.set()
+
+    def _send_direct(self) -> bool:
+        """Write everything queued at once, if the channel can and nothing is being written
+        (or order would break); True when done so."""
+        direct = self._direct
+        if direct is None or self._sending or not direct.writable:
+            return False
+        messages, self._other = self._other, []
+        if self._updates:
+            update = self._merges.merge(self._updates)
+            self._updates = []
+            messages.append(codec.sync_update(update))
+        self._urgent = False
+        self._lazy_deadline = None  # what was waiting leaves with this
+        for message in messages:
+            if not direct.send_now(message):
+                self._closed = True
+                self._wakeup.set()  # the sender task ends, and with it the connection
+                break
+        return True
 
     async def run_sender(self) -> None:
         """Drain the outbox until the channel closes; sends a keepalive when idle."""
@@ -122,12 +198,18 @@ class Connection:
                 self._updates = []
                 update = self._merges.merge(updates)
                 messages.append(codec.sync_update(update))
-            if idle.cancelled_caught and not messages:
+            if idle.cancelled_caught and deadline is None and not messages:
                 messages.append(codec.KEEPALIVE)
-            for message in messages:
-                if not await self.channel.send(message):
-                    self._closed = True
-                    return
+            self._sending = True
+            try:
+                for message in messages:
+                    if not await self.channel.send(message):
+                        self._closed = True
+                        return
+            finally:
+                self._sending = False
+            if self._other or self._updates:
+                self._send_direct()  # what came while this was written
 
     async def close(self, code: int, reason: str) -> None:
         self._closed = True

@@ -14,7 +14,13 @@ from pycrdt import Map, Subscription
 
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc
-from kanbanmesh.board.events import event_keys, event_path
+from kanbanmesh.board.events import (
+    change_value,
+    event_keys,
+    event_path,
+    is_map_event,
+    observe_events,
+)
 from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.transitions import Column
 
@@ -33,7 +39,7 @@ class RetentionIndex:
     def attach(self) -> None:
         for task_id, entry in self._board.entries(Column.DONE):
             self._schedule(task_id, entry)
-        self._sub = self._done.observe_deep(self._on_events)
+        self._sub = observe_events(self._done, self._on_events, deep=True)
 
     def detach(self) -> None:
         if self._sub is not None:
@@ -64,12 +70,12 @@ class RetentionIndex:
     def _on_events(self, events: list[Any]) -> None:
         for event in events:
             path = event_path(event)
-            keys = event_keys(event) if hasattr(event, "keys") else {}
+            keys = event_keys(event) if is_map_event(event) else {}
             if not path:
                 for key, change in keys.items():
                     if change.get("action") == "delete":
                         self._due.pop(key, None)
                     else:
-                        self._schedule(key, change.get("newValue"))
+                        self._schedule(key, change_value(change, self._done))
             elif len(path) == 1 and c.F_ACK in keys and self._done.get(str(path[0])) is not None:
                 self._schedule(str(path[0]), self._done.get(str(path[0])), now=True)

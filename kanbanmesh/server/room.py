@@ -18,14 +18,14 @@ from typing import Any
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
-from pycrdt import Doc, Map, MapEvent, TransactionEvent
+from pycrdt import Doc, Map, TransactionEvent
 
 from awareness.registry import AwarenessConflictError, AwarenessRegistry
 from kanbanmesh.auth import OPEN_ACCESS, Identity
 from kanbanmesh.auth import Role as AccessRole
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms, plain_fields
-from kanbanmesh.board.events import event_keys
+from kanbanmesh.board.events import change_value, event_keys, observe_events
 from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import ConnectionClosedError, ProtocolError
@@ -34,7 +34,7 @@ from kanbanmesh.protocol import codec
 from kanbanmesh.protocol.channel import Channel
 from kanbanmesh.server.archive import ArchivedTask, TaskArchive
 from kanbanmesh.server.authz import WriteRules
-from kanbanmesh.server.connection import Connection, SharedMerges
+from kanbanmesh.server.connection import Connection, SendBatch, SharedMerges
 from kanbanmesh.server.conversations import ConversationStore, task_turns
 from kanbanmesh.server.memory import release_freed_memory
 from kanbanmesh.server.quota import OwnerQuota, QuotaLimits
@@ -113,6 +113,7 @@ class BoardRoom:
         self._last_update_at = 0.0  # anyio clock of the last update applied
         self._connections: set[Connection] = set()
         self._merges = SharedMerges()  # one merge per batch that several peers wait on
+        self._batch = SendBatch()  # urgent sends held while a peer's message is handled
         self._origin: Connection | None = None
         self._validator: UpdateValidator | None = None
         self._ready = anyio.Event()
@@ -222,7 +223,7 @@ class BoardRoom:
         # Shallow observers: they fire when entries enter or leave a column, not for what
         # happens inside an entry (the validator reports that for peers' updates).
         self._subs = [
-            (self.board.column_map(col), self.board.column_map(col).observe(self._column_observer(col)))
+            (self.board.column_map(col), observe_events(self.board.column_map(col), self._column_observer(col)))
             for col in Column
         ]
         self._subs.append((doc, doc.observe(self._on_doc_update)))
@@ -275,25 +276,25 @@ class BoardRoom:
         if self._store is not None and self._store.pending_rows(self.name) > self._settings.compact_every:
             self._store.compact(self.name, self.doc.get_update())
 
-    def _column_observer(self, column: Column) -> Callable[[MapEvent], None]:
-        def observe(event: MapEvent) -> None:
+    def _column_observer(self, column: Column) -> Callable[[Any], None]:
+        ymap = self.board.column_map(column)
+
+        def observe(event: Any) -> None:
             for key, change in event_keys(event).items():
                 self._touched.add(key)
                 if change.get("action") == "delete":
                     continue
+                entry = change_value(change, ymap)
                 if column is Column.TODO:
-                    entry = change.get("newValue")
                     self._quota.opened(key, read_field(entry, c.F_OWNER) if isinstance(entry, Map) else "")
                 elif column is Column.DONE:
                     self._quota.closed(key)
-                    entry = change.get("newValue")
                     if isinstance(entry, Map) and (self._finished_listeners or self.conversations):
                         fields = plain_fields(entry)
                         self._record_turns(fields)
                         for listener in self._finished_listeners:
                             listener(fields)
                 if column is Column.PREPARED:
-                    entry = change.get("newValue")
                     worker = read_field(entry, c.F_WORKER) if isinstance(entry, Map) else None
                     if isinstance(worker, str):
                         self._assigned[key] = worker
@@ -346,7 +347,7 @@ class BoardRoom:
         await self._ready.wait()
         conn = Connection(
             channel, keepalive_s=self._settings.keepalive_s, lazy_s=self._settings.lazy_s,
-            merges=self._merges,
+            merges=self._merges, batch=self._batch,
         )
         conn.epoch = self._epoch
         conn.identity = identity
@@ -384,7 +385,7 @@ class BoardRoom:
             except ConnectionClosedError:
                 return
             try:
-                token = self._handle(conn, data)
+                token = self._handle_batched(conn, data)
                 if token is not None:
                     tg.start_soon(self._acknowledge_durable, conn, token)
             except ProtocolError as exc:
@@ -399,6 +400,15 @@ class BoardRoom:
             except AwarenessConflictError as exc:
                 await conn.close(c.CLOSE_POLICY_VIOLATION, _reason(str(exc)))
                 return
+
+    def _handle_batched(self, conn: Connection, data: bytes) -> int | None:
+        """`_handle`, with urgent sends to direct channels held until it is over: what the
+        server writes because of a peer's update then leaves in the same message."""
+        self._batch.open = True
+        try:
+            return self._handle(conn, data)
+        finally:
+            self._batch.release()
 
     async def _acknowledge_durable(self, conn: Connection, token: int) -> None:
         # Everything this connection sent before the request is applied and queued for the

@@ -26,6 +26,7 @@ from kanbanmesh.pipeline import HistoryMiddleware, Middleware
 from kanbanmesh.server.app import create_app
 from kanbanmesh.server.archive import TaskArchive
 from kanbanmesh.server.conversations import ConversationStore
+from kanbanmesh.server.direct_ws import DirectWebSocketProtocol
 from kanbanmesh.server.hub import Hub, HubSettings
 from kanbanmesh.server.quota import QuotaLimits
 from kanbanmesh.server.room import RoomSettings
@@ -131,7 +132,7 @@ async def serve(
         config = uvicorn.Config(
             app=create_app(hub, secret, settings.max_connections_per_subject, settings.queue_timeout_s,
                            collections),
-            ws="websockets-sansio",
+            ws=DirectWebSocketProtocol,  # websockets-sansio, with the board's direct path
             ws_max_size=settings.max_message_bytes,
             ws_ping_interval=20.0,
             ws_ping_timeout=20.0,

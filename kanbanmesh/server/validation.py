@@ -22,11 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pycrdt import Doc, Map, MapEvent, Subscription, get_update, merge_updates
+from pycrdt import Doc, Map, Subscription, get_update, merge_updates
 
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_fields, plain_fields, request_from_fields
-from kanbanmesh.board.events import event_keys, event_path
+from kanbanmesh.board.events import event_keys, event_path, is_map_event, observe_events
 from kanbanmesh.board.reads import root_count
 from kanbanmesh.board.schema import REQUEST_FIELDS
 from kanbanmesh.errors import InvalidTaskError, ProtocolError
@@ -139,14 +139,14 @@ class UpdateValidator:
         twin.apply_update(self._board.get_update())
         for name in c.COLUMNS:
             ymap = twin.get(name, type=Map)
-            self._subs.append((ymap, ymap.observe_deep(self._collector(name))))
+            self._subs.append((ymap, observe_events(ymap, self._collector(name), deep=True)))
         control = twin.get(c.CONTROL, type=Map)
-        self._subs.append((control, control.observe(self._on_control)))
+        self._subs.append((control, observe_events(control, self._on_control)))
         meta = twin.get("meta", type=Map)
-        self._subs.append((meta, meta.observe_deep(self._on_meta)))
+        self._subs.append((meta, observe_events(meta, self._on_meta, deep=True)))
         return twin
 
-    def _on_control(self, event: MapEvent) -> None:
+    def _on_control(self, event: Any) -> None:
         if self._collecting:
             self._changes.control.update(event_keys(event))
 
@@ -164,11 +164,11 @@ class UpdateValidator:
                 if path:  # inside an entry: a field, or an output append
                     task = str(path[0])
                     self.touched.add(task)
-                    if len(path) == 1 and isinstance(event, MapEvent):
+                    if len(path) == 1 and is_map_event(event):
                         changes.fields.setdefault((column, task), set()).update(event_keys(event))
                     else:
                         changes.texts.add((column, task))
-                elif isinstance(event, MapEvent):
+                elif is_map_event(event):
                     for key, change in event_keys(event).items():
                         if change.get("action") == "delete":
                             changes.removed.add((column, key))
