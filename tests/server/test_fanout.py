@@ -21,7 +21,7 @@ from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import ConnectionClosedError
 from kanbanmesh.protocol import codec
 from kanbanmesh.server.archive import TaskArchive
-from kanbanmesh.server.connection import Connection
+from kanbanmesh.server.connection import Connection, SendBatch
 from kanbanmesh.server.room import BoardRoom, RoomSettings
 
 pytestmark = pytest.mark.anyio
@@ -68,12 +68,30 @@ class MemoryChannel:
             stream.close()
 
 
+class DirectMemoryChannel(MemoryChannel):
+    """A `MemoryChannel` that also writes at once (`DirectSend`), as the server's direct
+    websocket path does; `writable` False stands for a peer that reads slowly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writable = True
+        self.sent_now = 0
+
+    def send_now(self, message: bytes) -> bool:
+        self._to_test.send_nowait((anyio.current_time(), message))
+        self.sent_now += 1
+        return True
+
+
+CHANNELS = pytest.mark.parametrize("channel_kind", [MemoryChannel, DirectMemoryChannel])
+
+
 class Peer:
     """A test peer: a document and the channel it talks to the room through."""
 
-    def __init__(self) -> None:
+    def __init__(self, channel_kind: type[MemoryChannel] = MemoryChannel) -> None:
         self.doc: Doc[Any] = Doc()
-        self.channel = MemoryChannel()
+        self.channel = channel_kind()
         self._updates: list[bytes] = []
         self.doc.observe(lambda event: self._updates.append(event.update))
 
@@ -110,8 +128,11 @@ def task_fields(task_id: str, **extra: Any) -> dict[str, Any]:
             "created_at": 1.0, "attempt": 1, **extra}
 
 
-async def test_lazy_update_waits_for_its_deadline_and_urgent_one_takes_it_along() -> None:
-    channel = MemoryChannel()
+@CHANNELS
+async def test_lazy_update_waits_for_its_deadline_and_urgent_one_takes_it_along(
+    channel_kind: type[MemoryChannel],
+) -> None:
+    channel = channel_kind()
     conn = Connection(channel, keepalive_s=30, lazy_s=LAZY_S)
     try:
         await _run_lazy_scenario(channel, conn)
@@ -148,11 +169,12 @@ async def _run_lazy_scenario(channel: MemoryChannel, conn: Connection) -> None:
         tg.cancel_scope.cancel()
 
 
-async def test_each_peer_gets_at_once_only_the_news_of_its_own_tasks() -> None:
+@CHANNELS
+async def test_each_peer_gets_at_once_only_the_news_of_its_own_tasks(channel_kind: type[MemoryChannel]) -> None:
     archive = TaskArchive(None)
     archive.open()
     room = BoardRoom("test", None, archive, RoomSettings(lazy_s=LAZY_S, worker_lazy_s=WORKER_LAZY_S))
-    peers = client, broker, worker, other_worker = Peer(), Peer(), Peer(), Peer()
+    peers = client, broker, worker, other_worker = [Peer(channel_kind) for _ in range(4)]
     try:
         await _run_ownership_scenario(room, client, broker, worker, other_worker)
     finally:
@@ -225,14 +247,17 @@ async def _run_ownership_scenario(
         tg.cancel_scope.cancel()
 
 
-async def test_a_worker_back_on_a_new_connection_hears_at_once_of_the_tasks_it_holds() -> None:
+@CHANNELS
+async def test_a_worker_back_on_a_new_connection_hears_at_once_of_the_tasks_it_holds(
+    channel_kind: type[MemoryChannel],
+) -> None:
     """After a reconnect (or a server restart) a worker's new connection follows the tasks the
     board says it holds: their requeue reaches it at once, not with its batch, or it would run
     on a stale attempt whose writes the worker fence refuses."""
     archive = TaskArchive(None)
     archive.open()
     room = BoardRoom("test", None, archive, RoomSettings(lazy_s=LAZY_S, worker_lazy_s=WORKER_LAZY_S))
-    broker, worker = Peer(), Peer()
+    broker, worker = Peer(channel_kind), Peer(channel_kind)
     try:
         async with anyio.create_task_group() as tg:
             await tg.start(room.start)
@@ -264,3 +289,66 @@ async def test_a_worker_back_on_a_new_connection_hears_at_once_of_the_tasks_it_h
         for peer in (broker, worker):
             peer.channel.dispose()
         archive.close()
+
+
+async def test_a_direct_channel_gets_urgent_news_when_the_batch_is_released_and_all_of_it() -> None:
+    """While the room handles a message, urgent sends to direct channels wait; released, they
+    leave at once, without a sender task, merged with what waited lazily."""
+    channel = DirectMemoryChannel()
+    batch = SendBatch()
+    conn = Connection(channel, keepalive_s=30, lazy_s=LAZY_S, batch=batch)
+    source: Doc[Any] = Doc()
+    updates: list[bytes] = []
+    source.observe(lambda event: updates.append(event.update))
+    tasks = source.get("todo", type=Map)
+    try:
+        tasks["a"] = "lazy"
+        conn.enqueue_update(updates[-1], urgent=False)
+        batch.open = True
+        tasks["b"] = "urgent"
+        conn.enqueue_update(updates[-1], urgent=True)
+        tasks["c"] = "also in the batch"
+        conn.enqueue_update(updates[-1], urgent=True)
+        assert channel.sent_now == 0, "sent while the batch was open"
+        batch.release()
+        assert channel.sent_now == 1, "not sent at once on release, in one message"
+        _, data = channel.sent.receive_nowait()
+        message = codec.parse_message(data)
+        assert isinstance(message, codec.SyncMessage)
+        replica: Doc[Any] = Doc()
+        replica.apply_update(message.payload)
+        assert replica.get("todo", type=Map).to_py() == {"a": "lazy", "b": "urgent", "c": "also in the batch"}
+    finally:
+        channel.dispose()
+
+
+async def test_a_direct_channel_that_is_not_writable_leaves_it_to_the_sender_task() -> None:
+    """A peer that reads slowly: nothing is written at once; the sender task sends it all,
+    merged, through the channel's awaiting `send`."""
+    channel = DirectMemoryChannel()
+    channel.writable = False
+    batch = SendBatch()
+    conn = Connection(channel, keepalive_s=30, lazy_s=LAZY_S, batch=batch)
+    source: Doc[Any] = Doc()
+    updates: list[bytes] = []
+    source.observe(lambda event: updates.append(event.update))
+    tasks = source.get("todo", type=Map)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(conn.run_sender)
+            for key in ("a", "b"):
+                batch.open = True
+                tasks[key] = key
+                conn.enqueue_update(updates[-1], urgent=True)
+                batch.release()
+            assert channel.sent_now == 0
+            with anyio.fail_after(5):
+                _, data = await channel.sent.receive()
+            message = codec.parse_message(data)
+            assert isinstance(message, codec.SyncMessage)
+            replica: Doc[Any] = Doc()
+            replica.apply_update(message.payload)
+            assert replica.get("todo", type=Map).to_py() == {"a": "a", "b": "b"}
+            tg.cancel_scope.cancel()
+    finally:
+        channel.dispose()
