@@ -120,6 +120,7 @@ class BoardPeer:
         self._stopped = anyio.Event()
         self._tg: TaskGroup | None = None
         self._listeners: list[Callable[[], None]] = []
+        self._send_hooks: list[Callable[[], None]] = []
         # Held to unobserve when the peer stops: Yrs keeps the callback, the callback this
         # peer, this peer the document, a cycle Python's collector cannot see, so a client
         # closed without it would keep its whole replica alive for good.
@@ -143,6 +144,15 @@ class BoardPeer:
     def on_presence_change(self, listener: Callable[[], None]) -> None:
         """Call `listener()` after each change of the peers' awareness states."""
         self._presence_listeners.append(listener)
+
+    def before_send(self, hook: Callable[[], None]) -> None:
+        """Call `hook()` each time the writer wakes, before it takes what waits to be sent:
+        the last moment to write into the document and have it go out in this message."""
+        self._send_hooks.append(hook)
+
+    def flush_soon(self) -> None:
+        """Wake the writer once the running task yields (it calls the `before_send` hooks)."""
+        self._wakeup.set()
 
     def on_reset(self, listener: Callable[[], None]) -> None:
         """Call `listener()` after the replica was replaced (the board moved to a new
@@ -466,6 +476,8 @@ class BoardPeer:
         while True:
             await self._wakeup.wait()
             self._wakeup = anyio.Event()
+            for hook in self._send_hooks:
+                hook()
             if self._handshaking:
                 continue  # the answer to the server's step 1 goes first (see _handle)
             if self._outbox:

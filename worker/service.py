@@ -3,6 +3,14 @@
 Each task runs in its own slot task: `prepared -> doing` (with a fresh `output` Y.Text), one
 append per chunk, `doing -> done` with status, result, usage and timings. A task whose entry
 stops being ours (requeued to another attempt, or gone) is abandoned without writing more.
+
+The move to `doing` is written when the peer's writer next wakes (`BoardPeer.before_send`),
+that is as soon as the slot task yields to the event loop, with the text produced until then.
+A backend that answers without yielding (the echo backend at zero delay, a refusal, a task
+cancelled before it started) is then already finished: its task goes `prepared -> done` in
+one write. Peers see nothing different (both moves would have reached them in one message),
+and the `doing` copy of the entry, created and deleted at once, is never written, sent,
+checked or stored.
 """
 
 from __future__ import annotations
@@ -68,6 +76,9 @@ class _Run:
     # remote updates then: until another update arrives, appending needs no new check.
     output: Text | None = None
     checked_at: int = -1
+    # Until the move to `doing` is written: the fields it sets, and the text produced so far.
+    start: dict[str, Any] | None = None
+    buffered: str = ""
 
 
 class Worker:
@@ -82,6 +93,8 @@ class Worker:
         self.id = settings.worker_id
         self.name = settings.name or self.id
         self._running: dict[str, _Run] = {}
+        self._starts: dict[str, _Run] = {}  # runs whose move to `doing` is not written yet
+        peer.before_send(self._write_starts)
         self._draining = False
         self._announced: dict[str, Any] | None = None
         self._presence_due = anyio.Event()
@@ -235,6 +248,7 @@ class Worker:
             await self._execute_inner(task_id, run)
         finally:
             self._running.pop(task_id, None)
+            self._starts.pop(task_id, None)  # a run that ended unstarted is picked up again
             self._publish()
             self._idle.notify()
 
@@ -253,22 +267,20 @@ class Worker:
             await anyio.sleep(min(1.0, self._settings.heartbeat_s))  # not connected: wait for it
 
     async def _execute_inner(self, task_id: str, run: _Run) -> None:
-        board = self._peer.board
         await self._check_lease()
         entry = self._ours(Column.PREPARED, task_id, run)
         if entry is None:
             return
         started_at = now_ms()
+        run.start = {c.F_STARTED_AT: started_at}  # written by `_write_starts`, or by `_finish`
         try:
             task = entry_from_map(entry)
         except InvalidTaskError as exc:
-            board.move(task_id, Column.PREPARED, Column.DOING, Writer.WORKER,
-                       set_fields={c.F_STARTED_AT: started_at}, new_output=True)
             self._finish(task_id, run, None, started_at, _Outcome(
                 TaskStatus.FAILED, error={"code": "invalid_task", "message": str(exc)}))
             return
-        board.move(task_id, Column.PREPARED, Column.DOING, Writer.WORKER,
-                   set_fields={c.F_STARTED_AT: started_at}, new_output=True)
+        self._starts[task_id] = run
+        self._peer.flush_soon()
         if task.cancel:
             self._finish(task_id, run, task, started_at, _Outcome(TaskStatus.CANCELLED))
             return
@@ -307,7 +319,39 @@ class Worker:
             outcome.status = TaskStatus.FAILED
             outcome.error = {"code": exc.code, "message": exc.message}
 
+    def _write_starts(self) -> None:
+        """Write the moves to `doing` still pending, each with the text produced so far (the
+        peer calls this before it sends). A task no longer ours is abandoned."""
+        starts, self._starts = self._starts, {}
+        for task_id, run in starts.items():
+            start, run.start = run.start, None
+            if start is None:
+                continue  # finished in one write
+            if self._ours(Column.PREPARED, task_id, run) is None:
+                run.scope.cancel()  # requeued or gone meanwhile: stop spending the backend
+                continue
+            try:
+                entry = self._peer.board.move(task_id, Column.PREPARED, Column.DOING, Writer.WORKER,
+                                              set_fields=start, new_output=True)
+            except KanbanMeshError:  # not in `prepared` after all: nothing of it is ours
+                log.exception("task %s: could not write its start", task_id)
+                run.scope.cancel()
+                continue
+            output = read_field(entry, c.F_OUTPUT)
+            if isinstance(output, Text):
+                if run.buffered:
+                    output += run.buffered
+                run.output, run.checked_at = output, self._peer.remote_updates
+            run.buffered = ""
+
     def _append(self, task_id: str, run: _Run, chunk: TextChunk, outcome: _Outcome) -> bool:
+        if run.start is not None:  # not on the board as started yet: `_write_starts` adds it
+            run.buffered += chunk.text
+            outcome.text += chunk.text
+            outcome.chunks += chunk.tokens
+            if outcome.first_chunk_at is None:
+                outcome.first_chunk_at = now_ms()
+            return True
         output = run.output
         if output is None or run.checked_at != self._peer.remote_updates:
             entry = self._ours(Column.DOING, task_id, run)
@@ -331,7 +375,9 @@ class Worker:
     def _finish(
         self, task_id: str, run: _Run, task: TaskEntry | None, started_at: float, outcome: _Outcome
     ) -> None:
-        if self._ours(Column.DOING, task_id, run) is None:
+        start, run.start = run.start, None
+        source = Column.DOING if start is None else Column.PREPARED
+        if self._ours(source, task_id, run) is None:
             log.info("task %s attempt %d is no longer ours; dropping its outcome", task_id, run.attempt)
             return
         finished = now_ms()
@@ -362,5 +408,8 @@ class Worker:
             fields[c.F_ERROR] = outcome.error
         if outcome.citations is not None:
             fields[c.F_CITATIONS] = outcome.citations
-        self._peer.board.move(task_id, Column.DOING, Column.DONE, Writer.WORKER, set_fields=fields)
+        if start is not None:  # never written as started: `prepared -> done` in one write
+            fields.update(start)
+            fields[c.F_OUTPUT] = Text(outcome.text)
+        self._peer.board.move(task_id, source, Column.DONE, Writer.WORKER, set_fields=fields)
         self.completed += 1

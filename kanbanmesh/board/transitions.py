@@ -34,7 +34,9 @@ LEGAL_MOVES: dict[tuple[Column, Column], frozenset[Writer]] = {
     (Column.DOING, Column.TODO): frozenset({Writer.BROKER}),
     # cancelled before start, or failed after max attempts
     (Column.TODO, Column.DONE): frozenset({Writer.BROKER}),
-    (Column.PREPARED, Column.DONE): frozenset({Writer.BROKER}),
+    # the broker as above; a worker whose answer was complete before its start was sent
+    # (peers would have seen both moves in one message anyway: see worker/service.py)
+    (Column.PREPARED, Column.DONE): frozenset({Writer.BROKER, Writer.WORKER}),
 }
 
 

@@ -1,0 +1,77 @@
+"""When a worker writes a task's move to `doing`: as soon as it yields to the event loop, with
+the text produced until then; a task answered without yielding goes `prepared -> done` in one
+write (worker/service.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import anyio
+import pytest
+from pycrdt import Map, Text
+
+from client_sdk import AsyncClient, Column, TaskStatus
+from kanbanmesh.board import constants as c
+from kanbanmesh.board.events import event_keys, observe_events
+from tests.e2e.backend_workers import running_worker
+from worker.backends.base import GenerationEvent, GenerationRequest, TextChunk
+from worker.backends.echo import EchoBackend
+
+pytestmark = pytest.mark.anyio
+
+
+class GatedBackend(EchoBackend):
+    """Yields its first piece at once, then waits for `gate` before the rest."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = anyio.Event()
+        self.waiting = anyio.Event()
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        yield TextChunk("first ")
+        self.waiting.set()
+        await self.gate.wait()
+        yield TextChunk("second")
+
+
+async def test_an_answer_complete_without_yielding_goes_prepared_to_done_in_one_write(server_url: str) -> None:
+    async with AsyncClient(server_url) as client, running_worker(server_url, EchoBackend()) as worker:
+        started: list[str] = []
+        doing = worker._peer.board.column_map(Column.DOING)
+        subscription = observe_events(
+            doing, lambda event: started.extend(k for k, ch in event_keys(event).items() if ch["action"] == "add")
+        )
+        await client.wait_for_workers(1, timeout_s=10)
+        with anyio.fail_after(10):
+            handle = await client.submit("one write")
+            pieces = [piece async for piece in handle.stream()]
+            entry = await handle.result()
+        doing.unobserve(subscription)
+    assert started == [], "the worker wrote a `doing` copy it did not need"
+    assert "".join(pieces) == entry.result == "echo: one write"
+    assert entry.status is TaskStatus.SUCCEEDED
+    assert entry.started_at is not None and entry.started_at <= (entry.finished_at or 0)
+    assert entry.timings is not None and entry.timings.total_ms >= 0
+
+
+async def test_the_start_is_written_when_the_worker_yields_with_the_text_so_far(server_url: str) -> None:
+    backend = GatedBackend()
+    async with AsyncClient(server_url) as client, running_worker(server_url, backend):
+        await client.wait_for_workers(1, timeout_s=10)
+        with anyio.fail_after(10):
+            handle = await client.submit("gated")
+            await backend.waiting.wait()
+            # The backend waits: the start has gone out, holding the first piece.
+            while True:
+                column, entry = client.peer.board.entry(handle.id)
+                output: Any = entry.get(c.F_OUTPUT) if isinstance(entry, Map) else None
+                if column is Column.DOING and isinstance(output, Text) and str(output) == "first ":
+                    break
+                await client.wait_changed(1.0)
+            assert entry.get(c.F_STARTED_AT) is not None
+            backend.gate.set()
+            result = await handle.result()
+    assert result.result == "first second"
+
