@@ -53,6 +53,21 @@ def _kanbanmesh(*args: str) -> list[str]:
     return [sys.executable, "-m", "kanbanmesh", *args]
 
 
+def wait_healthy(port: int, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
+    """Return once the server on `port` answers `/healthz`; raise RuntimeError after
+    `timeout_s`, or as soon as `process` (the server's) has exited."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or (process is not None and process.poll() is not None):
+            raise RuntimeError(f"no kanbanmesh server answered on port {port}")
+        time.sleep(0.05)
+
+
 @contextmanager
 def mesh(workers: int, persist: bool) -> Iterator[str]:
     """Server (+ embedded broker) and `workers` echo worker processes; yields the URL."""
@@ -64,15 +79,7 @@ def mesh(workers: int, persist: bool) -> Iterator[str]:
             args.append("--no-persist")
         procs = [subprocess.Popen(_kanbanmesh(*args), stdout=subprocess.DEVNULL)]
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    if time.monotonic() > deadline:
-                        raise
-                time.sleep(0.05)
+            wait_healthy(port, 30, procs[0])
             for i in range(workers):
                 procs.append(subprocess.Popen(
                     _kanbanmesh("worker", "--url", url, "--backend", "echo", "--name", f"bench-{i}"),

@@ -20,13 +20,11 @@ import argparse
 import os
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import anyio
-import httpx
 
-from bench.dispatch import _free_port, _kanbanmesh
+from bench.dispatch import _free_port, _kanbanmesh, wait_healthy
 from client_sdk import AsyncClient
 
 
@@ -81,15 +79,7 @@ def main() -> None:
     try:
         server = start("server", _kanbanmesh("serve", "--port", str(port), "--data-dir", str(out / "data")),
                        args.process == "server")
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.3)
+        wait_healthy(port, 300, server)  # under valgrind it starts in ~1 min
         measured = server
         for i in range(args.workers):
             worker = start(f"worker-{i}", _kanbanmesh("worker", "--url", url, "--backend", "echo", "--name", f"cg-{i}"),

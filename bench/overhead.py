@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-import httpx
 from llama_cpp import Llama
 
-from bench.dispatch import _free_port, _kanbanmesh
+from bench.dispatch import _free_port, _kanbanmesh, wait_healthy
 from client_sdk import AsyncClient
 from kanbanmesh.board.schema import ChatMessage, TaskParams
 from worker.backends.base import GenerationRequest, TextChunk
@@ -175,16 +174,7 @@ def mesh_up(threads: int, n_ctx: int) -> Iterator[str]:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("kanbanmesh up did not start")
-                time.sleep(0.1)
+            wait_healthy(port, 60, process)
             yield f"ws://127.0.0.1:{port}"
         finally:
             process.terminate()
