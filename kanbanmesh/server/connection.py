@@ -13,9 +13,10 @@ Peers that wait on the same updates (idle workers, watchers: their deadlines sta
 same update) flush them in the same tick; `SharedMerges` merges such a batch once for all.
 
 On a channel that can write at once (`DirectSend`: the server's direct websocket path), an
-urgent message queued while the room handles a peer's message leaves as soon as that handling
-is over (`SendBatch`), with whatever waited for it, instead of waking the sender task: one task
-switch less per message on the path of every task. Not before: what the server writes because
+urgent message queued while the room handles a peer's message leaves as soon as the event loop
+has run what it already had (`SendBatch`: at once for a single task; under load, once for all
+the messages that arrived together), with whatever waited for it, instead of waking the sender
+task: one task switch less per message on the path of every task. Not before: what the server writes because
 of an update (the pipeline's `enriching` marker, the embedded broker's assignment) must leave
 in the same message as the update. The sender task still sends what is lazy, what waits while
 the peer reads slowly, what the server writes on its own, and keepalives.
@@ -23,6 +24,7 @@ the peer reads slowly, what the server writes on its own, and keepalives.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -54,14 +56,26 @@ class DirectSend(Protocol):
 
 
 class SendBatch:
-    """Urgent messages for direct channels, held while the room handles one message."""
+    """Urgent messages for direct channels, held while the room handles peers' messages."""
 
     def __init__(self) -> None:
         self.open = False
         self.held: list[Connection] = []
+        self._release_due = False
+
+    def release_soon(self) -> None:
+        """Release once the event loop has run what it already has: every message that
+        arrived in the same turn is handled by then, so under load a peer gets one message
+        for all of them instead of one each (and is woken once). With nothing else ready, as
+        for a single task, that is at once. An asyncio callback, not a task: a task would cost
+        a step of its own per release."""
+        if not self._release_due:
+            self._release_due = True
+            asyncio.get_running_loop().call_soon(self.release)
 
     def release(self) -> None:
         """Close the batch and send what it held."""
+        self._release_due = False
         self.open = False
         held, self.held = self.held, []
         for conn in held:

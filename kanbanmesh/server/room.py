@@ -408,7 +408,7 @@ class BoardRoom:
         try:
             return self._handle(conn, data)
         finally:
-            self._batch.release()
+            self._batch.release_soon()
 
     async def _acknowledge_durable(self, conn: Connection, token: int) -> None:
         # Everything this connection sent before the request is applied and queued for the

@@ -352,3 +352,39 @@ async def test_a_direct_channel_that_is_not_writable_leaves_it_to_the_sender_tas
             tg.cancel_scope.cancel()
     finally:
         channel.dispose()
+
+
+async def test_messages_handled_in_one_turn_reach_a_direct_peer_as_one() -> None:
+    """Under load: two peers' updates that arrive together go to a third peer (a broker, which
+    wants everything at once) in one message, not one each."""
+    archive = TaskArchive(None)
+    archive.open()
+    room = BoardRoom("test", None, archive, RoomSettings(lazy_s=LAZY_S, worker_lazy_s=WORKER_LAZY_S))
+    first, second, broker = (Peer(DirectMemoryChannel) for _ in range(3))
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(room.start)
+            for peer in (first, second, broker):
+                tg.start_soon(room.serve, peer.channel)
+            await broker.announce({c.A_ROLE: "broker", c.A_ID: "b1"})
+            with anyio.fail_after(5):
+                while not room.awareness.states():
+                    await anyio.sleep(0.01)
+            first.column(c.TODO)["t1"] = Map(task_fields("t1"))
+            second.column(c.TODO)["t2"] = Map(task_fields("t2"))
+            channel = broker.channel
+            assert isinstance(channel, DirectMemoryChannel)
+            sent_before = channel.sent_now
+            # Both arrive before the room runs again, as from two sockets in one poll.
+            for peer in (first, second):
+                for update in peer._updates:
+                    peer.channel.to_room.send_nowait(codec.sync_update(update))
+                peer._updates.clear()
+            await broker.next_update(5)
+            assert set(broker.column(c.TODO).keys()) == {"t1", "t2"}, "the updates came apart"
+            assert channel.sent_now - sent_before == 1
+            tg.cancel_scope.cancel()
+    finally:
+        for peer in (first, second, broker):
+            peer.channel.dispose()
+        archive.close()
