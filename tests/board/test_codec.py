@@ -40,6 +40,26 @@ def test_state_vector_and_covers() -> None:
     assert codec.covers(vector, {doc.client_id: 1}) and not codec.covers(vector, {doc.client_id: 2})
 
 
+def test_state_vectors_of_many_writers_decode_as_yrs_encodes_them() -> None:
+    doc = Doc()
+    expected = {}
+    for n in range(40):  # 40 writers, clocks from 1 to 40, client ids up to 2**53
+        writer = Doc()
+        column = writer.get("todo", type=Map)
+        for i in range(n + 1):
+            column[f"k{i}"] = i
+        doc.apply_update(writer.get_update())
+        expected[writer.client_id] = n + 1
+    assert codec.decode_state_vector(doc.get_state()) == expected
+    assert codec.decode_state_vector(Doc().get_state()) == {}
+
+
+@pytest.mark.parametrize("data", [b"", b"\x02\x01\x02\x03", b"\x01\x80", b"\x01" + b"\xff" * 9 + b"\x01\x01"])
+def test_malformed_state_vectors_raise_protocol_error(data: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        codec.decode_state_vector(data)
+
+
 @pytest.mark.parametrize(
     "data",
     [b"", b"\x07", b"\x00\x05\x01", b"\x00\x02\x10abc", b"\x01\xff\xff\xff\xff\xff\xff\xff\xff\xff",
