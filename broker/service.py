@@ -24,7 +24,7 @@ import kanbanmesh
 from awareness.states import Role, WorkerPresence, workers_from_states
 from broker.election import leader_id
 from broker.repair import RetryPolicy, as_number, drop_duplicates, finish, requeue_or_fail
-from broker.scheduler import plan
+from broker.scheduler import eligible, plan
 from broker.tracker import BoardTracker
 from broker.view import BoardView
 from kanbanmesh.board import constants as c
@@ -82,6 +82,9 @@ class Broker:
         self._leading = False
         self._seen_workers: set[str] = set()
         self._workers: list[WorkerPresence] | None = None  # parsed presence, until it changes
+        # The last pass left no worker a free slot: until a task leaves `prepared`/`doing` or
+        # presence changes, a pass after a document change could assign nothing.
+        self._saturated = False
         self._presence_changed = ChangeSignal()
         view.on_remote_change(self._after_remote_change)
         view.on_presence_change(self._forget_workers)
@@ -130,6 +133,8 @@ class Broker:
         # something waits for one: a task finishing with nothing queued needs no pass.
         if not self._running or not self._tracker.dirty or not self._tracker.waiting():
             return
+        if self._saturated and not self._tracker.freed and not self._tracker.chores():
+            return  # under load: a new task while every slot is taken
         try:
             self.run_pass()
         except Exception:  # the loop in run() retries on the next change or tick
@@ -144,6 +149,7 @@ class Broker:
 
     def _forget_workers(self) -> None:
         self._workers = None
+        self._saturated = False
         self._presence_changed.notify()
 
     def _presence(self) -> dict[str, Any]:
@@ -179,9 +185,12 @@ class Broker:
             self._deduplicate()
             load = self._repair(present, stale)
             self._cancel_queued()
-            self._assign(alive, load)
+            free = sum(max(0, w.slots - load.get(w.id, 0)) for w in alive if eligible(w))
+            assigned = self._assign(alive, load)
         # After the commit: the pass's own moves fired the observers too, and need no pass.
         self._tracker.dirty = False
+        self._tracker.freed = False
+        self._saturated = assigned >= free
 
     def _deduplicate(self) -> None:
         suspects, self._tracker.suspects = self._tracker.duplicates(), set()
@@ -234,8 +243,10 @@ class Broker:
                 finish(self.board, task_id, column, TaskStatus.CANCELLED, None)
                 self.stats.cancelled += 1
 
-    def _assign(self, workers: list[WorkerPresence], load: dict[str, int]) -> None:
+    def _assign(self, workers: list[WorkerPresence], load: dict[str, int]) -> int:
+        """Assign what the plan says; returns how many tasks were assigned."""
         todo = self.board.column_map(Column.TODO)
+        assigned = 0
         queue = self._tracker.queue
         for task_id, worker_id in plan(queue, workers, load, now_ms()):
             entry = read_field(todo, task_id)
@@ -252,3 +263,5 @@ class Broker:
                 assignment[c.F_CREATED_AT] = queued.created_at
             self.board.move(task_id, Column.TODO, Column.PREPARED, Writer.BROKER, set_fields=assignment)
             self.stats.assigned += 1
+            assigned += 1
+        return assigned

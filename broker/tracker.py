@@ -46,6 +46,9 @@ class BoardTracker:
     # column, or a field changed inside a queued or prepared task. Text streamed into `doing`
     # entries does not count, so a worker's chunks cost the broker nothing.
     dirty: bool = True
+    # Whether a task left `prepared` or `doing` since the last pass: a worker's slot may be
+    # free again (the broker skips passes while no slot is free and none of this happened).
+    freed: bool = True
     _subs: list[tuple[Map[Any], Subscription]] = field(default_factory=list)
 
     def attach(self) -> None:
@@ -81,6 +84,11 @@ class BoardTracker:
         self.done = set(self.board.ids(Column.DONE))
         live = set(self.queue.ids()) | set(self.held[Column.PREPARED]) | set(self.held[Column.DOING])
         self.suspects = {task_id for task_id in live if len(self.columns_of(task_id)) > 1}
+
+    def chores(self) -> bool:
+        """Whether a pass has anything to do besides assigning: cancels to finish, copies to
+        deduplicate."""
+        return bool(self.todo_cancels or self.prepared_cancels or self.duplicates())
 
     def waiting(self) -> bool:
         """Whether a pass has anything to act on besides repairs: queued tasks, cancels to
@@ -170,6 +178,7 @@ class BoardTracker:
         for key, change in event_keys(event).items():
             if change.get("action") == "delete":
                 self.held[column].pop(key, None)
+                self.freed = True
             else:
                 self._hold(column, key, change_value(change, self.board.column_map(column)))
 

@@ -1,19 +1,24 @@
 """When a worker writes a task's move to `doing`: as soon as it yields to the event loop, with
 the text produced until then; a task answered without yielding goes `prepared -> done` in one
-write (worker/service.py)."""
+write (worker/service.py). And a broker skips its passes while no worker has a free slot."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from pycrdt import Map, Text
 
+from broker import Broker, BrokerSettings, PeerView
 from client_sdk import AsyncClient, Column, TaskStatus
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.events import event_keys, observe_events
+from kanbanmesh.peer import BoardPeer
+from kanbanmesh.server.runner import serve
+from kanbanmesh.settings import Settings
 from tests.e2e.backend_workers import running_worker
 from worker.backends.base import GenerationEvent, GenerationRequest, TextChunk
 from worker.backends.echo import EchoBackend
@@ -75,3 +80,45 @@ async def test_the_start_is_written_when_the_worker_yields_with_the_text_so_far(
             result = await handle.result()
     assert result.result == "first second"
 
+
+
+class HeldBackend(EchoBackend):
+    """The echo backend, each answer held until `release` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = anyio.Event()
+        self.started = anyio.Event()
+
+    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
+        self.started.set()
+        await self.release.wait()
+        async for event in super().generate(request):
+            yield event
+
+
+async def test_a_broker_with_every_slot_taken_skips_passes_until_one_frees(tmp_path: Path) -> None:
+    """New tasks while the only slot is busy cost the broker no pass; the slot freeing (its
+    task leaving `doing`) brings one, which assigns the next task at once."""
+    settings = Settings(port=0, data_dir=tmp_path, embedded_broker=False)
+    backend = HeldBackend()
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(serve, settings)
+        peer = BoardPeer(url)
+        await tg.start(peer.start)
+        broker = Broker(PeerView(peer), BrokerSettings(name="standalone"))
+        await tg.start(broker.run)
+        async with running_worker(url, backend), AsyncClient(url) as client:
+            await client.wait_for_workers(1, timeout_s=10)
+            with anyio.fail_after(20):
+                first = await client.submit("first")
+                await backend.started.wait()
+                passes = broker.stats.passes
+                rest = [await client.submit(f"queued {i}") for i in range(5)]
+                while len(peer.board.ids(Column.TODO)) < 5:  # the broker's replica has them
+                    await peer.changed.wait()
+                assert broker.stats.passes - passes <= 1, "passes ran with no slot free"
+                backend.release.set()
+                results = [await handle.result() for handle in (first, *rest)]
+        tg.cancel_scope.cancel()
+    assert [r.result for r in results] == ["echo: first", *(f"echo: queued {i}" for i in range(5))]
