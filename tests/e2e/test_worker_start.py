@@ -27,18 +27,21 @@ pytestmark = pytest.mark.anyio
 
 
 class GatedBackend(EchoBackend):
-    """Yields its first piece at once, then waits for `gate` before the rest."""
+    """The echo backend, each answer held at `gate`, after yielding `lead` first if given."""
 
-    def __init__(self) -> None:
+    def __init__(self, lead: str = "") -> None:
         super().__init__()
+        self.lead = lead
         self.gate = anyio.Event()
         self.waiting = anyio.Event()
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
-        yield TextChunk("first ")
+        if self.lead:
+            yield TextChunk(self.lead)
         self.waiting.set()
         await self.gate.wait()
-        yield TextChunk("second")
+        async for event in super().generate(request):
+            yield event
 
 
 async def test_an_answer_complete_without_yielding_goes_prepared_to_done_in_one_write(server_url: str) -> None:
@@ -62,7 +65,7 @@ async def test_an_answer_complete_without_yielding_goes_prepared_to_done_in_one_
 
 
 async def test_the_start_is_written_when_the_worker_yields_with_the_text_so_far(server_url: str) -> None:
-    backend = GatedBackend()
+    backend = GatedBackend(lead="first ")
     async with AsyncClient(server_url) as client, running_worker(server_url, backend):
         await client.wait_for_workers(1, timeout_s=10)
         with anyio.fail_after(10):
@@ -78,30 +81,15 @@ async def test_the_start_is_written_when_the_worker_yields_with_the_text_so_far(
             assert entry.get(c.F_STARTED_AT) is not None
             backend.gate.set()
             result = await handle.result()
-    assert result.result == "first second"
+    assert result.result == "first echo: gated"
 
-
-
-class HeldBackend(EchoBackend):
-    """The echo backend, each answer held until `release` is set."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.release = anyio.Event()
-        self.started = anyio.Event()
-
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
-        self.started.set()
-        await self.release.wait()
-        async for event in super().generate(request):
-            yield event
 
 
 async def test_a_broker_with_every_slot_taken_skips_passes_until_one_frees(tmp_path: Path) -> None:
     """New tasks while the only slot is busy cost the broker no pass; the slot freeing (its
     task leaving `doing`) brings one, which assigns the next task at once."""
     settings = Settings(port=0, data_dir=tmp_path, embedded_broker=False)
-    backend = HeldBackend()
+    backend = GatedBackend()
     async with anyio.create_task_group() as tg:
         url = await tg.start(serve, settings)
         peer = BoardPeer(url)
@@ -112,13 +100,13 @@ async def test_a_broker_with_every_slot_taken_skips_passes_until_one_frees(tmp_p
             await client.wait_for_workers(1, timeout_s=10)
             with anyio.fail_after(20):
                 first = await client.submit("first")
-                await backend.started.wait()
+                await backend.waiting.wait()
                 passes = broker.stats.passes
                 rest = [await client.submit(f"queued {i}") for i in range(5)]
                 while len(peer.board.ids(Column.TODO)) < 5:  # the broker's replica has them
                     await peer.changed.wait()
                 assert broker.stats.passes - passes <= 1, "passes ran with no slot free"
-                backend.release.set()
+                backend.gate.set()
                 results = [await handle.result() for handle in (first, *rest)]
         tg.cancel_scope.cancel()
     assert [r.result for r in results] == ["echo: first", *(f"echo: queued {i}" for i in range(5))]
