@@ -88,13 +88,18 @@ def eligible(worker: WorkerPresence) -> bool:
     return worker.state is not WorkerState.DRAINING and worker.slots > 0
 
 
+def free_slots(workers: list[WorkerPresence], load: dict[str, int]) -> dict[str, int]:
+    """Free slots per eligible worker that has any; `load` is tasks held per worker."""
+    free = {w.id: w.slots - load.get(w.id, 0) for w in workers if eligible(w)}
+    return {wid: n for wid, n in free.items() if n > 0}
+
+
 def plan(
     queue: TodoQueue, workers: list[WorkerPresence], load: dict[str, int], now: float = 0.0
 ) -> list[tuple[str, str]]:
     """Assignments `(task id, worker id)` for this round; `load` is tasks held per worker,
     `now` the time (ms) against which retry backoffs are checked."""
-    free = {w.id: w.slots - load.get(w.id, 0) for w in workers if eligible(w)}
-    free = {wid: n for wid, n in free.items() if n > 0}
+    free = free_slots(workers, load)
     if not free:
         return []
     by_id = {w.id: w for w in workers}

@@ -24,7 +24,7 @@ import kanbanmesh
 from awareness.states import Role, WorkerPresence, workers_from_states
 from broker.election import leader_id
 from broker.repair import RetryPolicy, as_number, drop_duplicates, finish, requeue_or_fail
-from broker.scheduler import eligible, plan
+from broker.scheduler import free_slots, plan
 from broker.tracker import BoardTracker
 from broker.view import BoardView
 from kanbanmesh.board import constants as c
@@ -185,7 +185,7 @@ class Broker:
             self._deduplicate()
             load = self._repair(present, stale)
             self._cancel_queued()
-            free = sum(max(0, w.slots - load.get(w.id, 0)) for w in alive if eligible(w))
+            free = sum(free_slots(alive, load).values())
             assigned = self._assign(alive, load)
         # After the commit: the pass's own moves fired the observers too, and need no pass.
         self._tracker.dirty = False

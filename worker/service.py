@@ -347,11 +347,16 @@ class Worker:
     def _append(self, task_id: str, run: _Run, chunk: TextChunk, outcome: _Outcome) -> bool:
         if run.start is not None:  # not on the board as started yet: `_write_starts` adds it
             run.buffered += chunk.text
-            outcome.text += chunk.text
-            outcome.chunks += chunk.tokens
-            if outcome.first_chunk_at is None:
-                outcome.first_chunk_at = now_ms()
-            return True
+        elif not self._append_to_output(task_id, run, chunk.text):
+            return False
+        outcome.text += chunk.text
+        outcome.chunks += chunk.tokens
+        if outcome.first_chunk_at is None:
+            outcome.first_chunk_at = now_ms()
+        return True
+
+    def _append_to_output(self, task_id: str, run: _Run, text: str) -> bool:
+        """Append to the task's `output` while it is ours and not cancelled; False otherwise."""
         output = run.output
         if output is None or run.checked_at != self._peer.remote_updates:
             entry = self._ours(Column.DOING, task_id, run)
@@ -365,11 +370,7 @@ class Worker:
                 return False
             run.output, run.checked_at = output, self._peer.remote_updates
         # `entry["output"] += x` would replace the Text; append to the Text itself.
-        output += chunk.text
-        outcome.text += chunk.text
-        outcome.chunks += chunk.tokens
-        if outcome.first_chunk_at is None:
-            outcome.first_chunk_at = now_ms()
+        output += text
         return True
 
     def _finish(

@@ -16,9 +16,9 @@ On a channel that can write at once (`DirectSend`: the server's direct websocket
 urgent message queued while the room handles a peer's message leaves as soon as the event loop
 has run what it already had (`SendBatch`: at once for a single task; under load, once for all
 the messages that arrived together), with whatever waited for it, instead of waking the sender
-task: one task switch less per message on the path of every task. Not before: what the server writes because
-of an update (the pipeline's `enriching` marker, the embedded broker's assignment) must leave
-in the same message as the update. The sender task still sends what is lazy, what waits while
+task: one task switch less per message on the path of every task. Not before: what the server
+writes because of an update (the pipeline's `enriching` marker, the embedded broker's
+assignment) must leave in the same message as the update. The sender task still sends what is lazy, what waits while
 the peer reads slowly, what the server writes on its own, and keepalives.
 """
 
@@ -179,19 +179,23 @@ class Connection:
         direct = self._direct
         if direct is None or self._sending or not direct.writable:
             return False
-        messages, self._other = self._other, []
-        if self._updates:
-            update = self._merges.merge(self._updates)
-            self._updates = []
-            messages.append(codec.sync_update(update))
-        self._urgent = False
-        self._lazy_deadline = None  # what was waiting leaves with this
-        for message in messages:
+        for message in self._take_messages():
             if not direct.send_now(message):
                 self._closed = True
                 self._wakeup.set()  # the sender task ends, and with it the connection
                 break
         return True
+
+    def _take_messages(self) -> list[bytes]:
+        """Everything queued, as the messages to write in order: ready-made ones, then the
+        updates merged into one; the outbox is empty afterwards, nothing urgent or lazy waits."""
+        messages, self._other = self._other, []
+        if self._updates:
+            messages.append(codec.sync_update(self._merges.merge(self._updates)))
+            self._updates = []
+        self._urgent = False
+        self._lazy_deadline = None
+        return messages
 
     async def run_sender(self) -> None:
         """Drain the outbox until the channel closes; sends a keepalive when idle."""
@@ -203,15 +207,7 @@ class Connection:
             self._wakeup = anyio.Event()
             if not (self._urgent or idle.cancelled_caught):
                 continue  # only a lazy update arrived: wait for its deadline
-            self._urgent = False
-            self._lazy_deadline = None
-            messages = self._other
-            self._other = []
-            if self._updates:
-                updates = self._updates
-                self._updates = []
-                update = self._merges.merge(updates)
-                messages.append(codec.sync_update(update))
+            messages = self._take_messages()
             if idle.cancelled_caught and deadline is None and not messages:
                 messages.append(codec.KEEPALIVE)
             self._sending = True

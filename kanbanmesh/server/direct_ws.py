@@ -82,12 +82,16 @@ class DirectChannel:
         """The transport takes more now (its buffer is below the high-water mark)."""
         return self._protocol.writable.is_set()
 
+    def _closing(self) -> bool:
+        protocol = self._protocol
+        return protocol.close_sent or protocol.disconnected or protocol.transport.is_closing()
+
     def send_now(self, message: bytes) -> bool:
         """Write `message` at once, whatever the transport's buffer holds; False when the
         connection is closing or gone."""
-        protocol = self._protocol
-        if protocol.close_sent or protocol.disconnected or protocol.transport.is_closing():
+        if self._closing():
             return False
+        protocol = self._protocol
         try:
             protocol.conn.send_binary(message)
         except InvalidState:  # the peer's close arrived first
@@ -114,9 +118,9 @@ class DirectChannel:
         return data if isinstance(data, bytes) else str(message.get("text") or "").encode("utf-8")
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        protocol = self._protocol
-        if protocol.close_sent or protocol.disconnected or protocol.transport.is_closing():
+        if self._closing():
             return
+        protocol = self._protocol
         try:
             protocol.conn.send_close(code, reason)
         except InvalidState:
