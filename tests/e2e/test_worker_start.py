@@ -101,6 +101,13 @@ async def test_a_broker_with_every_slot_taken_skips_passes_until_one_frees(tmp_p
             with anyio.fail_after(20):
                 first = await client.submit("first")
                 await backend.waiting.wait()
+                # Settled: the broker has seen the task started and the worker announce itself
+                # busy (either brings it a pass of its own, rightly).
+                while first.id not in peer.board.ids(Column.DOING) or not any(
+                    state.get(c.A_STATE) == "working" for state in peer.peers().values()
+                ):
+                    with anyio.move_on_after(0.1):
+                        await peer.changed.wait()
                 passes = broker.stats.passes
                 rest = [await client.submit(f"queued {i}") for i in range(5)]
                 while len(peer.board.ids(Column.TODO)) < 5:  # the broker's replica has them

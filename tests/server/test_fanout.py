@@ -128,6 +128,26 @@ def task_fields(task_id: str, **extra: Any) -> dict[str, Any]:
             "created_at": 1.0, "attempt": 1, **extra}
 
 
+def _source() -> tuple[Map[Any], list[bytes]]:
+    """A document's `todo` map to write into, and the list its updates are appended to."""
+    source: Doc[Any] = Doc()
+    updates: list[bytes] = []
+    source.observe(lambda event: updates.append(event.update))
+    return source.get("todo", type=Map), updates
+
+
+def _todo_of(data: bytes, *earlier: bytes) -> dict[str, Any]:
+    """The `todo` map of a replica given `earlier` updates and then the sync message `data`."""
+    message = codec.parse_message(data)
+    assert isinstance(message, codec.SyncMessage)
+    replica: Doc[Any] = Doc()
+    for update in earlier:
+        replica.apply_update(update)
+    replica.apply_update(message.payload)
+    todo: dict[str, Any] = replica.get("todo", type=Map).to_py()
+    return todo
+
+
 @CHANNELS
 async def test_lazy_update_waits_for_its_deadline_and_urgent_one_takes_it_along(
     channel_kind: type[MemoryChannel],
@@ -141,10 +161,7 @@ async def test_lazy_update_waits_for_its_deadline_and_urgent_one_takes_it_along(
 
 
 async def _run_lazy_scenario(channel: MemoryChannel, conn: Connection) -> None:
-    source: Doc[Any] = Doc()
-    updates: list[bytes] = []
-    source.observe(lambda event: updates.append(event.update))
-    tasks = source.get("todo", type=Map)
+    tasks, updates = _source()
     async with anyio.create_task_group() as tg:
         tg.start_soon(conn.run_sender)
         start = anyio.current_time()
@@ -160,12 +177,7 @@ async def _run_lazy_scenario(channel: MemoryChannel, conn: Connection) -> None:
         conn.enqueue_update(updates[-1], urgent=True)
         at, data = await channel.sent.receive()
         assert at - start < LAZY_S / 2, "an urgent update waited"
-        message = codec.parse_message(data)
-        assert isinstance(message, codec.SyncMessage)
-        replica: Doc[Any] = Doc()
-        replica.apply_update(updates[0])
-        replica.apply_update(message.payload)
-        assert replica.get("todo", type=Map).to_py() == {"a": "lazy", "b": "lazy", "c": "urgent"}
+        assert _todo_of(data, updates[0]) == {"a": "lazy", "b": "lazy", "c": "urgent"}
         tg.cancel_scope.cancel()
 
 
@@ -297,10 +309,7 @@ async def test_a_direct_channel_gets_urgent_news_when_the_batch_is_released_and_
     channel = DirectMemoryChannel()
     batch = SendBatch()
     conn = Connection(channel, keepalive_s=30, lazy_s=LAZY_S, batch=batch)
-    source: Doc[Any] = Doc()
-    updates: list[bytes] = []
-    source.observe(lambda event: updates.append(event.update))
-    tasks = source.get("todo", type=Map)
+    tasks, updates = _source()
     try:
         tasks["a"] = "lazy"
         conn.enqueue_update(updates[-1], urgent=False)
@@ -313,11 +322,7 @@ async def test_a_direct_channel_gets_urgent_news_when_the_batch_is_released_and_
         batch.release()
         assert channel.sent_now == 1, "not sent at once on release, in one message"
         _, data = channel.sent.receive_nowait()
-        message = codec.parse_message(data)
-        assert isinstance(message, codec.SyncMessage)
-        replica: Doc[Any] = Doc()
-        replica.apply_update(message.payload)
-        assert replica.get("todo", type=Map).to_py() == {"a": "lazy", "b": "urgent", "c": "also in the batch"}
+        assert _todo_of(data) == {"a": "lazy", "b": "urgent", "c": "also in the batch"}
     finally:
         channel.dispose()
 
@@ -329,10 +334,7 @@ async def test_a_direct_channel_that_is_not_writable_leaves_it_to_the_sender_tas
     channel.writable = False
     batch = SendBatch()
     conn = Connection(channel, keepalive_s=30, lazy_s=LAZY_S, batch=batch)
-    source: Doc[Any] = Doc()
-    updates: list[bytes] = []
-    source.observe(lambda event: updates.append(event.update))
-    tasks = source.get("todo", type=Map)
+    tasks, updates = _source()
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(conn.run_sender)
@@ -344,11 +346,7 @@ async def test_a_direct_channel_that_is_not_writable_leaves_it_to_the_sender_tas
             assert channel.sent_now == 0
             with anyio.fail_after(5):
                 _, data = await channel.sent.receive()
-            message = codec.parse_message(data)
-            assert isinstance(message, codec.SyncMessage)
-            replica: Doc[Any] = Doc()
-            replica.apply_update(message.payload)
-            assert replica.get("todo", type=Map).to_py() == {"a": "a", "b": "b"}
+            assert _todo_of(data) == {"a": "a", "b": "b"}
             tg.cancel_scope.cancel()
     finally:
         channel.dispose()
