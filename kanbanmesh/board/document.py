@@ -7,7 +7,6 @@ keeps it creates a new Text with the same content, because a Text cannot be re-p
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -16,7 +15,7 @@ from pycrdt import Array, Doc, Map, Text
 from pydantic import ValidationError
 
 from kanbanmesh.board import constants as c
-from kanbanmesh.board.reads import read_field, read_items
+from kanbanmesh.board.reads import plain_fields, read_field, read_items
 from kanbanmesh.board.schema import TaskEntry, TaskRequest
 from kanbanmesh.board.transitions import Column, Writer, check_move, winner
 from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
@@ -131,27 +130,6 @@ class BoardDoc:
 
     def entries(self, column: Column) -> Iterator[tuple[str, Map[Any]]]:
         yield from read_items(self.maps[column])
-
-
-def plain_fields(ymap: Map[Any]) -> dict[str, Any]:
-    """An entry's fields as plain Python values (`output` as its string)."""
-    # The map's JSON comes out of Rust in one call; reading field by field through pycrdt's
-    # wrappers costs six times as much, and every move and check reads a whole entry.
-    try:
-        fields = json.loads(str(ymap))
-    except ValueError:  # a value JSON cannot hold (NaN, say): read it field by field
-        fields = None
-    if isinstance(fields, dict):
-        return fields
-    fields = {}
-    for key, value in ymap.items():
-        fields[key] = str(value) if isinstance(value, Text) else _plain(value)
-    return fields
-
-
-def _plain(value: Any) -> Any:
-    to_py = getattr(value, "to_py", None)
-    return to_py() if callable(to_py) else value
 
 
 def _attempt_of(ymap: Any) -> int:

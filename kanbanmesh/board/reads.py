@@ -1,5 +1,5 @@
-"""Reading a board document with one call into Yrs: one field of an entry, a column's
-entries, the number of root types.
+"""Reading a board document with one call into Yrs: one field of an entry, an entry's
+fields, a column's entries, the number of root types.
 
 pycrdt's `Map.get(key)` opens three transactions and checks the key twice before it reads
 (`get` -> `__contains__` -> `__getitem__` -> `_check_key` -> `__contains__`): ~9 us a field
@@ -15,9 +15,11 @@ pyproject.toml; tests/board/test_reads.py holds these functions to `Map.get`, `M
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-from pycrdt import Doc, Map
+from pycrdt import Doc, Map, Text
+from pycrdt._pycrdt import Map as _YrsMap
 
 # What Yrs hands back for JSON-like values: returned as they are.
 _PLAIN = frozenset({str, int, float, bool, type(None), dict, list})
@@ -32,6 +34,29 @@ def read_field(ymap: Map[Any], key: str, default: Any = None) -> Any:
         value = integrated.get(txn._txn, key)
     # Most fields are plain values; pycrdt's wrapper tries each of its types on them first.
     return value if type(value) in _PLAIN else ymap._maybe_as_type_or_doc(value)
+
+
+def read_entry(ymap: Map[Any], key: str, default: Any = None) -> Any:
+    """`read_field`, with a map value (an entry) read as its plain fields, as
+    `kanbanmesh.board.document.plain_fields` gives them: the entry's JSON comes out of Yrs in
+    the same call, without wrapping the entry in a pycrdt `Map` first."""
+    with ymap.doc.transaction() as txn:
+        integrated, raw = ymap.integrated, txn._txn
+        assert raw is not None  # set while the transaction is open
+        if not integrated.has(raw, key):
+            return default
+        value = integrated.get(raw, key)
+        if type(value) is _YrsMap:
+            try:
+                fields = json.loads(value.to_json(raw))
+            except ValueError:  # a value JSON cannot hold (NaN, say): plain_fields reads it
+                fields = None
+            if isinstance(fields, dict):
+                return fields
+    if type(value) in _PLAIN:
+        return value
+    wrapped = ymap._maybe_as_type_or_doc(value)
+    return plain_fields(wrapped) if isinstance(wrapped, Map) else wrapped
 
 
 def read_items(ymap: Map[Any]) -> list[tuple[str, Any]]:
@@ -50,3 +75,24 @@ def root_count(doc: Doc[Any]) -> int:
     with doc.transaction() as txn:
         assert txn._txn is not None  # set while the transaction is open
         return len(doc._doc.roots(txn._txn))
+
+
+def plain_fields(ymap: Map[Any]) -> dict[str, Any]:
+    """An entry's fields as plain Python values (`output` as its string)."""
+    # The map's JSON comes out of Rust in one call; reading field by field through pycrdt's
+    # wrappers costs six times as much, and every move and check reads a whole entry.
+    try:
+        fields = json.loads(str(ymap))
+    except ValueError:  # a value JSON cannot hold (NaN, say): read it field by field
+        fields = None
+    if isinstance(fields, dict):
+        return fields
+    fields = {}
+    for key, value in ymap.items():
+        fields[key] = str(value) if isinstance(value, Text) else _plain(value)
+    return fields
+
+
+def _plain(value: Any) -> Any:
+    to_py = getattr(value, "to_py", None)
+    return to_py() if callable(to_py) else value

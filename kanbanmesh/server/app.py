@@ -14,7 +14,8 @@ from starlette.websockets import WebSocket
 
 import kanbanmesh
 from kanbanmesh.auth import OPEN_ACCESS, AuthError, Identity, verify_token
-from kanbanmesh.board.document import entry_from_fields, now_ms, plain_fields
+from kanbanmesh.board.document import entry_from_fields, now_ms
+from kanbanmesh.board.reads import plain_fields
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
 from kanbanmesh.server.channel import StarletteChannel

@@ -23,8 +23,8 @@ from pycrdt import Map
 
 from kanbanmesh.auth import Identity, Role
 from kanbanmesh.board import constants as c
-from kanbanmesh.board.document import BoardDoc, plain_fields
-from kanbanmesh.board.reads import read_field
+from kanbanmesh.board.document import BoardDoc
+from kanbanmesh.board.reads import plain_fields, read_field
 from kanbanmesh.board.schema import (
     BROKER_FIELDS,
     CLIENT_FIELDS,

@@ -34,7 +34,8 @@ from anyio.abc import TaskStatus
 from pycrdt import Map
 
 from kanbanmesh.board import constants as c
-from kanbanmesh.board.document import BoardDoc, now_ms, plain_fields
+from kanbanmesh.board.document import BoardDoc, now_ms
+from kanbanmesh.board.reads import plain_fields
 from kanbanmesh.board.schema import TaskStatus as Status
 from kanbanmesh.board.transitions import Column, Writer
 from kanbanmesh.errors import MiddlewareError

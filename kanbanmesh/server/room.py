@@ -24,9 +24,9 @@ from awareness.registry import AwarenessConflictError, AwarenessRegistry
 from kanbanmesh.auth import OPEN_ACCESS, Identity
 from kanbanmesh.auth import Role as AccessRole
 from kanbanmesh.board import constants as c
-from kanbanmesh.board.document import BoardDoc, now_ms, plain_fields
+from kanbanmesh.board.document import BoardDoc, now_ms
 from kanbanmesh.board.events import change_value, event_keys, observe_events
-from kanbanmesh.board.reads import read_field
+from kanbanmesh.board.reads import plain_fields, read_field
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import ConnectionClosedError, ProtocolError
 from kanbanmesh.notify import ChangeSignal

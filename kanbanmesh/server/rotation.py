@@ -22,7 +22,8 @@ from typing import Any
 from pycrdt import Doc, Map, Text
 
 from kanbanmesh.board import constants as c
-from kanbanmesh.board.document import BoardDoc, now_ms, plain_fields
+from kanbanmesh.board.document import BoardDoc, now_ms
+from kanbanmesh.board.reads import plain_fields
 from kanbanmesh.board.schema import AttemptRecord
 from kanbanmesh.board.transitions import Column
 

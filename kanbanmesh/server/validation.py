@@ -25,12 +25,14 @@ from typing import Any
 from pycrdt import Doc, Map, Subscription, get_update, merge_updates
 
 from kanbanmesh.board import constants as c
-from kanbanmesh.board.document import entry_from_fields, plain_fields, request_from_fields
+from kanbanmesh.board.document import entry_from_fields
 from kanbanmesh.board.events import event_keys, event_path, is_map_event, observe_events
-from kanbanmesh.board.reads import root_count
+from kanbanmesh.board.reads import plain_fields, read_entry, root_count
 from kanbanmesh.board.schema import REQUEST_FIELDS
 from kanbanmesh.errors import InvalidTaskError, ProtocolError
 from kanbanmesh.protocol.codec import EMPTY_UPDATE, decode_state_vector, delete_set, deleting_all_of
+
+_ABSENT = object()  # a key a map does not hold (None is a value a map may hold)
 
 
 class UpdateRefused(Exception):
@@ -52,6 +54,8 @@ class _NewEntry:
     column: str
     key: str
     value: Any
+    # Whether all of the entry came in this update (a new entry, not a field set inside one).
+    whole_in_update: bool = False
 
 
 @dataclass
@@ -74,6 +78,14 @@ KNOWN_ROOTS = frozenset({*c.COLUMNS, c.CONTROL, "meta"})
 
 # Above this many bytes, a delete set is folded into the board's state before it is read.
 _DELETE_SET_READ_BYTES = 128
+
+# No byte of an update grows into more than this many bytes of the JSON of what it wrote
+# (`json.dumps(..., ensure_ascii=False)`). An escaped control character is the worst: 1 -> 6
+# (`\u0001`). Everything else grows less: a struct's own header (an info byte, a parent id, a
+# key's length) turns into at most `"": , ` around its value; a one-byte value into at most 5
+# (`false`), an 8-byte float into at most 24 digits. tests/server/test_validation_bounds.py
+# holds the bound to the worst cases.
+JSON_BYTES_PER_UPDATE_BYTE = 6
 
 
 def _refuse_pending(update: bytes, state: bytes, after: dict[int, int]) -> None:
@@ -120,6 +132,7 @@ class UpdateValidator:
         self._unmirrored: list[bytes] = []
         self._collecting = True
         self._twin = self._make_twin()
+        self._update_bytes = 0  # of the update being checked
 
     def close(self) -> None:
         """Stop observing the twin (the room leaves this board document: a rotation).
@@ -137,8 +150,8 @@ class UpdateValidator:
         self.close()  # the board's state includes what was not mirrored yet
         twin: Doc[Any] = Doc()
         twin.apply_update(self._board.get_update())
-        for name in c.COLUMNS:
-            ymap = twin.get(name, type=Map)
+        self._columns = {name: twin.get(name, type=Map) for name in c.COLUMNS}
+        for name, ymap in self._columns.items():
             self._subs.append((ymap, observe_events(ymap, self._collector(name), deep=True)))
         control = twin.get(c.CONTROL, type=Map)
         self._subs.append((control, observe_events(control, self._on_control)))
@@ -200,6 +213,7 @@ class UpdateValidator:
         every entry it writes is valid, and `authorize` (the writer's rights) accepts it."""
         self._catch_up()
         self._new.clear()
+        self._update_bytes = len(update)
         self._changes = changes = UpdateChanges()
         self.touched.clear()
         self.created.clear()
@@ -239,22 +253,20 @@ class UpdateValidator:
                     c.CLOSE_FORBIDDEN,
                     f"forbidden: unknown root type {min(changes.unknown_roots)[:40]!r}",
                 )
-        columns = {name: twin.get(name, type=Map) for name in {col for col, _ in self._new}}
         for column, key in dict.fromkeys(self._new):
             # Read after the whole update: an entry it created and moved on again (a
             # worker's doing -> done in one go) is not on the board and needs no check.
-            target = columns[column]
-            if key not in target:
+            fields = read_entry(self._columns[column], key, _ABSENT)
+            if fields is _ABSENT:
                 continue
-            value = target[key]  # may be null: that is an invalid entry, not a deletion
-            fields = plain_fields(value) if isinstance(value, Map) else value
-            self._check_entry(_NewEntry(column, key, fields))
+            # `fields` may be null, or some other value: an invalid entry, not a deletion.
+            self._check_entry(_NewEntry(column, key, fields, whole_in_update=True))
             changes.written[(column, key)] = fields
             if column == c.TODO:
                 self.created.append(key)
         for column, key in changes.fields:
             # A field set inside an existing entry (a cancel, say) must leave it valid too.
-            value = twin.get(column, type=Map).get(key)
+            value = self._columns[column].get(key)
             if isinstance(value, Map) and (column, key) not in changes.written:
                 self._check_entry(_NewEntry(column, key, plain_fields(value)))
 
@@ -268,22 +280,24 @@ class UpdateValidator:
             )
         fields = entry.value
         # The limit is on what a client asks (the request), in UTF-8 bytes: an entry moved
-        # on with its output and result may rightly be bigger than any request.
-        request = {k: v for k, v in fields.items() if k in REQUEST_FIELDS}
-        size = len(json.dumps(request, ensure_ascii=False, default=str).encode("utf-8"))
-        if size > self._limits.max_task_bytes:
-            raise UpdateRefused(
-                c.CLOSE_TASK_TOO_LARGE,
-                f"task too large: {where} is {size} bytes, over the limit of "
-                f"{self._limits.max_task_bytes}",
-            )
+        # on with its output and result may rightly be bigger than any request. An entry
+        # that came whole in an update too small to hold that much JSON is not measured.
+        limit = self._limits.max_task_bytes
+        if not entry.whole_in_update or self._update_bytes * JSON_BYTES_PER_UPDATE_BYTE > limit:
+            request = {k: v for k, v in fields.items() if k in REQUEST_FIELDS}
+            size = len(json.dumps(request, ensure_ascii=False, default=str).encode("utf-8"))
+            if size > limit:
+                raise UpdateRefused(
+                    c.CLOSE_TASK_TOO_LARGE,
+                    f"task too large: {where} is {size} bytes, over the limit of {limit}",
+                )
         if fields.get(c.F_ID) != entry.key:
             raise UpdateRefused(
                 c.CLOSE_INVALID_TASK, f"invalid task: {where}: its id differs from its key"
             )
         try:
-            if entry.column == c.TODO:
-                request_from_fields(fields)
-            entry_from_fields(fields)  # in todo too: the types of every known field
+            # Every column's model holds the request's (a `TaskEntry` is a `TaskRequest`), so
+            # one validation checks a new task in `todo` as a request and as an entry.
+            entry_from_fields(fields)
         except InvalidTaskError as exc:
             raise UpdateRefused(c.CLOSE_INVALID_TASK, f"{exc} in {where}") from exc

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pycrdt import Doc, Map, Text
 
-from kanbanmesh.board.reads import read_field, read_items, root_count
+from kanbanmesh.board.reads import plain_fields, read_entry, read_field, read_items, root_count
 
 
 @pytest.fixture
@@ -53,3 +53,30 @@ def test_root_count_counts_what_doc_keys_lists(entry: Map[Any]) -> None:
     assert root_count(doc) == len(list(doc.keys())) == 1
     doc.get("done", type=Map)
     assert root_count(doc) == len(list(doc.keys())) == 2
+
+
+def test_an_entry_reads_as_its_plain_fields(entry: Map[Any]) -> None:
+    column = entry.doc.get("todo", type=Map)
+    assert read_entry(column, "t1") == plain_fields(entry)
+    assert read_entry(column, "t1")["output"] == "hi"
+    assert read_entry(column, "missing") is None
+    assert read_entry(column, "missing", "default") == "default"
+
+
+def test_a_value_that_is_no_entry_reads_as_map_get() -> None:
+    doc: Doc[Any] = Doc()
+    column = doc.get("todo", type=Map)
+    column["plain"] = "x"
+    column["none"] = None
+    column["text"] = Text("t")
+    assert read_entry(column, "plain") == "x"
+    assert read_entry(column, "none", "default") is None  # a null value, not a missing key
+    text = read_entry(column, "text")
+    assert isinstance(text, Text) and str(text) == "t"
+
+
+def test_an_entry_with_values_json_lacks_reads_as_plain_fields() -> None:
+    doc: Doc[Any] = Doc()
+    column = doc.get("todo", type=Map)
+    column["t"] = Map({"id": "t", "score": float("nan"), "big": float("inf")})
+    assert read_entry(column, "t") == plain_fields(column["t"])
