@@ -18,8 +18,9 @@ has run what it already had (`SendBatch`: at once for a single task; under load,
 the messages that arrived together), with whatever waited for it, instead of waking the sender
 task: one task switch less per message on the path of every task. Not before: what the server
 writes because of an update (the pipeline's `enriching` marker, the embedded broker's
-assignment) must leave in the same message as the update. The sender task still sends what is lazy, what waits while
-the peer reads slowly, what the server writes on its own, and keepalives.
+assignment) must leave in the same message as the update. Lazy updates leave the same way when
+their time is up (a loop timer). The sender task still sends what waits while the peer reads
+slowly, what the server writes on its own, and keepalives.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class Connection:
         self._other: list[bytes] = []
         self._wakeup = anyio.Event()
         self._urgent = False
-        self._lazy_deadline: float | None = None
+        self._lazy_timer: asyncio.TimerHandle | None = None  # armed while lazy updates wait
         self._closed = False
         self._direct = channel if isinstance(channel, DirectSend) else None
         self._batch = batch if batch is not None else SendBatch()
@@ -147,9 +148,21 @@ class Connection:
         if urgent:
             self._urgent = True
             self._signal()
-        elif self._lazy_deadline is None:
-            self._lazy_deadline = anyio.current_time() + self.lazy_s
-            self._wakeup.set()  # the sender re-arms its timer for the deadline
+        elif self._lazy_timer is None:
+            # A timer of the loop's, not the sender task's: waking the task to re-arm its own
+            # timeout cost a task step on the path of the update that queued this one (it ran
+            # before the batch went out), and another when the deadline passed for nothing.
+            self._lazy_timer = asyncio.get_running_loop().call_later(self.lazy_s, self._lazy_due)
+
+    def _lazy_due(self) -> None:
+        self._lazy_timer = None
+        if self._closed or not self._updates:
+            return
+        self._urgent = True
+        if self._batch.open:
+            self._signal()  # leaves with the batch the room is handling
+        else:
+            self.release()  # at once where the channel takes it; else the sender task
 
     def enqueue_message(self, message: bytes) -> None:
         """Queue a ready-made message (awareness, sync step 2)."""
@@ -194,21 +207,21 @@ class Connection:
             messages.append(codec.sync_update(self._merges.merge(self._updates)))
             self._updates = []
         self._urgent = False
-        self._lazy_deadline = None
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()
+            self._lazy_timer = None
         return messages
 
     async def run_sender(self) -> None:
         """Drain the outbox until the channel closes; sends a keepalive when idle."""
         while not self._closed:
-            deadline = self._lazy_deadline
-            timeout = self.keepalive_s if deadline is None else deadline - anyio.current_time()
-            with anyio.move_on_after(timeout) as idle:
+            with anyio.move_on_after(self.keepalive_s) as idle:
                 await self._wakeup.wait()
             self._wakeup = anyio.Event()
             if not (self._urgent or idle.cancelled_caught):
-                continue  # only a lazy update arrived: wait for its deadline
+                continue
             messages = self._take_messages()
-            if idle.cancelled_caught and deadline is None and not messages:
+            if idle.cancelled_caught and not messages:
                 messages.append(codec.KEEPALIVE)
             self._sending = True
             try:
@@ -223,5 +236,8 @@ class Connection:
 
     async def close(self, code: int, reason: str) -> None:
         self._closed = True
+        if self._lazy_timer is not None:
+            self._lazy_timer.cancel()  # it would keep the connection alive until it fires
+            self._lazy_timer = None
         self._wakeup.set()
         await self.channel.close(code, reason)

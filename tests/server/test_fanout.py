@@ -327,6 +327,48 @@ async def test_a_direct_channel_gets_urgent_news_when_the_batch_is_released_and_
         channel.dispose()
 
 
+async def test_a_lazy_update_leaves_a_direct_channel_at_its_deadline_without_the_sender_task() -> None:
+    """Queued lazily, an update arms a loop timer: no sender task runs (none is started here),
+    and it leaves at once when its time is up, merged with the lazy ones after it."""
+    channel = DirectMemoryChannel()
+    conn = Connection(channel, keepalive_s=30, lazy_s=0.05, batch=SendBatch())
+    tasks, updates = _source()
+    try:
+        start = anyio.current_time()
+        for key in ("a", "b"):
+            tasks[key] = "lazy"
+            conn.enqueue_update(updates[-1], urgent=False)
+        with anyio.fail_after(5):
+            at, data = await channel.sent.receive()
+        assert at - start >= 0.05 * 0.9, "left before its deadline"
+        assert channel.sent_now == 1
+        assert _todo_of(data) == {"a": "lazy", "b": "lazy"}
+    finally:
+        channel.dispose()
+
+
+async def test_what_left_with_an_urgent_update_is_not_sent_again_at_the_deadline() -> None:
+    """What waited lazily left with an urgent update: when the deadline passes, nothing more
+    is sent."""
+    channel = DirectMemoryChannel()
+    conn = Connection(channel, keepalive_s=30, lazy_s=0.05, batch=SendBatch())
+    tasks, updates = _source()
+    try:
+        tasks["a"] = "lazy"
+        conn.enqueue_update(updates[-1], urgent=False)
+        tasks["b"] = "urgent"
+        conn.enqueue_update(updates[-1], urgent=True)
+        conn.release()  # as the room's batch does
+        _, data = channel.sent.receive_nowait()
+        assert _todo_of(data) == {"a": "lazy", "b": "urgent"}
+        with anyio.move_on_after(0.15):  # past the deadline: a timer still armed sends by then
+            await channel.sent.receive()
+            pytest.fail("sent again when the lazy deadline passed")
+        assert channel.sent_now == 1
+    finally:
+        channel.dispose()
+
+
 async def test_a_direct_channel_that_is_not_writable_leaves_it_to_the_sender_task() -> None:
     """A peer that reads slowly: nothing is written at once; the sender task sends it all,
     merged, through the channel's awaiting `send`."""
