@@ -26,6 +26,7 @@ slowly, what the server writes on its own, and keepalives.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -36,6 +37,8 @@ from kanbanmesh.auth import OPEN_ACCESS, Identity
 from kanbanmesh.protocol import codec
 from kanbanmesh.protocol.channel import Channel
 from kanbanmesh.server.validation import UpdateChanges
+
+log = logging.getLogger(__name__)
 
 # Merge in place once this many updates wait, so a stalled peer costs memory in proportion
 # to what changed, not to how many updates it missed.
@@ -63,6 +66,7 @@ class SendBatch:
         self.open = False
         self.held: list[Connection] = []
         self._release_due = False
+        self._after: list[Callable[[], None]] = []
 
     def release_soon(self) -> None:
         """Release once the event loop has run what it already has: every message that
@@ -74,13 +78,25 @@ class SendBatch:
             self._release_due = True
             asyncio.get_running_loop().call_soon(self.release)
 
+    def after_release(self, callback: Callable[[], None]) -> None:
+        """Call `callback()` once the batch is released, after its sends: for work that need
+        not delay them (the peers that get them work meanwhile, on the other cores)."""
+        self._after.append(callback)
+        self.release_soon()
+
     def release(self) -> None:
-        """Close the batch and send what it held."""
+        """Close the batch, send what it held, then run what waited for that."""
         self._release_due = False
         self.open = False
         held, self.held = self.held, []
         for conn in held:
             conn.release()
+        after, self._after = self._after, []
+        for callback in after:
+            try:
+                callback()
+            except Exception:  # one failing must not cost the others their turn
+                log.exception("work after a send batch failed")
 
 
 class SharedMerges:

@@ -306,8 +306,9 @@ class BoardRoom:
     def _on_doc_update(self, event: TransactionEvent) -> None:
         update: bytes = event.update
         origin = self._origin
-        if origin is None and self._validator is not None:
-            self._validator.mirror(update)  # the server's own write: keep the twin level
+        if origin is None and self._validator is not None and self._validator.mirror(update):
+            # The server's own write: the twin catches up once what it caused has gone out.
+            self._batch.after_release(self._validator.catch_up)
         touched, self._touched = self._touched, set()
         if self._assigned:
             for conn in self._connections:

@@ -150,6 +150,9 @@ class UpdateValidator:
         self.close()  # the board's state includes what was not mirrored yet
         twin: Doc[Any] = Doc()
         twin.apply_update(self._board.get_update())
+        # What the previous checks read of the twin, kept for the next (see `_decoded_state`).
+        self._known_state: tuple[bytes, dict[int, int]] | None = None
+        self._known_roots: int | None = None
         self._columns = {name: twin.get(name, type=Map) for name in c.COLUMNS}
         for name, ymap in self._columns.items():
             self._subs.append((ymap, observe_events(ymap, self._collector(name), deep=True)))
@@ -190,15 +193,19 @@ class UpdateValidator:
 
         return collect
 
-    def mirror(self, update: bytes) -> None:
-        """Note an update the server itself wrote to the board (the embedded broker).
+    def mirror(self, update: bytes) -> bool:
+        """Note an update the server itself wrote to the board (the embedded broker); True
+        for the first since the twin caught up, when a `catch_up` is due.
 
-        It reaches the twin just before the next check, merged with its neighbours: the
-        broker's write then costs no twin work on its way out to the peers.
+        It reaches the twin at the next `catch_up`, merged with its neighbours: the room calls
+        that once the messages the write caused have gone out, so the broker's write costs no
+        twin work on its way out to the peers. A check catches up first in any case.
         """
         self._unmirrored.append(update)
+        return len(self._unmirrored) == 1
 
-    def _catch_up(self) -> None:
+    def catch_up(self) -> None:
+        """Apply the mirrored updates to the twin, and read its state for the next check."""
         if not self._unmirrored:
             return
         pending, self._unmirrored = self._unmirrored, []
@@ -207,18 +214,33 @@ class UpdateValidator:
             self._twin.apply_update(pending[0] if len(pending) == 1 else merge_updates(*pending))
         finally:
             self._collecting = True
+        twin = self._twin
+        with twin.transaction():
+            self._known_roots = root_count(twin)
+            self._decoded_state(twin.get_state())
+
+    def _decoded_state(self, state: bytes) -> dict[int, int]:
+        """`decode_state_vector(state)`, kept for the next call: a check's state before is
+        the previous check's state after, or what `catch_up` read after the server's writes
+        (a Python pass over an entry per client the board ever had)."""
+        known = self._known_state
+        if known is not None and known[0] == state:
+            return known[1]
+        decoded = decode_state_vector(state)
+        self._known_state = (state, decoded)
+        return decoded
 
     def check(self, update: bytes, authorize: Callable[[UpdateChanges], None] | None = None) -> None:
         """Raise `UpdateRefused` unless `update` may be applied to the board: it decodes,
         every entry it writes is valid, and `authorize` (the writer's rights) accepts it."""
-        self._catch_up()
+        self.catch_up()
         self._new.clear()
         self._update_bytes = len(update)
         self._changes = changes = UpdateChanges()
         self.touched.clear()
         self.created.clear()
         twin = self._twin
-        roots = root_count(twin)
+        roots = self._known_roots if self._known_roots is not None else root_count(twin)
         state_before = twin.get_state()
         try:
             twin.apply_update(update)
@@ -242,11 +264,12 @@ class UpdateValidator:
         """What the update did to the twin, each written entry checked (see `check`)."""
         twin = self._twin
         state_after = twin.get_state()
-        before = decode_state_vector(state_before)
-        after = before if state_after == state_before else decode_state_vector(state_after)
+        before = self._decoded_state(state_before)
+        after = before if state_after == state_before else self._decoded_state(state_after)
         changes.writers = {cid for cid, clock in after.items() if clock > before.get(cid, 0)}
         _refuse_pending(update, state_after, after)
-        if root_count(twin) != roots:
+        self._known_roots = root_count(twin)  # a refusal rebuilds the twin, and forgets it
+        if self._known_roots != roots:
             changes.unknown_roots = set(twin.keys()) - KNOWN_ROOTS
             if changes.unknown_roots:
                 raise UpdateRefused(

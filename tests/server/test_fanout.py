@@ -428,3 +428,28 @@ async def test_messages_handled_in_one_turn_reach_a_direct_peer_as_one() -> None
         for peer in (first, second, broker):
             peer.channel.dispose()
         archive.close()
+
+
+async def test_work_after_a_batch_runs_once_its_sends_are_out() -> None:
+    """`after_release`: what need not delay the sends runs after them, and one callback
+    failing does not cost the next its turn."""
+    channel = DirectMemoryChannel()
+    batch = SendBatch()
+    conn = Connection(channel, keepalive_s=30, lazy_s=LAZY_S, batch=batch)
+    tasks, updates = _source()
+    seen: list[int] = []
+
+    def failing() -> None:
+        raise RuntimeError("a bug in one callback")
+
+    try:
+        batch.open = True
+        tasks["a"] = "urgent"
+        conn.enqueue_update(updates[-1], urgent=True)
+        batch.after_release(failing)
+        batch.after_release(lambda: seen.append(channel.sent_now))
+        assert seen == []
+        batch.release()
+        assert seen == [1], "ran before the batch's send, or not at all"
+    finally:
+        channel.dispose()
