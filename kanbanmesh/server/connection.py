@@ -140,6 +140,7 @@ class Connection:
         self.epoch = 0  # the room's document generation this peer's replica belongs to
         self.identity: Identity = OPEN_ACCESS
         self.rules: Callable[[UpdateChanges], None] | None = None  # None: may write anything
+        self.fence: Callable[[UpdateChanges], None] | None = None  # the room's worker fence, made once
         self._updates: list[bytes] = []
         self._other: list[bytes] = []
         self._wakeup = anyio.Event()

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import anyio
@@ -157,7 +158,8 @@ class BoardRoom:
             self._task_signals.pop(task_id, None)
 
     def on_finished(self, listener: Callable[[dict[str, Any]], None]) -> None:
-        """Call `listener(fields)` with each entry that enters `done` (metrics)."""
+        """Call `listener(fields)` with each entry that enters `done` (metrics), once the
+        messages its update caused have gone out."""
         self._finished_listeners.append(listener)
 
     def on_reset(self, listener: Callable[[], None]) -> None:
@@ -290,10 +292,9 @@ class BoardRoom:
                 elif column is Column.DONE:
                     self._quota.closed(key)
                     if isinstance(entry, Map) and (self._finished_listeners or self.conversations):
+                        # Read now (the entry may move on), recorded once the answer is out.
                         fields = plain_fields(entry)
-                        self._record_turns(fields)
-                        for listener in self._finished_listeners:
-                            listener(fields)
+                        self._batch.after_release(partial(self._record_finished, fields))
                 if column is Column.PREPARED:
                     worker = read_field(entry, c.F_WORKER) if isinstance(entry, Map) else None
                     if isinstance(worker, str):
@@ -496,6 +497,12 @@ class BoardRoom:
         if self.admit is not None and created:
             self.admit(created)
 
+    def _record_finished(self, fields: dict[str, Any]) -> None:
+        """A task entered `done`: its conversation turns and the finished listeners (metrics)."""
+        self._record_turns(fields)
+        for listener in self._finished_listeners:
+            listener(fields)
+
     def _record_turns(self, fields: dict[str, Any]) -> None:
         conversation = fields.get(c.F_CONVERSATION)
         if (self.conversations is None or not isinstance(conversation, str) or not conversation
@@ -526,7 +533,9 @@ class BoardRoom:
                 # Without auth, a connection that announced only workers is still held to the
                 # worker's rules: this fences a stale attempt (a worker cut off past its lease
                 # whose late writes arrive after its task went to another worker).
-                rules = self._worker_fence(conn)
+                if conn.fence is None:
+                    conn.fence = self._worker_fence(conn)
+                rules = conn.fence
             # Limits are per owner, and an owner is only somebody when a token says so.
             limited = conn.identity.role is AccessRole.CLIENT
 

@@ -453,3 +453,36 @@ async def test_work_after_a_batch_runs_once_its_sends_are_out() -> None:
         assert seen == [1], "ran before the batch's send, or not at all"
     finally:
         channel.dispose()
+
+
+async def test_finished_listeners_get_each_entry_after_the_send() -> None:
+    """Two tasks entering `done` in one write: each listener call gets its own task's fields,
+    and only once the messages the write caused are out (metrics must not delay an answer)."""
+    archive = TaskArchive(None)
+    archive.open()
+    room = BoardRoom("test", None, archive, RoomSettings(lazy_s=LAZY_S, worker_lazy_s=WORKER_LAZY_S))
+    finished: list[dict[str, Any]] = []
+    got_both = anyio.Event()
+
+    def listener(fields: dict[str, Any]) -> None:
+        finished.append(fields)
+        if len(finished) == 2:
+            got_both.set()
+
+    room.on_finished(listener)
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(room.start)
+
+            def finish_both(board: Any) -> None:
+                for task_id in ("t1", "t2"):
+                    board.column_map(Column.DONE)[task_id] = Map(task_fields(task_id, status="succeeded"))
+
+            room.server_write(finish_both)
+            assert finished == [], "listeners ran inside the write, before its messages left"
+            with anyio.fail_after(5):
+                await got_both.wait()
+            assert sorted(f["id"] for f in finished) == ["t1", "t2"]
+            tg.cancel_scope.cancel()
+    finally:
+        archive.close()
