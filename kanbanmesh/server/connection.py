@@ -197,6 +197,12 @@ class Connection:
         else:
             self._wakeup.set()
 
+    def send_soonest(self) -> None:
+        """Write what is urgent now, batch or not, where the channel takes it at once;
+        otherwise it leaves as usual (with the batch, or by the sender task)."""
+        if self._urgent and not self._closed:
+            self._send_direct()
+
     def release(self) -> None:
         """Send what the batch held for this peer, at once if the channel takes it now."""
         self._held = False

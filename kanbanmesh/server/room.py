@@ -116,6 +116,9 @@ class BoardRoom:
         self._merges = SharedMerges()  # one merge per batch that several peers wait on
         self._batch = SendBatch()  # urgent sends held while a peer's message is handled
         self._origin: Connection | None = None
+        # Peers a worker's update went to before the board applied it (`_forward_early`).
+        self._forwarded: frozenset[Connection] = frozenset()
+        self._first_in_turn = False  # the message being handled is the loop turn's first
         self._validator: UpdateValidator | None = None
         self._ready = anyio.Event()
         self._update_listeners: list[Callable[[], None]] = []
@@ -317,7 +320,7 @@ class BoardRoom:
         # An assignment is news for the worker, not for the task's owner.
         moved_on = touched.difference(self._assigned) if self._assigned else touched
         for conn in self._connections:
-            if conn is not origin:
+            if conn is not origin and conn not in self._forwarded:
                 news = touched if conn.worker_ids else moved_on
                 conn.enqueue_update(update, urgent=conn.eager or not conn.interests.isdisjoint(news))
         self._assigned = {}
@@ -406,6 +409,7 @@ class BoardRoom:
     def _handle_batched(self, conn: Connection, data: bytes) -> int | None:
         """`_handle`, with urgent sends to direct channels held until it is over: what the
         server writes because of a peer's update then leaves in the same message."""
+        self._first_in_turn = not self._batch.open  # open: others came in the same turn
         self._batch.open = True
         try:
             return self._handle(conn, data)
@@ -470,6 +474,29 @@ class BoardRoom:
                     if isinstance(entry, Map) and read_field(entry, c.F_WORKER) in worker_ids:
                         held.add(task_id)
         return held
+
+    def _forward_early(self, origin: Connection, update: bytes) -> frozenset[Connection]:
+        """Send a worker's checked update at once to the peers it is urgent news for (the
+        owner of a task it streams into or finishes, brokers), before the board applies it:
+        the answer then does not wait for the board's apply, its observers, the store and
+        the broker's pass. The board's own copy of the update skips these peers (see
+        `_on_doc_update`); what the server writes because of it follows in its own message.
+
+        Only for the first message of a loop turn: under load, when others follow in the
+        same turn, a peer gets them all in one message with the batch, as before."""
+        assert self._validator is not None  # only checked updates are forwarded
+        changes = self._validator.changes
+        news = self._validator.touched.union(
+            (key for _, key in changes.written), (key for _, key in changes.removed)
+        )
+        forwarded = set()
+        for conn in self._connections:
+            if conn is origin or not (conn.eager or not conn.interests.isdisjoint(news)):
+                continue
+            conn.enqueue_update(update, urgent=True)  # after what it holds, in order
+            conn.send_soonest()
+            forwarded.add(conn)
+        return frozenset(forwarded)
 
     def _worker_fence(self, conn: Connection) -> WriteRules:
         identity = Identity(subject=f"worker-connection-{id(conn)}", role=AccessRole.WORKER,
@@ -548,11 +575,14 @@ class BoardRoom:
             self._validator.check(update, authorize)
             self._touched |= self._validator.touched
             conn.interests.update(self._validator.created)
+            if self._first_in_turn and conn.worker_ids and not conn.eager:
+                self._forwarded = self._forward_early(conn, update)
         self._origin = conn
         try:
             self.doc.apply_update(update)
         finally:
             self._origin = None
+            self._forwarded = frozenset()
         if self._validator is not None:
             self._admit_created(self._validator.created)
         self._run_listeners()

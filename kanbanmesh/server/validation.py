@@ -134,6 +134,11 @@ class UpdateValidator:
         self._twin = self._make_twin()
         self._update_bytes = 0  # of the update being checked
 
+    @property
+    def changes(self) -> UpdateChanges:
+        """What the last checked update does to the board."""
+        return self._changes
+
     def close(self) -> None:
         """Stop observing the twin (the room leaves this board document: a rotation).
 

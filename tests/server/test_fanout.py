@@ -486,3 +486,58 @@ async def test_finished_listeners_get_each_entry_after_the_send() -> None:
             tg.cancel_scope.cancel()
     finally:
         archive.close()
+
+
+async def test_a_workers_answer_reaches_its_owner_before_the_board_applies_it_and_once() -> None:
+    """A worker's checked update goes to the task's owner at once, ahead of the board's apply,
+    its observers and whatever the server writes because of it; the board's own copy of the
+    update is not sent to the owner again."""
+    archive = TaskArchive(None)
+    archive.open()
+    room = BoardRoom("test", None, archive, RoomSettings(lazy_s=LAZY_S, worker_lazy_s=WORKER_LAZY_S))
+    client, broker, worker = (Peer(DirectMemoryChannel) for _ in range(3))
+    owner_channel = client.channel
+    assert isinstance(owner_channel, DirectMemoryChannel)
+    sent_at_commit: list[int] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            await tg.start(room.start)
+            for peer in (client, broker, worker):
+                tg.start_soon(room.serve, peer.channel)
+            await broker.announce({c.A_ROLE: "broker", c.A_ID: "b1"})
+            await worker.announce({c.A_ROLE: "worker", c.A_ID: "w1", c.A_SLOTS: 1})
+            with anyio.fail_after(5):
+                while len(room.awareness.states()) < 2:
+                    await anyio.sleep(0.01)
+            client.column(c.TODO)["t1"] = Map(task_fields("t1"))
+            await client.push()
+            await broker.next_update(5)
+            with broker.doc.transaction():
+                del broker.column(c.TODO)["t1"]
+                broker.column(c.PREPARED)["t1"] = Map(task_fields("t1", worker="w1"))
+            await broker.push()
+            await worker.next_update(5)
+            while owner_channel.sent.statistics().current_buffer_used:
+                owner_channel.sent.receive_nowait()  # what the owner got so far
+            room.doc.observe(lambda event: sent_at_commit.append(owner_channel.sent_now))
+            sent_before = owner_channel.sent_now
+            with worker.doc.transaction():
+                del worker.column(c.PREPARED)["t1"]
+                worker.column(c.DONE)["t1"] = Map(task_fields("t1", worker="w1", status="succeeded"))
+            await worker.push()
+            await client.next_update(5)
+            assert client.column(c.DONE)["t1"]["status"] == "succeeded"
+            assert sent_at_commit and sent_at_commit[0] == sent_before + 1, (
+                "the owner got the answer only after the board applied it"
+            )
+            with anyio.move_on_after(LAZY_S * 1.5):  # past the lazy deadline: nothing more
+                while True:
+                    _, data = await owner_channel.sent.receive()
+                    message = codec.parse_message(data)
+                    if isinstance(message, codec.SyncMessage) and message.payload != codec.EMPTY_UPDATE:
+                        pytest.fail("the board's copy of the answer was sent to the owner again")
+            tg.cancel_scope.cancel()
+    finally:
+        for peer in (client, broker, worker):
+            peer.channel.dispose()
+        archive.close()
