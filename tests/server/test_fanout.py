@@ -9,10 +9,12 @@ merged with whatever else is pending. Nothing is ever dropped.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import anyio
 import pytest
+from anyio.abc import TaskGroup
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from pycrdt import Doc, Map, Text
 
@@ -126,6 +128,20 @@ class Peer:
 def task_fields(task_id: str, **extra: Any) -> dict[str, Any]:
     return {"id": task_id, "owner": "", "model": "", "prompt": "hi", "params": {}, "priority": 0,
             "created_at": 1.0, "attempt": 1, **extra}
+
+
+async def _join(tg: TaskGroup, room: BoardRoom, peers: Iterable[Peer]) -> None:
+    """Start `room` and serve each of `peers` in it."""
+    await tg.start(room.start)
+    for peer in peers:
+        tg.start_soon(room.serve, peer.channel)
+
+
+async def _until_present(room: BoardRoom, count: int) -> None:
+    """Wait until `count` awareness states reached the room."""
+    with anyio.fail_after(5):
+        while len(room.awareness.states()) < count:
+            await anyio.sleep(0.01)
 
 
 def _source() -> tuple[Map[Any], list[bytes]]:
@@ -403,13 +419,9 @@ async def test_messages_handled_in_one_turn_reach_a_direct_peer_as_one() -> None
     first, second, broker = (Peer(DirectMemoryChannel) for _ in range(3))
     try:
         async with anyio.create_task_group() as tg:
-            await tg.start(room.start)
-            for peer in (first, second, broker):
-                tg.start_soon(room.serve, peer.channel)
+            await _join(tg, room, (first, second, broker))
             await broker.announce({c.A_ROLE: "broker", c.A_ID: "b1"})
-            with anyio.fail_after(5):
-                while not room.awareness.states():
-                    await anyio.sleep(0.01)
+            await _until_present(room, 1)
             first.column(c.TODO)["t1"] = Map(task_fields("t1"))
             second.column(c.TODO)["t2"] = Map(task_fields("t2"))
             channel = broker.channel
@@ -501,14 +513,10 @@ async def test_a_workers_answer_reaches_its_owner_before_the_board_applies_it_an
     sent_at_commit: list[int] = []
     try:
         async with anyio.create_task_group() as tg:
-            await tg.start(room.start)
-            for peer in (client, broker, worker):
-                tg.start_soon(room.serve, peer.channel)
+            await _join(tg, room, (client, broker, worker))
             await broker.announce({c.A_ROLE: "broker", c.A_ID: "b1"})
             await worker.announce({c.A_ROLE: "worker", c.A_ID: "w1", c.A_SLOTS: 1})
-            with anyio.fail_after(5):
-                while len(room.awareness.states()) < 2:
-                    await anyio.sleep(0.01)
+            await _until_present(room, 2)
             client.column(c.TODO)["t1"] = Map(task_fields("t1"))
             await client.push()
             await broker.next_update(5)
