@@ -37,9 +37,9 @@ def read_field(ymap: Map[Any], key: str, default: Any = None) -> Any:
 
 
 def read_entry(ymap: Map[Any], key: str, default: Any = None) -> Any:
-    """`read_field`, with a map value (an entry) read as its plain fields, as
-    `kanbanmesh.board.document.plain_fields` gives them: the entry's JSON comes out of Yrs in
-    the same call, without wrapping the entry in a pycrdt `Map` first."""
+    """`read_field`, with a map value (an entry) read as its plain fields, as `plain_fields`
+    gives them: the entry's JSON comes out of Yrs in the same call, without wrapping the entry
+    in a pycrdt `Map` first."""
     with ymap.doc.transaction() as txn:
         integrated, raw = ymap.integrated, txn._txn
         assert raw is not None  # set while the transaction is open
@@ -47,11 +47,8 @@ def read_entry(ymap: Map[Any], key: str, default: Any = None) -> Any:
             return default
         value = integrated.get(raw, key)
         if type(value) is _YrsMap:
-            try:
-                fields = json.loads(value.to_json(raw))
-            except ValueError:  # a value JSON cannot hold (NaN, say): plain_fields reads it
-                fields = None
-            if isinstance(fields, dict):
+            fields = _fields_from_json(value.to_json(raw))
+            if fields is not None:
                 return fields
     if type(value) in _PLAIN:
         return value
@@ -81,16 +78,23 @@ def plain_fields(ymap: Map[Any]) -> dict[str, Any]:
     """An entry's fields as plain Python values (`output` as its string)."""
     # The map's JSON comes out of Rust in one call; reading field by field through pycrdt's
     # wrappers costs six times as much, and every move and check reads a whole entry.
-    try:
-        fields = json.loads(str(ymap))
-    except ValueError:  # a value JSON cannot hold (NaN, say): read it field by field
-        fields = None
-    if isinstance(fields, dict):
+    fields = _fields_from_json(str(ymap))
+    if fields is not None:
         return fields
     fields = {}
     for key, value in ymap.items():
         fields[key] = str(value) if isinstance(value, Text) else _plain(value)
     return fields
+
+
+def _fields_from_json(text: str) -> dict[str, Any] | None:
+    """A map's JSON (from Yrs) as a dict; None where it does not read as one (a value JSON
+    cannot hold, NaN say: the caller reads the map field by field)."""
+    try:
+        fields = json.loads(text)
+    except ValueError:
+        return None
+    return fields if isinstance(fields, dict) else None
 
 
 def _plain(value: Any) -> Any:

@@ -156,6 +156,11 @@ class Connection:
     def closed(self) -> bool:
         return self._closed
 
+    def wants_at_once(self, news: set[str]) -> bool:
+        """Whether an update about the tasks `news` is urgent for this peer: it wants
+        everything at once (a broker), or follows one of them."""
+        return self.eager or not self.interests.isdisjoint(news)
+
     def enqueue_update(self, update: bytes, *, urgent: bool = True) -> None:
         if self._closed:
             return
@@ -230,10 +235,13 @@ class Connection:
             messages.append(codec.sync_update(self._merges.merge(self._updates)))
             self._updates = []
         self._urgent = False
+        self._disarm_lazy_timer()
+        return messages
+
+    def _disarm_lazy_timer(self) -> None:
         if self._lazy_timer is not None:
             self._lazy_timer.cancel()
             self._lazy_timer = None
-        return messages
 
     async def run_sender(self) -> None:
         """Drain the outbox until the channel closes; sends a keepalive when idle."""
@@ -259,8 +267,6 @@ class Connection:
 
     async def close(self, code: int, reason: str) -> None:
         self._closed = True
-        if self._lazy_timer is not None:
-            self._lazy_timer.cancel()  # it would keep the connection alive until it fires
-            self._lazy_timer = None
+        self._disarm_lazy_timer()  # it would keep the connection alive until it fires
         self._wakeup.set()
         await self.channel.close(code, reason)

@@ -322,7 +322,7 @@ class BoardRoom:
         for conn in self._connections:
             if conn is not origin and conn not in self._forwarded:
                 news = touched if conn.worker_ids else moved_on
-                conn.enqueue_update(update, urgent=conn.eager or not conn.interests.isdisjoint(news))
+                conn.enqueue_update(update, urgent=conn.wants_at_once(news))
         self._assigned = {}
         if self._finished:
             for conn in self._connections:
@@ -491,7 +491,7 @@ class BoardRoom:
         )
         forwarded = set()
         for conn in self._connections:
-            if conn is origin or not (conn.eager or not conn.interests.isdisjoint(news)):
+            if conn is origin or not conn.wants_at_once(news):
                 continue
             conn.enqueue_update(update, urgent=True)  # after what it holds, in order
             conn.send_soonest()

@@ -54,8 +54,8 @@ class _NewEntry:
     column: str
     key: str
     value: Any
-    # Whether all of the entry came in this update (a new entry, not a field set inside one).
-    whole_in_update: bool = False
+    # Whether the request's JSON must be measured against the limit (see `_inspect`).
+    measure_size: bool = True
 
 
 @dataclass
@@ -132,7 +132,6 @@ class UpdateValidator:
         self._unmirrored: list[bytes] = []
         self._collecting = True
         self._twin = self._make_twin()
-        self._update_bytes = 0  # of the update being checked
 
     @property
     def changes(self) -> UpdateChanges:
@@ -240,7 +239,6 @@ class UpdateValidator:
         every entry it writes is valid, and `authorize` (the writer's rights) accepts it."""
         self.catch_up()
         self._new.clear()
-        self._update_bytes = len(update)
         self._changes = changes = UpdateChanges()
         self.touched.clear()
         self.created.clear()
@@ -281,6 +279,9 @@ class UpdateValidator:
                     c.CLOSE_FORBIDDEN,
                     f"forbidden: unknown root type {min(changes.unknown_roots)[:40]!r}",
                 )
+        # An entry written whole by an update too small to hold more JSON than the limit
+        # cannot be over it: only bigger updates' new entries are measured.
+        measure_new = len(update) * JSON_BYTES_PER_UPDATE_BYTE > self._limits.max_task_bytes
         for column, key in dict.fromkeys(self._new):
             # Read after the whole update: an entry it created and moved on again (a
             # worker's doing -> done in one go) is not on the board and needs no check.
@@ -288,7 +289,7 @@ class UpdateValidator:
             if fields is _ABSENT:
                 continue
             # `fields` may be null, or some other value: an invalid entry, not a deletion.
-            self._check_entry(_NewEntry(column, key, fields, whole_in_update=True))
+            self._check_entry(_NewEntry(column, key, fields, measure_size=measure_new))
             changes.written[(column, key)] = fields
             if column == c.TODO:
                 self.created.append(key)
@@ -308,10 +309,9 @@ class UpdateValidator:
             )
         fields = entry.value
         # The limit is on what a client asks (the request), in UTF-8 bytes: an entry moved
-        # on with its output and result may rightly be bigger than any request. An entry
-        # that came whole in an update too small to hold that much JSON is not measured.
+        # on with its output and result may rightly be bigger than any request.
         limit = self._limits.max_task_bytes
-        if not entry.whole_in_update or self._update_bytes * JSON_BYTES_PER_UPDATE_BYTE > limit:
+        if entry.measure_size:
             request = {k: v for k, v in fields.items() if k in REQUEST_FIELDS}
             size = len(json.dumps(request, ensure_ascii=False, default=str).encode("utf-8"))
             if size > limit:
