@@ -16,6 +16,7 @@ pyproject.toml; tests/board/test_reads.py holds these functions to `Map.get`, `M
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from pycrdt import Doc, Map, Text
@@ -36,10 +37,18 @@ def read_field(ymap: Map[Any], key: str, default: Any = None) -> Any:
     return value if type(value) in _PLAIN else ymap._maybe_as_type_or_doc(value)
 
 
+@dataclass(frozen=True)
+class NotAMap:
+    """What `read_entry` gives for a key that holds something other than a Y.Map: a plain
+    JSON object included, which reads as a dict like a map's fields but is no entry."""
+
+    value: Any
+
+
 def read_entry(ymap: Map[Any], key: str, default: Any = None) -> Any:
-    """`read_field`, with a map value (an entry) read as its plain fields, as `plain_fields`
-    gives them: the entry's JSON comes out of Yrs in the same call, without wrapping the entry
-    in a pycrdt `Map` first."""
+    """An entry's plain fields, as `plain_fields` gives them, for a key that holds a Y.Map;
+    `NotAMap(value)` for a key that holds anything else; `default` for a missing key. The
+    entry's JSON comes out of Yrs in the same call, without wrapping it in a pycrdt `Map`."""
     with ymap.doc.transaction() as txn:
         integrated, raw = ymap.integrated, txn._txn
         assert raw is not None  # set while the transaction is open
@@ -51,9 +60,9 @@ def read_entry(ymap: Map[Any], key: str, default: Any = None) -> Any:
             if fields is not None:
                 return fields
     if type(value) in _PLAIN:
-        return value
+        return NotAMap(value)
     wrapped = ymap._maybe_as_type_or_doc(value)
-    return plain_fields(wrapped) if isinstance(wrapped, Map) else wrapped
+    return plain_fields(wrapped) if isinstance(wrapped, Map) else NotAMap(wrapped)
 
 
 def read_items(ymap: Map[Any]) -> list[tuple[str, Any]]:

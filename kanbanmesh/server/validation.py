@@ -27,7 +27,7 @@ from pycrdt import Doc, Map, Subscription, get_update, merge_updates
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_fields
 from kanbanmesh.board.events import event_keys, event_path, is_map_event, observe_events
-from kanbanmesh.board.reads import plain_fields, read_entry, root_count
+from kanbanmesh.board.reads import NotAMap, plain_fields, read_entry, root_count
 from kanbanmesh.board.schema import REQUEST_FIELDS
 from kanbanmesh.errors import InvalidTaskError, ProtocolError
 from kanbanmesh.protocol.codec import EMPTY_UPDATE, decode_state_vector, delete_set, deleting_all_of
@@ -288,7 +288,7 @@ class UpdateValidator:
             fields = read_entry(self._columns[column], key, _ABSENT)
             if fields is _ABSENT:
                 continue
-            # `fields` may be null, or some other value: an invalid entry, not a deletion.
+            # `fields` may be `NotAMap` (null, a plain object): an invalid entry, not a deletion.
             self._check_entry(_NewEntry(column, key, fields, measure_size=measure_new))
             changes.written[(column, key)] = fields
             if column == c.TODO:
@@ -302,11 +302,12 @@ class UpdateValidator:
     def _check_entry(self, entry: _NewEntry) -> None:
         # Close reasons hold 123 bytes: say what is wrong first, name the entry briefly.
         where = f"{entry.column}[{entry.key[:24]!r}]"
-        if not isinstance(entry.value, dict):
-            raise UpdateRefused(
-                c.CLOSE_INVALID_TASK,
-                f"invalid task: {where} must be a Y.Map, not {type(entry.value).__name__}",
-            )
+        if isinstance(entry.value, NotAMap) or not isinstance(entry.value, dict):
+            # A plain JSON object reads as a dict too, but no peer takes it for an entry: the
+            # broker would leave it in `todo` for good.
+            value = entry.value.value if isinstance(entry.value, NotAMap) else entry.value
+            kind = "a plain object" if isinstance(value, dict) else type(value).__name__
+            raise UpdateRefused(c.CLOSE_INVALID_TASK, f"invalid task: {where} must be a Y.Map, not {kind}")
         fields = entry.value
         # The limit is on what a client asks (the request), in UTF-8 bytes: an entry moved
         # on with its output and result may rightly be bigger than any request.

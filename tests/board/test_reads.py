@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from pycrdt import Doc, Map, Text
 
-from kanbanmesh.board.reads import plain_fields, read_entry, read_field, read_items, root_count
+from kanbanmesh.board.reads import NotAMap, plain_fields, read_entry, read_field, read_items, root_count
 
 
 @pytest.fixture
@@ -63,16 +63,19 @@ def test_an_entry_reads_as_its_plain_fields(entry: Map[Any]) -> None:
     assert read_entry(column, "missing", "default") == "default"
 
 
-def test_a_value_that_is_no_entry_reads_as_map_get() -> None:
+def test_a_value_that_is_no_map_reads_as_not_a_map_of_map_get() -> None:
     doc: Doc[Any] = Doc()
     column = doc.get("todo", type=Map)
     column["plain"] = "x"
     column["none"] = None
+    column["object"] = {"id": "object", "prompt": "a plain JSON object, not a Y.Map"}
     column["text"] = Text("t")
-    assert read_entry(column, "plain") == "x"
-    assert read_entry(column, "none", "default") is None  # a null value, not a missing key
+    assert read_entry(column, "plain") == NotAMap("x")
+    assert read_entry(column, "none", "default") == NotAMap(None)  # a null value, not a missing key
+    # Reads as a dict, as a map's fields would: only the wrapper tells them apart.
+    assert read_entry(column, "object") == NotAMap(column["object"])
     text = read_entry(column, "text")
-    assert isinstance(text, Text) and str(text) == "t"
+    assert isinstance(text, NotAMap) and isinstance(text.value, Text) and str(text.value) == "t"
 
 
 def test_an_entry_with_values_json_lacks_reads_as_plain_fields() -> None:

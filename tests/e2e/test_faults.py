@@ -37,10 +37,10 @@ async def refused_with(url: str, *messages: bytes) -> tuple[int, str]:
                 return exc.rcvd.code, exc.rcvd.reason
 
 
-def task_update(key: str, fields: dict[str, object]) -> bytes:
+def task_update(key: str, fields: dict[str, object], *, as_map: bool = True) -> bytes:
     doc = Doc()
     with doc.transaction():
-        doc.get(c.TODO, type=Map)[key] = Map(fields)
+        doc.get(c.TODO, type=Map)[key] = Map(fields) if as_map else fields
     return doc.get_update()
 
 
@@ -53,13 +53,16 @@ def task_update(key: str, fields: dict[str, object]) -> bytes:
         (codec.sync_update(os.urandom(32)), c.CLOSE_INVALID_UPDATE, "does not decode"),
         (codec.sync_update(task_update("t1", {"id": "t1"})), c.CLOSE_INVALID_TASK, "exactly one"),
         (codec.sync_update(task_update("t1", {"id": "other", "prompt": "x"})), c.CLOSE_INVALID_TASK, "differs from its key"),
+        # A valid task's fields as a plain JSON object: no peer would take it for an entry.
+        (codec.sync_update(task_update("t1", {"id": "t1", "prompt": "x"}, as_map=False)), c.CLOSE_INVALID_TASK,
+         "must be a Y.Map, not a plain object"),
         (codec.sync_update(task_update("t1", {"id": "t1", "prompt": "x", "params": {"max_tokens": "many"}})),
          c.CLOSE_INVALID_TASK, "max_tokens"),
         (codec.sync_update(task_update("t1", {"id": "t1", "prompt": "x" * 2_000_000})), c.CLOSE_TASK_TOO_LARGE,
          "over the limit"),
         (codec.awareness_message(b"\x01\x05\x01\x03{x}"), 1002, "JSON"),
     ],
-    ids=["random", "truncated", "short-sync", "bad-update", "no-prompt", "id-mismatch", "bad-param",
+    ids=["random", "truncated", "short-sync", "bad-update", "no-prompt", "id-mismatch", "plain-object", "bad-param",
          "oversized-task", "bad-awareness"],
 )
 async def test_garbage_is_refused_with_a_reason_and_harms_nobody(
