@@ -44,29 +44,51 @@ class MeshMetrics:
         self.speed = Histogram("kanbanmesh_tokens_per_second", "Generation speed of each task", timing,
                                buckets=(1, 2, 5, 10, 20, 40, 80, 160, 320, 640, 1280), registry=self.registry)
         self.registry.register(_BoardCollector(hub))
+        # Each finished task updates six labelled series; `labels()` validates and looks its
+        # values up under a lock every time, so each board and model's series are kept here.
+        self._series: dict[tuple[str, str], _ModelSeries] = {}
+        self._finished_series: dict[tuple[str, str, str], Any] = {}
 
     def watch(self, room: BoardRoom) -> None:
         room.on_finished(lambda fields: self._finished(room.name, fields))
 
     def _finished(self, board: str, fields: dict[str, Any]) -> None:
         model = str(fields.get(c.F_MODEL) or "") or "any"
-        self.finished.labels(board, str(fields.get(c.F_STATUS) or "unknown"), model).inc()
+        status = str(fields.get(c.F_STATUS) or "unknown")
+        finished = self._finished_series.get((board, status, model))
+        if finished is None:
+            finished = self._finished_series[(board, status, model)] = self.finished.labels(board, status, model)
+        finished.inc()
+        series = self._series.get((board, model))
+        if series is None:
+            series = self._series[(board, model)] = _ModelSeries(self, board, model)
         usage = fields.get(c.F_USAGE)
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int | float):
-            self.tokens.labels(board, model).inc(float(usage["completion_tokens"]))
+            series.tokens.inc(float(usage["completion_tokens"]))
         timings = fields.get(c.F_TIMINGS)
         if not isinstance(timings, dict):
             return
-        for histogram, key, scale in (
-            (self.queue_wait, "queued_ms", 1000.0), (self.ttft, "ttft_ms", 1000.0),
-            (self.total, "total_ms", 1000.0), (self.speed, "tokens_per_s", 1.0),
-        ):
+        for histogram, key, scale in series.timings:
             value = timings.get(key)
             if isinstance(value, int | float) and value > 0:
-                histogram.labels(board, model).observe(float(value) / scale)
+                histogram.observe(float(value) / scale)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ModelSeries:
+    """One board and model's labelled series of `MeshMetrics`."""
+
+    def __init__(self, metrics: MeshMetrics, board: str, model: str) -> None:
+        self.tokens = metrics.tokens.labels(board, model)
+        # (series, the `timings` field it observes, that field's unit in seconds' terms)
+        self.timings = (
+            (metrics.queue_wait.labels(board, model), "queued_ms", 1000.0),
+            (metrics.ttft.labels(board, model), "ttft_ms", 1000.0),
+            (metrics.total.labels(board, model), "total_ms", 1000.0),
+            (metrics.speed.labels(board, model), "tokens_per_s", 1.0),
+        )
 
 
 class _BoardCollector(Collector):
