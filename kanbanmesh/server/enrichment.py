@@ -35,7 +35,7 @@ from pycrdt import Map
 
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms
-from kanbanmesh.board.reads import plain_fields
+from kanbanmesh.board.reads import plain_fields, read_entry
 from kanbanmesh.board.schema import TaskStatus as Status
 from kanbanmesh.board.transitions import Column, Writer
 from kanbanmesh.errors import MiddlewareError
@@ -66,11 +66,13 @@ class Enricher:
         todo = self._room.board.column_map(Column.TODO)
         marks: dict[str, list[str]] = {}
         for task_id in created:
-            entry = todo.get(task_id)
-            if not isinstance(entry, Map):
-                continue
-            names = [m.name for m in self._middlewares if m.applies(entry)]
-            if names or entry.get(c.F_ENRICHING) is not None:
+            # Its plain fields, in one call into Yrs: each middleware reads a field or two, and
+            # through pycrdt's `Map.get` every read cost more than this whole one.
+            fields = read_entry(todo, task_id)
+            if not isinstance(fields, dict):
+                continue  # gone already, or no entry (NotAMap)
+            names = [m.name for m in self._middlewares if m.applies(fields)]
+            if names or fields.get(c.F_ENRICHING) is not None:
                 marks[task_id] = names
         if not marks:
             return

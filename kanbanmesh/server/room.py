@@ -296,8 +296,7 @@ class BoardRoom:
                     self._quota.closed(key)
                     if isinstance(entry, Map) and (self._finished_listeners or self.conversations):
                         # Read now (the entry may move on), recorded once the answer is out.
-                        fields = plain_fields(entry)
-                        self._batch.after_release(partial(self._record_finished, fields))
+                        self._batch.after_release(partial(self._record_finished, self._fields_of(key, entry)))
                 if column is Column.PREPARED:
                     worker = read_field(entry, c.F_WORKER) if isinstance(entry, Map) else None
                     if isinstance(worker, str):
@@ -306,6 +305,15 @@ class BoardRoom:
                     self._finished.add(key)
 
         return observe
+
+    def _fields_of(self, task_id: str, entry: Map[Any]) -> dict[str, Any]:
+        """A `done` entry's plain fields: as the update check read them when a peer's checked
+        update is being applied (the board then holds what the twin held), else read now."""
+        if self._origin is not None and self._validator is not None:
+            fields = self._validator.changes.written.get((c.DONE, task_id))
+            if isinstance(fields, dict):
+                return fields
+        return plain_fields(entry)
 
     def _on_doc_update(self, event: TransactionEvent) -> None:
         update: bytes = event.update
