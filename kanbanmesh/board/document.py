@@ -34,6 +34,7 @@ class BoardDoc:
     def __init__(self, doc: Doc[Any]) -> None:
         self.doc = doc
         self.maps: dict[Column, Map[Any]] = {col: doc.get(col.value, type=Map) for col in Column}
+        self.control: Map[Any] = doc.get(c.CONTROL, type=Map)  # drain requests (a root map, no entry)
 
     def column_map(self, column: Column) -> Map[Any]:
         return self.maps[column]
