@@ -23,7 +23,7 @@ from pycrdt import Doc, Map, Text
 from pycrdt._pycrdt import Map as _YrsMap
 
 # What Yrs hands back for JSON-like values: returned as they are.
-_PLAIN = frozenset({str, int, float, bool, type(None), dict, list})
+PLAIN_TYPES = frozenset({str, int, float, bool, type(None), dict, list})
 
 
 def read_field(ymap: Map[Any], key: str, default: Any = None) -> Any:
@@ -34,7 +34,7 @@ def read_field(ymap: Map[Any], key: str, default: Any = None) -> Any:
             return default
         value = integrated.get(txn._txn, key)
     # Most fields are plain values; pycrdt's wrapper tries each of its types on them first.
-    return value if type(value) in _PLAIN else ymap._maybe_as_type_or_doc(value)
+    return value if type(value) in PLAIN_TYPES else ymap._maybe_as_type_or_doc(value)
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def read_entry(ymap: Map[Any], key: str, default: Any = None) -> Any:
             fields = _fields_from_json(value.to_json(raw))
             if fields is not None:
                 return fields
-    if type(value) in _PLAIN:
+    if type(value) in PLAIN_TYPES:
         return NotAMap(value)
     wrapped = ymap._maybe_as_type_or_doc(value)
     return plain_fields(wrapped) if isinstance(wrapped, Map) else NotAMap(wrapped)
@@ -72,7 +72,7 @@ def read_items(ymap: Map[Any]) -> list[tuple[str, Any]]:
         integrated, raw = ymap.integrated, txn._txn
         values = [(key, integrated.get(raw, key)) for key in integrated.keys(raw)]
     wrap = ymap._maybe_as_type_or_doc
-    return [(key, value if type(value) in _PLAIN else wrap(value)) for key, value in values]
+    return [(key, value if type(value) in PLAIN_TYPES else wrap(value)) for key, value in values]
 
 
 def root_count(doc: Doc[Any]) -> int:
