@@ -24,12 +24,13 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 from anyio.abc import TaskStatus as StartStatus
-from pycrdt import Map, Text
+from pycrdt import Map, Subscription, Text
 
 import kanbanmesh
 from awareness.states import Role, WorkerState
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_map, now_ms
+from kanbanmesh.board.events import event_keys, observe_events
 from kanbanmesh.board.reads import read_field, read_items
 from kanbanmesh.board.schema import TaskEntry, TaskStatus, Timings, Usage
 from kanbanmesh.board.transitions import Column, Writer
@@ -97,6 +98,14 @@ class Worker:
         self._running: dict[str, _Run] = {}
         self._starts: dict[str, _Run] = {}  # runs whose move to `doing` is not written yet
         peer.before_send(self._write_starts)
+        # Tasks that entered `prepared` since the last pick-up (any worker's: the observer
+        # sees keys, the pick-up reads whose they are), and whether `prepared` must be read
+        # whole instead (at start, and on a new replica). Listing `prepared` on every update
+        # costs as much as the column's history: Yrs walks every key it ever held.
+        self._entered: set[str] = set()
+        self._scan_all = True
+        self._prepared_watch: tuple[Map[Any], Subscription] | None = None
+        peer.on_reset(self._on_new_replica)
         self._draining = False
         self._announced: dict[str, Any] | None = None
         self._presence_due = anyio.Event()
@@ -110,6 +119,7 @@ class Worker:
     async def run(self, *, task_status: StartStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Announce the worker and serve assigned tasks until cancelled."""
         await self._backend.start()
+        self._watch_prepared()
         try:
             self._announce()
             async with anyio.create_task_group() as tg:
@@ -122,8 +132,32 @@ class Worker:
                     with anyio.move_on_after(1.0):
                         await self._peer.changed.wait()
         finally:
+            self._unwatch_prepared()
             with anyio.CancelScope(shield=True):
                 await self._backend.stop()
+
+    def _watch_prepared(self) -> None:
+        prepared = self._peer.board.column_map(Column.PREPARED)
+        self._prepared_watch = (prepared, observe_events(prepared, self._on_prepared_event))
+        self._scan_all = True
+
+    def _unwatch_prepared(self) -> None:
+        # Yrs holds the callback, the callback this worker, the worker the peer and its
+        # document: a cycle Python's collector cannot see (see BoardPeer.stop).
+        if self._prepared_watch is not None:
+            prepared, sub = self._prepared_watch
+            prepared.unobserve(sub)
+            self._prepared_watch = None
+
+    def _on_new_replica(self) -> None:
+        if self._prepared_watch is not None:  # running: follow the new document instead
+            self._unwatch_prepared()
+            self._watch_prepared()
+
+    def _on_prepared_event(self, event: Any) -> None:
+        for key, change in event_keys(event).items():
+            if change.get("action") != "delete":
+                self._entered.add(key)
 
     def _drain_keys(self) -> list[str]:
         return [c.DRAIN_PREFIX + self.id, c.DRAIN_PREFIX + self.name]
@@ -218,13 +252,18 @@ class Worker:
         prepared = self._peer.board.column_map(Column.PREPARED)
         started = False
         with self._peer.doc.transaction():  # one for every read of the scan
-            for task_id, entry in read_items(prepared):
+            if self._scan_all:
+                self._scan_all = False
+                self._entered.update(task_id for task_id, _ in read_items(prepared))
+            for task_id in list(self._entered):
                 if len(self._running) >= self._settings.slots:
-                    break
-                if task_id in self._running or not isinstance(entry, Map):
-                    continue
-                if read_field(entry, c.F_WORKER) != self.id:
-                    continue
+                    break  # the rest stay noted for a free slot
+                if task_id in self._running:
+                    continue  # a new attempt of a run still ending: once it has ended
+                self._entered.discard(task_id)
+                entry = read_field(prepared, task_id)
+                if not isinstance(entry, Map) or read_field(entry, c.F_WORKER) != self.id:
+                    continue  # gone on already, or another worker's
                 run = _Run(attempt=int(read_field(entry, c.F_ATTEMPT) or 1))
                 self._running[task_id] = run
                 tg.start_soon(self._execute, task_id, run)
