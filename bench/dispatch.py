@@ -216,7 +216,7 @@ def main() -> None:
     parser.add_argument("--throughput-tasks", type=int, default=5000)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="systems run in turn this many times; each number is the median")
     parser.add_argument("--skip-baselines", action="store_true")
     args = parser.parse_args()
