@@ -10,13 +10,14 @@ from urllib.parse import quote
 import anyio
 import httpx
 import jwt
-from pycrdt import Map, Text
+from pycrdt import Map, Subscription, Text
 from pydantic import ValidationError
 
 from awareness.states import PeerPresence, Role, WorkerPresence, workers_from_states
 from client_sdk._models import BoardSnapshot
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_fields, entry_from_map, request_from_fields
+from kanbanmesh.board.events import event_keys, observe_events
 from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.schema import ChatMessage, RagSpec, TaskEntry, TaskParams, TaskStatus
 from kanbanmesh.board.transitions import Column
@@ -30,6 +31,7 @@ from kanbanmesh.errors import (
     TaskFailedError,
     TaskNotFoundError,
 )
+from kanbanmesh.notify import ChangeSignal
 from kanbanmesh.peer import BoardPeer, http_base
 from kanbanmesh.server.conversations import ConversationSummary, Turn
 from kanbanmesh.server.kpis import BoardKpis
@@ -103,6 +105,14 @@ class AsyncClient:
             connect_timeout_s=connect_timeout_s,
         )
         self._tg: anyio.abc.TaskGroup | None = None
+        # Tasks someone waits on to finish, each with its signal and how many wait on it: a
+        # change of the `done` column wakes only the waits on the tasks it touched, so many
+        # waits at once (a batch gathered) cost one look each per change of their own task,
+        # not one each per change of the board.
+        self._finish_waits: dict[str, tuple[ChangeSignal, int]] = {}
+        self._done_watch: tuple[Map[Any], Subscription] | None = None
+        self._peer.on_reset(self._on_new_replica)
+        self._peer.on_stop(self._wake_finish_waits)
 
     @property
     def peer(self) -> BoardPeer:
@@ -136,6 +146,7 @@ class AsyncClient:
                     raise inner[0] from None
             raise
         self._tg = tg
+        self._watch_done()
         self._peer.set_presence({c.A_ROLE: Role.CLIENT.value, c.A_ID: self.id, c.A_NAME: self.owner})
 
     async def close(self) -> None:
@@ -145,8 +156,55 @@ class AsyncClient:
         if self._tg is None:
             return
         tg, self._tg = self._tg, None
+        self._unwatch_done()
         await self._peer.flush_presence_and_stop()
         await tg.__aexit__(None, None, None)
+
+    def _watch_done(self) -> None:
+        done = self._peer.board.column_map(Column.DONE)
+        self._done_watch = (done, observe_events(done, self._on_done_event))
+
+    def _unwatch_done(self) -> None:
+        # Yrs holds the callback, the callback this client, the client its peer and the
+        # replica: a cycle Python's collector cannot see (see BoardPeer.stop).
+        if self._done_watch is not None:
+            done, subscription = self._done_watch
+            done.unobserve(subscription)
+            self._done_watch = None
+
+    def _on_new_replica(self) -> None:
+        if self._done_watch is not None:
+            self._unwatch_done()
+            self._watch_done()
+        self._wake_finish_waits()  # what they wait for is looked up in the new replica
+
+    def _on_done_event(self, event: Any) -> None:
+        if self._finish_waits:
+            for task_id in event_keys(event):  # entered `done`, or left it (archived)
+                waiting = self._finish_waits.get(task_id)
+                if waiting is not None:
+                    waiting[0].notify()
+
+    def _wake_finish_waits(self) -> None:
+        for signal, _ in self._finish_waits.values():
+            signal.notify()
+
+    async def _wait_finish_change(self, task_id: str, timeout_s: float) -> None:
+        """Wait until `task_id` enters or leaves `done`, the replica is replaced, the peer
+        stops for good, or `timeout_s` passes; raises the peer's error if it stopped."""
+        self._raise_if_broken()
+        signal, count = self._finish_waits.get(task_id, (ChangeSignal(), 0))
+        self._finish_waits[task_id] = (signal, count + 1)
+        try:
+            with anyio.move_on_after(timeout_s):
+                await signal.wait()
+        finally:
+            signal, count = self._finish_waits[task_id]
+            if count == 1:
+                del self._finish_waits[task_id]
+            else:
+                self._finish_waits[task_id] = (signal, count - 1)
+        self._raise_if_broken()
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -394,7 +452,9 @@ class TaskHandle:
                     archived = await self._client.archived(self.id)
                     if archived is not None:
                         return archived
-                await self._client.wait_changed(1.0)
+                # Woken when this task enters or leaves `done`, not by every change of the
+                # board; the timeout covers what no event says (a task that never was here).
+                await self._client._wait_finish_change(self.id, 1.0)
 
     async def ack(self) -> None:
         """Tell the server the result was read: the task leaves the live board for the

@@ -89,6 +89,7 @@ class BoardPeer:
         self.resets = 0
         self._reset_listeners: list[Callable[[], None]] = []
         self._presence_listeners: list[Callable[[], None]] = []
+        self._stop_listeners: list[Callable[[], None]] = []
         self.changed = ChangeSignal()
         self.presence_changed = ChangeSignal()
         self.error: KanbanMeshError | None = None
@@ -153,6 +154,11 @@ class BoardPeer:
     def flush_soon(self) -> None:
         """Wake the writer once the running task yields (it calls the `before_send` hooks)."""
         self._wakeup.set()
+
+    def on_stop(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` when the peer stops for good with an `error` (refused, or the
+        connection lost without reconnecting), as `changed` is notified."""
+        self._stop_listeners.append(listener)
 
     def on_reset(self, listener: Callable[[], None]) -> None:
         """Call `listener()` after the replica was replaced (the board moved to a new
@@ -362,7 +368,7 @@ class BoardPeer:
                 started = started or self._synced.is_set()
             if not self._reconnect:
                 self.error = ConnectionClosedError("connection to the server was lost")
-                self.changed.notify()
+                self._stopped_for_good()
                 return
             await anyio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self._backoff_max_s)
@@ -371,8 +377,13 @@ class BoardPeer:
         """Stop for good with `error`, waking everyone who waits on the peer."""
         self.error = error
         self._synced.set()
-        self.changed.notify()
         self.presence_changed.notify()
+        self._stopped_for_good()
+
+    def _stopped_for_good(self) -> None:
+        self.changed.notify()
+        for listener in self._stop_listeners:
+            listener()
 
     async def _session(self, ws: ClientConnection, task_status: TaskStatus[None] | None) -> None:
         self._connected = True

@@ -13,11 +13,15 @@ from client_sdk import (
     Column,
     InvalidTaskError,
     TaskCancelledError,
+    TaskHandle,
     TaskStatus,
 )
 from kanbanmesh.board.schema import TaskParams
+from kanbanmesh.peer import BoardPeer
 from tests.conftest import WorkerPool, cli
 from worker.backends import GenerationRequest, echo_text
+from worker.backends.echo import EchoBackend
+from worker.service import Worker, WorkerSettings
 
 pytestmark = pytest.mark.anyio
 
@@ -268,3 +272,54 @@ async def test_cli_up_starts_a_working_mesh(tmp_path: object) -> None:
             with anyio.fail_after(20):
                 code = await up.wait()
     assert code in (0, -15), f"up exited with {code}"
+
+
+async def test_many_waits_at_once_wake_for_their_own_tasks_only(
+    server_url: str, workers: WorkerPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch of waits gathered at once: while other tasks' changes stream into the replica,
+    the waits do not each look their task up again per change (that cost grows with waits
+    times changes), and all of them end once their own tasks finish."""
+    looks = 0
+    waited: set[str] = set()
+    locate = TaskHandle._locate
+
+    def counted(handle: TaskHandle) -> object:
+        nonlocal looks
+        looks += handle.id in waited  # the batch's, not the noise's own waits
+        return locate(handle)
+
+    monkeypatch.setattr(TaskHandle, "_locate", counted)
+    await workers.start(delay_ms=10)  # the default model only, a task every ~15 ms
+    async with AsyncClient(server_url) as client, AsyncClient(server_url) as other:
+        handles = [await client.submit(f"later {i}", model="later", durable_timeout_s=10) for i in range(40)]
+        waited = {handle.id for handle in handles}
+        finished: list[str] = []
+
+        async def wait(handle: TaskHandle) -> None:
+            entry = await handle.wait(30)
+            finished.append(entry.result or "")
+
+        async with anyio.create_task_group() as tg:
+            for handle in handles:
+                tg.start_soon(wait, handle)
+            await anyio.wait_all_tasks_blocked()
+            looks, heard = 0, client.peer.remote_updates
+            with anyio.fail_after(20):
+                for i in range(60):  # other tasks run meanwhile: their changes reach `client`
+                    await (await other.submit(f"noise {i}")).result()
+            heard = client.peer.remote_updates - heard
+            assert heard >= 5, "the noise never reached the waiting client"
+            # One look per wait and per second at most (the fallback timeout), however many
+            # changes arrived; woken per change, it would be 40 per message.
+            assert looks <= 40 * 3, (looks, heard)
+            # Now a worker for them: every wait ends.
+            peer = BoardPeer(server_url, "default")
+            late = Worker(peer, EchoBackend(model="later"), WorkerSettings(name="late", slots=4))
+            await tg.start(peer.start)
+            await tg.start(late.run)
+            with anyio.fail_after(20):
+                while len(finished) < len(handles):
+                    await client.wait_changed(1.0)
+            tg.cancel_scope.cancel()
+    assert sorted(finished) == sorted(expected(f"later {i}") for i in range(40))
