@@ -10,14 +10,14 @@ from urllib.parse import quote
 import anyio
 import httpx
 import jwt
-from pycrdt import Map, Subscription, Text
+from pycrdt import Map, Text
 from pydantic import ValidationError
 
 from awareness.states import PeerPresence, Role, WorkerPresence, workers_from_states
 from client_sdk._models import BoardSnapshot
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_fields, entry_from_map, request_from_fields
-from kanbanmesh.board.events import event_keys, observe_events
+from kanbanmesh.board.events import ColumnWatch, event_keys
 from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.schema import ChatMessage, RagSpec, TaskEntry, TaskParams, TaskStatus
 from kanbanmesh.board.transitions import Column
@@ -110,7 +110,7 @@ class AsyncClient:
         # waits at once (a batch gathered) cost one look each per change of their own task,
         # not one each per change of the board.
         self._finish_waits: dict[str, tuple[ChangeSignal, int]] = {}
-        self._done_watch: tuple[Map[Any], Subscription] | None = None
+        self._done_watch = ColumnWatch(lambda: self._peer.board.column_map(Column.DONE), self._on_done_event)
         self._peer.on_reset(self._on_new_replica)
         self._peer.on_stop(self._wake_finish_waits)
 
@@ -146,7 +146,7 @@ class AsyncClient:
                     raise inner[0] from None
             raise
         self._tg = tg
-        self._watch_done()
+        self._done_watch.start()
         self._peer.set_presence({c.A_ROLE: Role.CLIENT.value, c.A_ID: self.id, c.A_NAME: self.owner})
 
     async def close(self) -> None:
@@ -156,26 +156,12 @@ class AsyncClient:
         if self._tg is None:
             return
         tg, self._tg = self._tg, None
-        self._unwatch_done()
+        self._done_watch.stop()  # or the replica stays alive (ColumnWatch)
         await self._peer.flush_presence_and_stop()
         await tg.__aexit__(None, None, None)
 
-    def _watch_done(self) -> None:
-        done = self._peer.board.column_map(Column.DONE)
-        self._done_watch = (done, observe_events(done, self._on_done_event))
-
-    def _unwatch_done(self) -> None:
-        # Yrs holds the callback, the callback this client, the client its peer and the
-        # replica: a cycle Python's collector cannot see (see BoardPeer.stop).
-        if self._done_watch is not None:
-            done, subscription = self._done_watch
-            done.unobserve(subscription)
-            self._done_watch = None
-
     def _on_new_replica(self) -> None:
-        if self._done_watch is not None:
-            self._unwatch_done()
-            self._watch_done()
+        self._done_watch.restart()
         self._wake_finish_waits()  # what they wait for is looked up in the new replica
 
     def _on_done_event(self, event: Any) -> None:

@@ -24,13 +24,13 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 from anyio.abc import TaskStatus as StartStatus
-from pycrdt import Map, Subscription, Text
+from pycrdt import Map, Text
 
 import kanbanmesh
 from awareness.states import Role, WorkerState
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_map, now_ms
-from kanbanmesh.board.events import event_keys, observe_events
+from kanbanmesh.board.events import ColumnWatch, event_keys
 from kanbanmesh.board.reads import read_field, read_items
 from kanbanmesh.board.schema import TaskEntry, TaskStatus, Timings, Usage
 from kanbanmesh.board.transitions import Column, Writer
@@ -104,7 +104,9 @@ class Worker:
         # costs as much as the column's history: Yrs walks every key it ever held.
         self._entered: set[str] = set()
         self._scan_all = True
-        self._prepared_watch: tuple[Map[Any], Subscription] | None = None
+        self._prepared_watch = ColumnWatch(
+            lambda: self._peer.board.column_map(Column.PREPARED), self._on_prepared_event
+        )
         peer.on_reset(self._on_new_replica)
         self._draining = False
         self._announced: dict[str, Any] | None = None
@@ -119,7 +121,8 @@ class Worker:
     async def run(self, *, task_status: StartStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Announce the worker and serve assigned tasks until cancelled."""
         await self._backend.start()
-        self._watch_prepared()
+        self._prepared_watch.start()
+        self._scan_all = True
         try:
             self._announce()
             async with anyio.create_task_group() as tg:
@@ -132,27 +135,14 @@ class Worker:
                     with anyio.move_on_after(1.0):
                         await self._peer.changed.wait()
         finally:
-            self._unwatch_prepared()
+            self._prepared_watch.stop()  # or the replica stays alive (ColumnWatch)
             with anyio.CancelScope(shield=True):
                 await self._backend.stop()
 
-    def _watch_prepared(self) -> None:
-        prepared = self._peer.board.column_map(Column.PREPARED)
-        self._prepared_watch = (prepared, observe_events(prepared, self._on_prepared_event))
-        self._scan_all = True
-
-    def _unwatch_prepared(self) -> None:
-        # Yrs holds the callback, the callback this worker, the worker the peer and its
-        # document: a cycle Python's collector cannot see (see BoardPeer.stop).
-        if self._prepared_watch is not None:
-            prepared, sub = self._prepared_watch
-            prepared.unobserve(sub)
-            self._prepared_watch = None
-
     def _on_new_replica(self) -> None:
-        if self._prepared_watch is not None:  # running: follow the new document instead
-            self._unwatch_prepared()
-            self._watch_prepared()
+        if self._prepared_watch.running:  # follow the new document instead, read whole
+            self._prepared_watch.restart()
+            self._scan_all = True
 
     def _on_prepared_event(self, event: Any) -> None:
         for key, change in event_keys(event).items():

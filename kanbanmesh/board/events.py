@@ -66,3 +66,36 @@ def change_value(change: dict[str, Any], ymap: Map[Any], which: str = "newValue"
     """A value of one key's change, shared types wrapped as pycrdt's (`ymap`: any map of the
     document, for its `doc`)."""
     return process_event(change.get(which), ymap.doc)
+
+
+class ColumnWatch:
+    """`observe_events` on a map a peer finds through `ymap_of()` (a column of its replica),
+    taken up again on the new replica after a board rotation (`restart`), and let go of by
+    `stop`: Yrs holds the callback, the callback its owner, the owner the peer and its
+    document, a cycle Python's collector cannot see, so an owner that never stops keeps the
+    whole replica alive (see `BoardPeer.stop`)."""
+
+    def __init__(self, ymap_of: Callable[[], Map[Any]], callback: Callable[[Any], None]) -> None:
+        self._ymap_of = ymap_of
+        self._callback = callback
+        self._watch: tuple[Map[Any], Subscription] | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._watch is not None
+
+    def start(self) -> None:
+        ymap = self._ymap_of()
+        self._watch = (ymap, observe_events(ymap, self._callback))
+
+    def stop(self) -> None:
+        if self._watch is not None:
+            ymap, subscription = self._watch
+            ymap.unobserve(subscription)
+            self._watch = None
+
+    def restart(self) -> None:
+        """Follow the current replica's map instead, if running."""
+        if self._watch is not None:
+            self.stop()
+            self.start()
