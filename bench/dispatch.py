@@ -42,7 +42,7 @@ from bench.baselines import (
 )
 from client_sdk import AsyncClient, Column, KanbanMeshError
 from client_sdk._async_client import new_task_id
-from kanbanmesh.board.events import event_keys, observe_events
+from kanbanmesh.board.events import ColumnWatch, event_keys
 
 
 def _free_port() -> int:
@@ -131,8 +131,8 @@ async def _throughput(url: str, total: int, clients: int) -> float:
             def arrived(event: Any) -> None:
                 pending.difference_update(event_keys(event))
 
-            watched = client.peer.board.column_map(Column.DONE)
-            subscription = observe_events(watched, arrived)
+            watch = ColumnWatch(lambda: client.peer.board.column_map(Column.DONE), arrived)
+            watch.start()
 
             async def sweep() -> None:
                 # Tasks that finished and left the board before this replica saw them in
@@ -161,9 +161,7 @@ async def _throughput(url: str, total: int, clients: int) -> float:
                     while pending:
                         await client.wait_changed(1.0)
                         if client.peer.resets != resets:  # a new replica: watch its `done`
-                            watched.unobserve(subscription)
-                            watched = client.peer.board.column_map(Column.DONE)
-                            subscription = observe_events(watched, arrived)
+                            watch.restart()
                             resets = client.peer.resets
                             await sweep()
                         if len(pending) < left:
@@ -172,7 +170,7 @@ async def _throughput(url: str, total: int, clients: int) -> float:
                             await sweep()
                             progress_at = time.monotonic()
             finally:
-                watched.unobserve(subscription)
+                watch.stop()
 
         async with anyio.create_task_group() as tg:
             for index, client in enumerate(clients_list):

@@ -166,7 +166,7 @@ class Worker:
     async def clear_drain_request(self) -> None:
         """Remove the request that drained this worker (a worker of the same name started
         later must not drain at once), and see it reach the server."""
-        control = self._peer.doc.get(c.CONTROL, type=Map)
+        control = self._peer.board.control
         with self._peer.doc.transaction():
             for key in self._drain_keys():
                 if key in control:

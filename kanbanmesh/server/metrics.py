@@ -47,21 +47,16 @@ class MeshMetrics:
         # Each finished task updates six labelled series; `labels()` validates and looks its
         # values up under a lock every time, so each board and model's series are kept here.
         self._series: dict[tuple[str, str], _ModelSeries] = {}
-        self._finished_series: dict[tuple[str, str, str], Any] = {}
 
     def watch(self, room: BoardRoom) -> None:
         room.on_finished(lambda fields: self._finished(room.name, fields))
 
     def _finished(self, board: str, fields: dict[str, Any]) -> None:
         model = str(fields.get(c.F_MODEL) or "") or "any"
-        status = str(fields.get(c.F_STATUS) or "unknown")
-        finished = self._finished_series.get((board, status, model))
-        if finished is None:
-            finished = self._finished_series[(board, status, model)] = self.finished.labels(board, status, model)
-        finished.inc()
         series = self._series.get((board, model))
         if series is None:
             series = self._series[(board, model)] = _ModelSeries(self, board, model)
+        series.finished(str(fields.get(c.F_STATUS) or "unknown")).inc()
         usage = fields.get(c.F_USAGE)
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int | float):
             series.tokens.inc(float(usage["completion_tokens"]))
@@ -81,6 +76,8 @@ class _ModelSeries:
     """One board and model's labelled series of `MeshMetrics`."""
 
     def __init__(self, metrics: MeshMetrics, board: str, model: str) -> None:
+        self._metrics, self._board, self._model = metrics, board, model
+        self._finished: dict[str, Any] = {}  # by status
         self.tokens = metrics.tokens.labels(board, model)
         # (series, the `timings` field it observes, that field's unit in seconds' terms)
         self.timings = (
@@ -89,6 +86,13 @@ class _ModelSeries:
             (metrics.total.labels(board, model), "total_ms", 1000.0),
             (metrics.speed.labels(board, model), "tokens_per_s", 1.0),
         )
+
+    def finished(self, status: str) -> Any:
+        """The count of tasks that finished with `status`."""
+        counter = self._finished.get(status)
+        if counter is None:
+            counter = self._finished[status] = self._metrics.finished.labels(self._board, status, self._model)
+        return counter
 
 
 class _BoardCollector(Collector):

@@ -302,7 +302,7 @@ class UpdateValidator:
     def _check_entry(self, entry: _NewEntry) -> None:
         # Close reasons hold 123 bytes: say what is wrong first, name the entry briefly.
         where = f"{entry.column}[{entry.key[:24]!r}]"
-        if isinstance(entry.value, NotAMap) or not isinstance(entry.value, dict):
+        if not isinstance(entry.value, dict):  # `NotAMap`, read as the value it wraps
             # A plain JSON object reads as a dict too, but no peer takes it for an entry: the
             # broker would leave it in `todo` for good.
             value = entry.value.value if isinstance(entry.value, NotAMap) else entry.value
