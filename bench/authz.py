@@ -44,12 +44,13 @@ from client_sdk import AsyncClient
 from kanbanmesh.auth import Identity, Role, create_token
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms
+from kanbanmesh.board.limits import EntryLimits
 from kanbanmesh.board.schema import TaskRequest
 from kanbanmesh.board.transitions import Column, Writer
 from kanbanmesh.peer import BoardPeer
 from kanbanmesh.server.authz import WriteRules
 from kanbanmesh.server.quota import OwnerQuota, QuotaLimits
-from kanbanmesh.server.validation import UpdateChanges, UpdateValidator, ValidationLimits
+from kanbanmesh.server.validation import UpdateChanges, UpdateValidator
 
 _SECRET = "bench-authz-" + "k" * 40
 _YEAR_S = 365 * 24 * 3600.0
@@ -152,7 +153,7 @@ def checking_work(board_tasks: int, tasks: int, chunks: int = 4) -> tuple[float,
     server: Doc[Any] = Doc()
     server.apply_update(_filled_board(board_tasks))
     board = BoardDoc(server)
-    validator = UpdateValidator(server, ValidationLimits())
+    validator = UpdateValidator(server, EntryLimits())
     client, worker = _Writer(server), _Writer(server)
     peers = (client, worker)
     writers: dict[int, str] = {}

@@ -7,7 +7,8 @@ Errors from websockets, pycrdt, sqlite and backends are translated at the bounda
     ├── ConfigurationError        a setting or flag is invalid
     ├── BoardError                the board model was asked for something impossible
     │   ├── IllegalMoveError      a transition not in the table of legal moves
-    │   ├── InvalidTaskError      a task entry fails its schema
+    │   ├── InvalidTaskError      a task entry fails its schema or the value bounds
+    │   │   └── TaskTooLargeError a task's request or entry is over its size limit
     │   └── TaskNotFoundError     no task with that id on the board (or in the archive)
     ├── TransportError            talking to the server failed
     │   ├── ConnectError          could not connect (server down, bad URL)
@@ -45,6 +46,11 @@ class IllegalMoveError(BoardError):
 
 class InvalidTaskError(BoardError):
     """Raised when a task entry fails its schema (missing id, no prompt, bad params...)."""
+
+
+class TaskTooLargeError(InvalidTaskError):
+    """Raised when a task's request or whole entry is over its size limit
+    (`kanbanmesh.board.limits`)."""
 
 
 class TaskNotFoundError(BoardError):

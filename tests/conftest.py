@@ -143,7 +143,7 @@ class ServerProcess:
                 self.process.wait(10)
 
 
-class anyio_deadline:  # noqa: N801 - reads like a function at the call site
+class anyio_deadline:
     """A polling deadline for synchronous waits on another process (bounded, short naps)."""
 
     def __init__(self, timeout_s: float) -> None:

@@ -73,6 +73,11 @@ class BoardDoc:
             fields[c.F_CREATED_AT] = now_ms()
         self._put(Column.TODO, request.id, fields)
 
+    def put_fields(self, column: Column, task_id: str, fields: Mapping[str, Any]) -> None:
+        """Write an entry of plain fields, checked by the caller, under `task_id` in `column`
+        (the server's own writes: a checked new task, a failed invalid entry)."""
+        self._put(column, task_id, fields)
+
     def move(
         self,
         task_id: str,
@@ -151,7 +156,7 @@ def entry_from_fields(fields: Mapping[str, Any]) -> TaskEntry:
     try:
         return TaskEntry.model_validate(dict(fields))
     except ValidationError as exc:
-        raise InvalidTaskError(_explain(exc)) from exc
+        raise InvalidTaskError(explain_invalid(exc)) from exc
 
 
 def request_from_fields(fields: Mapping[str, Any]) -> TaskRequest:
@@ -159,10 +164,11 @@ def request_from_fields(fields: Mapping[str, Any]) -> TaskRequest:
     try:
         return TaskRequest.model_validate(dict(fields))
     except ValidationError as exc:
-        raise InvalidTaskError(_explain(exc)) from exc
+        raise InvalidTaskError(explain_invalid(exc)) from exc
 
 
-def _explain(exc: ValidationError) -> str:
+def explain_invalid(exc: ValidationError) -> str:
+    """A schema error in one short line: `invalid task: <where>: <what>` (three at most)."""
     parts = []
     for err in exc.errors()[:3]:
         where = ".".join(str(p) for p in err["loc"]) or "entry"

@@ -21,6 +21,10 @@ from typing import Any
 
 from pycrdt import Doc, Map, Text
 from pycrdt._pycrdt import Map as _YrsMap
+from pycrdt._pycrdt import Text as _YrsText
+
+from kanbanmesh.board import constants as c
+from kanbanmesh.errors import InvalidTaskError
 
 # What Yrs hands back for JSON-like values: returned as they are.
 PLAIN_TYPES = frozenset({str, int, float, bool, type(None), dict, list})
@@ -45,10 +49,19 @@ class NotAMap:
     value: Any
 
 
+@dataclass(frozen=True)
+class Unreadable:
+    """What `read_entry` gives for a Y.Map whose fields Python cannot read as plain values
+    (nested deeper than its recursion limit): an invalid entry."""
+
+    reason: str
+
+
 def read_entry(ymap: Map[Any], key: str, default: Any = None) -> Any:
     """An entry's plain fields, as `plain_fields` gives them, for a key that holds a Y.Map;
-    `NotAMap(value)` for a key that holds anything else; `default` for a missing key. The
-    entry's JSON comes out of Yrs in the same call, without wrapping it in a pycrdt `Map`."""
+    `NotAMap(value)` for a key that holds anything else, `Unreadable` for a map Python cannot
+    read; `default` for a missing key. The entry's JSON comes out of Yrs in the same call,
+    without wrapping it in a pycrdt `Map`."""
     with ymap.doc.transaction() as txn:
         integrated, raw = ymap.integrated, txn._txn
         assert raw is not None  # set while the transaction is open
@@ -57,12 +70,49 @@ def read_entry(ymap: Map[Any], key: str, default: Any = None) -> Any:
         value = integrated.get(raw, key)
         if type(value) is _YrsMap:
             fields = _fields_from_json(value.to_json(raw))
-            if fields is not None:
+            if isinstance(fields, dict):
                 return fields
+            if fields is _TOO_DEEP:
+                return Unreadable(_TOO_DEEP_REASON)
     if type(value) in PLAIN_TYPES:
         return NotAMap(value)
     wrapped = ymap._maybe_as_type_or_doc(value)
-    return plain_fields(wrapped) if isinstance(wrapped, Map) else NotAMap(wrapped)
+    if not isinstance(wrapped, Map):
+        return NotAMap(wrapped)
+    try:
+        return plain_fields(wrapped)
+    except InvalidTaskError as exc:
+        return Unreadable(str(exc))
+
+
+def shared_fields(ymap: Map[Any], key: str) -> list[str]:
+    """The fields of entry `key` of column `ymap` that hold a shared type (a Y.Text, Y.Map or
+    Y.Array), sorted; [] when `key` holds no Y.Map."""
+    with ymap.doc.transaction() as txn:
+        raw = txn._txn
+        assert raw is not None  # set while the transaction is open
+        entry: Any = ymap.integrated.get(raw, key) if ymap.integrated.has(raw, key) else None
+        if type(entry) is not _YrsMap:
+            return []
+        return sorted(name for name in _keys(entry, raw) if type(entry.get(raw, name)) not in PLAIN_TYPES)
+
+
+def _keys(integrated: Any, raw: Any) -> list[str]:
+    keys: list[str] = integrated.keys(raw)
+    return keys
+
+
+def output_length(ymap: Map[Any], key: str) -> int:
+    """The length of entry `key`'s `output` text as Yrs counts it (without reading the text);
+    0 when there is none."""
+    with ymap.doc.transaction() as txn:
+        raw = txn._txn
+        assert raw is not None  # set while the transaction is open
+        entry: Any = ymap.integrated.get(raw, key) if ymap.integrated.has(raw, key) else None
+        if type(entry) is not _YrsMap or not entry.has(raw, c.F_OUTPUT):
+            return 0
+        output: Any = entry.get(raw, c.F_OUTPUT)
+        return int(output.len(raw)) if type(output) is _YrsText else len(str(output))
 
 
 def read_items(ymap: Map[Any]) -> list[tuple[str, Any]]:
@@ -84,23 +134,36 @@ def root_count(doc: Doc[Any]) -> int:
 
 
 def plain_fields(ymap: Map[Any]) -> dict[str, Any]:
-    """An entry's fields as plain Python values (`output` as its string)."""
+    """An entry's fields as plain Python values (`output` as its string); raises
+    `InvalidTaskError` for an entry nested too deep for Python to read."""
     # The map's JSON comes out of Rust in one call; reading field by field through pycrdt's
     # wrappers costs six times as much, and every move and check reads a whole entry.
     fields = _fields_from_json(str(ymap))
-    if fields is not None:
+    if isinstance(fields, dict):
         return fields
+    if fields is _TOO_DEEP:
+        raise InvalidTaskError(f"invalid task: {_TOO_DEEP_REASON}")
     fields = {}
-    for key, value in ymap.items():
-        fields[key] = str(value) if isinstance(value, Text) else _plain(value)
+    try:
+        for key, value in ymap.items():
+            fields[key] = str(value) if isinstance(value, Text) else _plain(value)
+    except RecursionError as exc:
+        raise InvalidTaskError(f"invalid task: {_TOO_DEEP_REASON}") from exc
     return fields
 
 
-def _fields_from_json(text: str) -> dict[str, Any] | None:
+_TOO_DEEP = object()  # `_fields_from_json`: nested past Python's recursion limit
+_TOO_DEEP_REASON = "values nested too deep to read"
+
+
+def _fields_from_json(text: str) -> Any:
     """A map's JSON (from Yrs) as a dict; None where it does not read as one (a value JSON
-    cannot hold, NaN say: the caller reads the map field by field)."""
+    cannot hold, NaN say: the caller reads the map field by field); `_TOO_DEEP` for a value
+    nested past Python's recursion limit (the JSON decoder recurses)."""
     try:
         fields = json.loads(text)
+    except RecursionError:
+        return _TOO_DEEP
     except ValueError:
         return None
     return fields if isinstance(fields, dict) else None

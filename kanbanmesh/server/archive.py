@@ -96,7 +96,8 @@ class TaskArchive:
             rows = self._require().execute(
                 "SELECT entry FROM archive WHERE board = ? AND finished_at >= ?", (board, since_ms)
             ).fetchall()
-        return [json.loads(row[0]) for row in rows]
+        decoded = (_decode(row[0]) for row in rows)
+        return [entry for entry in decoded if entry is not None]
 
     async def count(self, board: str) -> int:
         return await anyio.to_thread.run_sync(self._count_sync, board)
@@ -120,7 +121,10 @@ class TaskArchive:
             ).fetchone()
         if row is None:
             return None
-        entry: dict[str, Any] = json.loads(row[0])
+        entry = _decode(row[0])
+        if entry is None:  # written by something other than this archive: say so, keep serving
+            return {"id": task_id, "status": "failed",
+                    "error": {"code": "invalid_task", "message": "the archived entry cannot be read"}}
         return entry
 
     def _count_sync(self, board: str) -> int:
@@ -134,3 +138,12 @@ class TaskArchive:
         if self._conn is None:
             raise StoreError("the task archive is not open")
         return self._conn
+
+
+def _decode(text: str) -> dict[str, Any] | None:
+    """An archived entry; None for a row that does not read as one."""
+    try:
+        entry = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    return entry if isinstance(entry, dict) else None

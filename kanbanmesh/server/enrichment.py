@@ -41,6 +41,7 @@ from kanbanmesh.board.transitions import Column, Writer
 from kanbanmesh.errors import MiddlewareError
 from kanbanmesh.pipeline.base import Middleware, PendingTask
 from kanbanmesh.server.room import BoardRoom
+from kanbanmesh.server.validation import UpdateRefused, check_entry
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +89,14 @@ class Enricher:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Enrich queued tasks until cancelled; first those a restart left half done."""
-        for task_id, entry in self._room.board.entries(Column.TODO):
-            if isinstance(entry, Map) and entry.get(c.F_ENRICHING):
-                self._send.send_nowait(task_id)
-        async with anyio.create_task_group() as tg:
-            task_status.started()
-            async for task_id in self._receive:
-                tg.start_soon(self._enrich, task_id)
+        with self._send, self._receive:  # closed when the board is unloaded too
+            for task_id, entry in self._room.board.entries(Column.TODO):
+                if isinstance(entry, Map) and entry.get(c.F_ENRICHING):
+                    self._send.send_nowait(task_id)
+            async with anyio.create_task_group() as tg:
+                task_status.started()
+                async for task_id in self._receive:
+                    tg.start_soon(self._enrich, task_id)
 
     def _pending(self, task_id: str) -> Map[Any] | None:
         """The task's entry if it still waits for its middlewares (not cancelled, not gone)."""
@@ -133,7 +135,21 @@ class Enricher:
             except Exception as exc:  # a middleware's bug fails its task, not the server
                 log.exception("board %s: middleware %s failed on task %s", self._room.name, step, task_id)
                 error = {"code": "middleware_failed", "message": f"{step}: {type(exc).__name__}: {exc}"}
+            if error is None:
+                error = self._over_limits(task_id, fields, written)
             self._room.server_write(lambda board: self._complete(board, task_id, written, error))
+
+    def _over_limits(self, task_id: str, fields: dict[str, Any], written: dict[str, Any]) -> dict[str, str] | None:
+        """The pipeline's fields pass the checks a peer's write would: an entry they would
+        take past the limits (a long history, many large chunks) fails instead."""
+        enriched = {**fields, **written}
+        enriched.pop(c.F_ENRICHING, None)
+        try:
+            check_entry(Column.TODO.value, task_id, enriched, self._room.limits)
+        except UpdateRefused as refused:
+            return {"code": "enrichment_too_large" if refused.code == c.CLOSE_TASK_TOO_LARGE
+                    else "invalid_task", "message": refused.reason}
+        return None
 
     def _complete(self, board: BoardDoc, task_id: str, written: dict[str, Any],
                   error: dict[str, str] | None) -> None:

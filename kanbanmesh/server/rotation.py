@@ -27,15 +27,12 @@ from kanbanmesh.board.reads import plain_fields
 from kanbanmesh.board.schema import AttemptRecord
 from kanbanmesh.board.transitions import Column
 
-META = "meta"
-GENERATION = "generation"
-
 # What a task put back in `todo` leaves behind of its interrupted attempt.
 _ATTEMPT_FIELDS = (c.F_WORKER, c.F_ASSIGNED_AT, c.F_STARTED_AT, c.F_TOKENS, c.F_OUTPUT)
 
 
 def generation_of(doc: Doc[Any]) -> int:
-    value = doc.get(META, type=Map).get(GENERATION)
+    value = doc.get(c.META, type=Map).get(c.M_GENERATION)
     return int(value) if isinstance(value, int | float) else 0
 
 
@@ -44,7 +41,11 @@ def next_generation(board: BoardDoc, default_max_attempts: int) -> Doc[Any]:
     fresh: Doc[Any] = Doc()
     target = BoardDoc(fresh)
     with fresh.transaction():
-        fresh.get(META, type=Map)[GENERATION] = generation_of(board.doc) + 1
+        meta = fresh.get(c.META, type=Map)
+        meta[c.M_GENERATION] = generation_of(board.doc) + 1
+        limits = board.doc.get(c.META, type=Map).get(c.M_LIMITS)
+        if isinstance(limits, dict):
+            meta[c.M_LIMITS] = limits
         for column in Column:
             for task_id, entry in board.entries(column):
                 fields = plain_fields(entry)

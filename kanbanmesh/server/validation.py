@@ -17,7 +17,6 @@ reading is what counts (a delete set naming a client twice: Yrs keeps the last).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,9 +26,16 @@ from pycrdt import Doc, Map, Subscription, get_update, merge_updates
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_fields
 from kanbanmesh.board.events import event_keys, event_path, is_map_event, observe_events
-from kanbanmesh.board.reads import NotAMap, plain_fields, read_entry, root_count
-from kanbanmesh.board.schema import REQUEST_FIELDS
-from kanbanmesh.errors import InvalidTaskError, ProtocolError
+from kanbanmesh.board.limits import JSON_BYTES_PER_UPDATE_BYTE, EntryLimits, check_fields
+from kanbanmesh.board.reads import (
+    NotAMap,
+    Unreadable,
+    output_length,
+    read_entry,
+    root_count,
+    shared_fields,
+)
+from kanbanmesh.errors import InvalidTaskError, ProtocolError, TaskTooLargeError
 from kanbanmesh.protocol.codec import EMPTY_UPDATE, decode_state_vector, delete_set, deleting_all_of
 
 _ABSENT = object()  # a key a map does not hold (None is a value a map may hold)
@@ -45,17 +51,14 @@ class UpdateRefused(Exception):
 
 
 @dataclass(frozen=True)
-class ValidationLimits:
-    max_task_bytes: int = 1 << 20  # a task's request fields as UTF-8 JSON
-
-
-@dataclass(frozen=True)
 class _NewEntry:
     column: str
     key: str
     value: Any
-    # Whether the request's JSON must be measured against the limit (see `_inspect`).
-    measure_size: bool = True
+    # Whether the request's and the entry's JSON must be measured against their limits (see
+    # `_inspect`).
+    measure_request: bool = True
+    measure_entry: bool = True
 
 
 @dataclass
@@ -66,6 +69,7 @@ class UpdateChanges:
     removed: set[tuple[str, str]] = field(default_factory=set)
     fields: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # inside entries
     texts: set[tuple[str, str]] = field(default_factory=set)  # output appends
+    nested: set[tuple[str, str]] = field(default_factory=set)  # changes inside other shared types
     control: set[str] = field(default_factory=set)  # keys of the `control` map
     meta: bool = False  # the `meta` map (the server's own)
     unknown_roots: set[str] = field(default_factory=set)
@@ -73,19 +77,11 @@ class UpdateChanges:
 
 
 # Root types a board may hold; anything else is refused (it would cost every client forever).
-KNOWN_ROOTS = frozenset({*c.COLUMNS, c.CONTROL, "meta"})
+KNOWN_ROOTS = frozenset({*c.COLUMNS, c.CONTROL, c.META})
 
 
 # Above this many bytes, a delete set is folded into the board's state before it is read.
 _DELETE_SET_READ_BYTES = 128
-
-# No byte of an update grows into more than this many bytes of the JSON of what it wrote
-# (`json.dumps(..., ensure_ascii=False)`). An escaped control character is the worst: 1 -> 6
-# (`\u0001`). Everything else grows less: a struct's own header (an info byte, a parent id, a
-# key's length) turns into at most `"": , ` around its value; a one-byte value into at most 5
-# (`false`), an 8-byte float into at most 24 digits. tests/server/test_validation_bounds.py
-# holds the bound to the worst cases.
-JSON_BYTES_PER_UPDATE_BYTE = 6
 
 
 def _refuse_pending(update: bytes, state: bytes, after: dict[int, int]) -> None:
@@ -119,7 +115,7 @@ def _refuse_pending(update: bytes, state: bytes, after: dict[int, int]) -> None:
 class UpdateValidator:
     """Validates incoming updates against a twin of one board document."""
 
-    def __init__(self, board: Doc[Any], limits: ValidationLimits) -> None:
+    def __init__(self, board: Doc[Any], limits: EntryLimits) -> None:
         self._board = board
         self._limits = limits
         self._new: list[tuple[str, str]] = []  # (column, key) of entries the update wrote
@@ -162,7 +158,7 @@ class UpdateValidator:
             self._subs.append((ymap, observe_events(ymap, self._collector(name), deep=True)))
         control = twin.get(c.CONTROL, type=Map)
         self._subs.append((control, observe_events(control, self._on_control)))
-        meta = twin.get("meta", type=Map)
+        meta = twin.get(c.META, type=Map)
         self._subs.append((meta, observe_events(meta, self._on_meta, deep=True)))
         return twin
 
@@ -186,8 +182,12 @@ class UpdateValidator:
                     self.touched.add(task)
                     if len(path) == 1 and is_map_event(event):
                         changes.fields.setdefault((column, task), set()).update(event_keys(event))
-                    else:
+                    elif len(path) == 2 and path[1] == c.F_OUTPUT and not is_map_event(event):
                         changes.texts.add((column, task))
+                    else:
+                        # `output` is the only shared type an entry holds; anything else
+                        # nested could grow without bound, one small update at a time.
+                        changes.nested.add((column, task))
                 elif is_map_event(event):
                     for key, change in event_keys(event).items():
                         if change.get("action") == "delete":
@@ -236,7 +236,38 @@ class UpdateValidator:
 
     def check(self, update: bytes, authorize: Callable[[UpdateChanges], None] | None = None) -> None:
         """Raise `UpdateRefused` unless `update` may be applied to the board: it decodes,
-        every entry it writes is valid, and `authorize` (the writer's rights) accepts it."""
+        every entry it writes is valid and within the limits, and `authorize` (the writer's
+        rights) accepts it.
+
+        Fails closed: whatever goes wrong while checking (a value Python cannot read, a panic
+        in Yrs, memory) refuses the update, and a refused update leaves the twin as the board
+        is, so that the same update sent again is checked again as new."""
+        try:
+            self._check(update, authorize)
+        except UpdateRefused:
+            self._rebuild()
+            raise
+        except BaseException as exc:
+            # A panic in Yrs (pyo3's PanicException) derives from BaseException. Nothing here
+            # awaits, so no cancellation can arrive; an interrupt passes, with a sound twin.
+            self._rebuild()
+            if isinstance(exc, KeyboardInterrupt | SystemExit | GeneratorExit):
+                raise
+            raise UpdateRefused(
+                c.CLOSE_INVALID_UPDATE, f"update could not be checked ({type(exc).__name__})"
+            ) from exc
+        finally:
+            self._new.clear()
+
+    def reset(self) -> None:
+        """Forget what the twin holds and copy the board again (after the board refused an
+        update the twin took)."""
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._twin = self._make_twin()
+
+    def _check(self, update: bytes, authorize: Callable[[UpdateChanges], None] | None) -> None:
         self.catch_up()
         self._new.clear()
         self._changes = changes = UpdateChanges()
@@ -248,20 +279,13 @@ class UpdateValidator:
         try:
             twin.apply_update(update)
         except (ValueError, RuntimeError) as exc:  # pycrdt raises either for what it cannot take
-            self._twin = self._make_twin()
             raise UpdateRefused(c.CLOSE_INVALID_UPDATE, f"update does not decode: {exc}") from exc
-        try:
-            # One read transaction for everything read below: pycrdt otherwise opens and
-            # commits one per read, which costs more than most of the reads themselves.
-            with twin.transaction():
-                self._inspect(update, state_before, roots, changes)
-            if authorize is not None:
-                authorize(changes)
-        except UpdateRefused:
-            self._twin = self._make_twin()
-            raise
-        finally:
-            self._new.clear()
+        # One read transaction for everything read below: pycrdt otherwise opens and commits
+        # one per read, which costs more than most of the reads themselves.
+        with twin.transaction():
+            self._inspect(update, state_before, roots, changes)
+        if authorize is not None:
+            authorize(changes)
 
     def _inspect(self, update: bytes, state_before: bytes, roots: int, changes: UpdateChanges) -> None:
         """What the update did to the twin, each written entry checked (see `check`)."""
@@ -279,54 +303,90 @@ class UpdateValidator:
                     c.CLOSE_FORBIDDEN,
                     f"forbidden: unknown root type {min(changes.unknown_roots)[:40]!r}",
                 )
-        # An entry written whole by an update too small to hold more JSON than the limit
-        # cannot be over it: only bigger updates' new entries are measured.
-        measure_new = len(update) * JSON_BYTES_PER_UPDATE_BYTE > self._limits.max_task_bytes
+        if changes.nested:
+            column, key = min(changes.nested)
+            raise UpdateRefused(
+                c.CLOSE_INVALID_TASK,
+                f"invalid task: {column}[{key[:24]!r}]: only `output` may be a shared type",
+            )
+        # An entry written whole by an update too small to hold more JSON than a limit cannot
+        # be over it: only bigger updates' entries are measured.
+        limits = self._limits
+        measure_request = len(update) * JSON_BYTES_PER_UPDATE_BYTE > limits.max_task_bytes
+        measure_entry = len(update) * JSON_BYTES_PER_UPDATE_BYTE > limits.max_entry_bytes
         for column, key in dict.fromkeys(self._new):
             # Read after the whole update: an entry it created and moved on again (a
             # worker's doing -> done in one go) is not on the board and needs no check.
             fields = read_entry(self._columns[column], key, _ABSENT)
             if fields is _ABSENT:
                 continue
-            # `fields` may be `NotAMap` (null, a plain object): an invalid entry, not a deletion.
-            self._check_entry(_NewEntry(column, key, fields, measure_size=measure_new))
+            # `fields` may be `NotAMap` (null, a plain object) or `Unreadable`: an invalid
+            # entry, not a deletion.
+            self._check_entry(_NewEntry(column, key, fields, measure_request, measure_entry))
+            shared = shared_fields(self._columns[column], key)
+            if shared and shared != [c.F_OUTPUT]:
+                name = min(set(shared) - {c.F_OUTPUT})
+                raise UpdateRefused(
+                    c.CLOSE_INVALID_TASK,
+                    f"invalid task: {column}[{key[:24]!r}].{name[:24]}: only `output` may be a shared type",
+                )
             changes.written[(column, key)] = fields
             if column == c.TODO:
                 self.created.append(key)
         for column, key in changes.fields:
-            # A field set inside an existing entry (a cancel, say) must leave it valid too.
-            value = self._columns[column].get(key)
-            if isinstance(value, Map) and (column, key) not in changes.written:
-                self._check_entry(_NewEntry(column, key, plain_fields(value)))
-
-    def _check_entry(self, entry: _NewEntry) -> None:
-        # Close reasons hold 123 bytes: say what is wrong first, name the entry briefly.
-        where = f"{entry.column}[{entry.key[:24]!r}]"
-        if not isinstance(entry.value, dict):  # `NotAMap`, read as the value it wraps
-            # A plain JSON object reads as a dict too, but no peer takes it for an entry: the
-            # broker would leave it in `todo` for good.
-            value = entry.value.value if isinstance(entry.value, NotAMap) else entry.value
-            kind = "a plain object" if isinstance(value, dict) else type(value).__name__
-            raise UpdateRefused(c.CLOSE_INVALID_TASK, f"invalid task: {where} must be a Y.Map, not {kind}")
-        fields = entry.value
-        # The limit is on what a client asks (the request), in UTF-8 bytes: an entry moved
-        # on with its output and result may rightly be bigger than any request.
-        limit = self._limits.max_task_bytes
-        if entry.measure_size:
-            request = {k: v for k, v in fields.items() if k in REQUEST_FIELDS}
-            size = len(json.dumps(request, ensure_ascii=False, default=str).encode("utf-8"))
-            if size > limit:
+            # A field set inside an existing entry (a cancel, say) must leave it valid too, and
+            # is always measured: small updates, one field each, add up.
+            if (column, key) not in changes.written:
+                fields = read_entry(self._columns[column], key, _ABSENT)
+                if fields is not _ABSENT and not isinstance(fields, NotAMap):
+                    self._check_entry(_NewEntry(column, key, fields))
+        for column, key in changes.texts:
+            # Appends one small update at a time: the text's length is what bounds them.
+            length = output_length(self._columns[column], key)
+            if length > limits.max_entry_bytes:
                 raise UpdateRefused(
                     c.CLOSE_TASK_TOO_LARGE,
-                    f"task too large: {where} is {size} bytes, over the limit of {limit}",
+                    f"task too large: {column}[{key[:24]!r}].output is over the limit of "
+                    f"{limits.max_entry_bytes}",
                 )
-        if fields.get(c.F_ID) != entry.key:
-            raise UpdateRefused(
-                c.CLOSE_INVALID_TASK, f"invalid task: {where}: its id differs from its key"
-            )
-        try:
-            # Every column's model holds the request's (a `TaskEntry` is a `TaskRequest`), so
-            # one validation checks a new task in `todo` as a request and as an entry.
-            entry_from_fields(fields)
-        except InvalidTaskError as exc:
-            raise UpdateRefused(c.CLOSE_INVALID_TASK, f"{exc} in {where}") from exc
+
+    def _check_entry(self, entry: _NewEntry) -> None:
+        check_entry(entry.column, entry.key, entry.value, self._limits,
+                    measure_request=entry.measure_request, measure_entry=entry.measure_entry)
+
+
+def check_entry(
+    column: str, key: str, value: Any, limits: EntryLimits, *, measure_request: bool = True,
+    measure_entry: bool = True,
+) -> None:
+    """Raise `UpdateRefused` (4422 invalid, 4413 too large) unless `value`, as `read_entry`
+    read the entry under `key` of `column`, is a valid task entry within `limits`."""
+    # Close reasons hold 123 bytes: say what is wrong first, name the entry briefly.
+    where = f"{column}[{key[:24]!r}]"
+    if isinstance(value, Unreadable):
+        raise UpdateRefused(c.CLOSE_INVALID_TASK, f"invalid task: {where}: {value.reason}")
+    if not isinstance(value, dict):  # `NotAMap`, read as the value it wraps
+        # A plain JSON object reads as a dict too, but no peer takes it for an entry: the
+        # broker would leave it in `todo` for good.
+        inner = value.value if isinstance(value, NotAMap) else value
+        kind = "a plain object" if isinstance(inner, dict) else type(inner).__name__
+        raise UpdateRefused(c.CLOSE_INVALID_TASK, f"invalid task: {where} must be a Y.Map, not {kind}")
+    if value.get(c.F_ID) != key:
+        raise UpdateRefused(c.CLOSE_INVALID_TASK, f"invalid task: {where}: its id differs from its key")
+    try:
+        # The bounds first: the schema's validation need not meet a value of any depth.
+        check_fields(value, limits, measure_request=measure_request, measure_entry=measure_entry)
+        # Every column's model holds the request's (a `TaskEntry` is a `TaskRequest`), so one
+        # validation checks a new task in `todo` as a request and as an entry.
+        entry_from_fields(value)
+    except TaskTooLargeError as exc:
+        raise UpdateRefused(c.CLOSE_TASK_TOO_LARGE, f"task too large: {where}: {exc}") from exc
+    except InvalidTaskError as exc:
+        raise UpdateRefused(c.CLOSE_INVALID_TASK, f"{exc} in {where}") from exc
+
+
+def check_new_task(fields: dict[str, Any], limits: EntryLimits) -> None:
+    """The check a task the server writes for somebody (the HTTP API) passes, as a websocket
+    client's would: the bounds, the size limits and the schema; raises `UpdateRefused` with the
+    code a websocket client would get (4413 too large, 4422 invalid)."""
+    check_entry(c.TODO, str(fields.get(c.F_ID)), fields, limits)

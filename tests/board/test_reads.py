@@ -7,7 +7,14 @@ from typing import Any
 import pytest
 from pycrdt import Doc, Map, Text
 
-from kanbanmesh.board.reads import NotAMap, plain_fields, read_entry, read_field, read_items, root_count
+from kanbanmesh.board.reads import (
+    NotAMap,
+    plain_fields,
+    read_entry,
+    read_field,
+    read_items,
+    root_count,
+)
 
 
 @pytest.fixture

@@ -11,9 +11,8 @@ from __future__ import annotations
 import gc
 import weakref
 
-import pytest
-
 import anyio
+import pytest
 
 from client_sdk import AsyncClient
 from kanbanmesh.peer import BoardPeer

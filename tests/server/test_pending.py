@@ -16,9 +16,10 @@ from hypothesis import strategies as st
 from pycrdt import Doc, Map, Text, get_update, merge_updates
 
 from kanbanmesh.board import constants as c
+from kanbanmesh.board.limits import EntryLimits
 from kanbanmesh.errors import ProtocolError
 from kanbanmesh.protocol import codec
-from kanbanmesh.server.validation import UpdateRefused, UpdateValidator, ValidationLimits
+from kanbanmesh.server.validation import UpdateRefused, UpdateValidator
 from tests.server.test_fuzz import PENDING_SHAPES
 
 
@@ -31,7 +32,7 @@ class Board:
 
     def __init__(self) -> None:
         self.doc: Doc[Any] = Doc()
-        self.validator = UpdateValidator(self.doc, ValidationLimits())
+        self.validator = UpdateValidator(self.doc, EntryLimits())
 
     def send(self, update: bytes) -> None:
         self.validator.check(update)

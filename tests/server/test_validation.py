@@ -10,13 +10,14 @@ from typing import Any
 from pycrdt import Doc, Map
 
 from kanbanmesh.board import constants as c
-from kanbanmesh.server.validation import UpdateValidator, ValidationLimits
+from kanbanmesh.board.limits import EntryLimits
+from kanbanmesh.server.validation import UpdateValidator
 
 
 def test_a_closed_validator_lets_its_documents_go() -> None:
     board: Doc[Any] = Doc()
     board.get(c.TODO, type=Map)["t"] = Map({c.F_ID: "t"})
-    validator = UpdateValidator(board, ValidationLimits())
+    validator = UpdateValidator(board, EntryLimits())
     validator.check(Doc().get_update())
     gone = [weakref.ref(board), weakref.ref(validator), weakref.ref(validator._twin)]
     validator.close()
@@ -39,7 +40,7 @@ def test_the_servers_own_writes_reach_the_twin_at_catch_up() -> None:
     that builds on such a write then passes, and so does one after it (the state vector the
     catch-up read serves as the next check's state before)."""
     board: Doc[Any] = Doc()
-    validator = UpdateValidator(board, ValidationLimits())
+    validator = UpdateValidator(board, EntryLimits())
     updates: list[bytes] = []
     sub = board.observe(lambda event: updates.append(event.update))
     board.get(c.TODO, type=Map)["t"] = Map({c.F_ID: "t", "prompt": "p"})  # the server's write

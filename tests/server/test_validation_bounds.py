@@ -17,14 +17,10 @@ from hypothesis import strategies as st
 from pycrdt import Doc, Map
 
 from kanbanmesh.board import constants as c
+from kanbanmesh.board.limits import JSON_BYTES_PER_UPDATE_BYTE, EntryLimits
 from kanbanmesh.board.reads import plain_fields
 from kanbanmesh.board.schema import REQUEST_FIELDS
-from kanbanmesh.server.validation import (
-    JSON_BYTES_PER_UPDATE_BYTE,
-    UpdateRefused,
-    UpdateValidator,
-    ValidationLimits,
-)
+from kanbanmesh.server.validation import UpdateRefused, UpdateValidator
 
 
 def _new_entry_update(fields: dict[str, Any], key: str = "t") -> tuple[bytes, dict[str, Any]]:
@@ -87,7 +83,7 @@ def test_a_task_over_the_limit_only_as_json_is_refused() -> None:
     """400 control characters: ~480 bytes of update, 2,400 bytes of JSON over a limit of
     2,048. The update alone is under the limit: the validator must measure the JSON."""
     board: Doc[Any] = Doc()
-    validator = UpdateValidator(board, ValidationLimits(max_task_bytes=2048))
+    validator = UpdateValidator(board, EntryLimits(max_task_bytes=2048))
     update, read_back = _new_entry_update({c.F_ID: "t", "prompt": "\x01" * 400})
     assert len(update) < 2048 < _request_json_bytes(read_back)
     with pytest.raises(UpdateRefused) as refused:
@@ -97,7 +93,7 @@ def test_a_task_over_the_limit_only_as_json_is_refused() -> None:
 
 def test_a_small_task_in_a_small_update_passes_unmeasured() -> None:
     board: Doc[Any] = Doc()
-    validator = UpdateValidator(board, ValidationLimits(max_task_bytes=2048))
+    validator = UpdateValidator(board, EntryLimits(max_task_bytes=2048))
     update, _ = _new_entry_update({c.F_ID: "t", "prompt": "hello"})
     assert len(update) * JSON_BYTES_PER_UPDATE_BYTE <= 2048
     validator.check(update)
@@ -108,7 +104,7 @@ def test_a_field_set_inside_an_entry_is_always_measured() -> None:
     """A field written into an existing entry adds to what the entry already holds, which was
     not in the update: that check cannot lean on the update's size."""
     board: Doc[Any] = Doc()
-    validator = UpdateValidator(board, ValidationLimits(max_task_bytes=2048))
+    validator = UpdateValidator(board, EntryLimits(max_task_bytes=2048))
     writer: Doc[Any] = Doc()
     todo = writer.get(c.TODO, type=Map)
     todo["t"] = Map({c.F_ID: "t", "prompt": "p" * 1950})
