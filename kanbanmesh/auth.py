@@ -8,6 +8,7 @@ connection may then write is decided per role (`kanbanmesh/server/authz.py`).
 
 from __future__ import annotations
 
+import math
 import time
 from enum import Enum
 
@@ -19,6 +20,7 @@ from kanbanmesh.errors import KanbanMeshError
 _ALGORITHM = "HS256"
 ALL_BOARDS = "*"
 MIN_SECRET_BYTES = 32  # RFC 7518: an HS256 key at least as long as the hash
+MIN_TTL_S = 1.0  # a token's shortest lifetime (`exp` counts whole seconds)
 
 
 class AuthError(KanbanMeshError):
@@ -30,10 +32,13 @@ class AuthError(KanbanMeshError):
 
 
 class Role(str, Enum):
-    CLIENT = "client"
-    WORKER = "worker"
-    BROKER = "broker"
-    ADMIN = "admin"
+    """What a token lets its holder do (kanbanmesh/server/authz.py, docs/protocol.md section 10)."""
+
+    CLIENT = "client"  # submit tasks, cancel and acknowledge its own
+    WORKER = "worker"  # run the tasks assigned to its worker ids
+    BROKER = "broker"  # assign and repair
+    ADMIN = "admin"  # anything the schema allows
+    METRICS = "metrics"  # read `/metrics` (a Prometheus scraper), nothing else
 
 
 class Identity(BaseModel):
@@ -42,6 +47,9 @@ class Identity(BaseModel):
     subject: str = Field(min_length=1, max_length=200)
     role: Role
     boards: list[str] = Field(min_length=1)
+    # When the token stops being valid (seconds since the epoch); None: never (an open server).
+    # The server closes a connection at that moment (4401), whatever it is doing.
+    expires_at: float | None = None
 
     def may_open(self, board: str) -> bool:
         return ALL_BOARDS in self.boards or board in self.boards
@@ -54,15 +62,16 @@ OPEN_ACCESS = Identity(subject="anonymous", role=Role.ADMIN, boards=[ALL_BOARDS]
 def create_token(secret: str, identity: Identity, ttl_s: float) -> str:
     """A signed token for `identity`, valid for `ttl_s` seconds."""
     check_secret(secret)
-    if ttl_s <= 0:
-        raise AuthError("a token needs a positive lifetime")
+    if not ttl_s >= MIN_TTL_S:  # NaN too
+        # `exp` is in whole seconds: a shorter lifetime gives a token that is expired already.
+        raise AuthError(f"a token needs a lifetime of at least {MIN_TTL_S:g} s, not {ttl_s:g}")
     now = int(time.time())
     claims = {
         "sub": identity.subject,
         "role": identity.role.value,
         "boards": identity.boards,
         "iat": now,
-        "exp": now + int(ttl_s),
+        "exp": now + math.ceil(ttl_s),
     }
     return jwt.encode(claims, secret, algorithm=_ALGORITHM)
 
@@ -80,7 +89,8 @@ def verify_token(secret: str, token: str) -> Identity:
     except jwt.InvalidTokenError as exc:
         raise AuthError(f"invalid token: {exc}") from exc
     try:
-        return Identity(subject=claims["sub"], role=claims["role"], boards=claims.get("boards") or [])
+        return Identity(subject=claims["sub"], role=claims["role"], boards=claims.get("boards") or [],
+                        expires_at=claims["exp"])
     except ValidationError as exc:
         raise AuthError(f"invalid token claims: {exc.errors()[0]['msg']}") from exc
 

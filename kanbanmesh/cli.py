@@ -79,9 +79,21 @@ def server_options(fn: F) -> F:
                      help="Seconds the pre-inference middlewares (history, retrieval) may take "
                           "on a task before it fails with middleware_timeout (default 120)."),
         click.option("--max-task-bytes", type=int, default=None,
-                     help="Largest accepted task entry (default 1 MiB)."),
+                     help="Largest accepted task request, as JSON (default 1 MiB)."),
+        click.option("--max-entry-bytes", type=int, default=None,
+                     help="Largest task entry, output and result included (default 8 MiB); "
+                          "workers stop a generation before it."),
+        click.option("--max-boards", type=int, default=None,
+                     help="Boards the server holds in memory at once; a new one past it is "
+                          "refused (HTTP 503) unless an idle one can be unloaded (default 1000)."),
+        click.option("--board-idle-seconds", "board_idle_s", type=float, default=None,
+                     help="A board with no connection and no open task is unloaded from memory "
+                          "after this long; its next use loads it again (default 300)."),
         click.option("--max-message-bytes", type=int, default=None,
                      help="Largest websocket message (default 64 MiB)."),
+        click.option("--max-request-bytes", type=int, default=None,
+                     help="Largest OpenAI-compatible API request body; larger ones answer 413 "
+                          "unread (default 2 x --max-task-bytes + 64 KiB)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -97,6 +109,13 @@ def broker_options(fn: F) -> F:
                      help="A worker silent this long (no heartbeat) loses its tasks (default 30)."),
         click.option("--retry-backoff", "retry_backoff_s", type=float, default=None,
                      help="Seconds before a lost task's 2nd attempt, doubling after (default 1)."),
+        click.option("--reconnect-grace", "reconnect_grace_s", type=float, default=None,
+                     help="Seconds a worker whose connection closed keeps its tasks before they "
+                          "are requeued: it may be back at once on a new one (default 3)."),
+        click.option("--start-timeout", "start_timeout_s", type=float, default=None,
+                     help="A task its worker has not started this many seconds after it was "
+                          "assigned goes back to the queue, and the worker gets no new task for "
+                          "a while (default 10)."),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -329,13 +348,22 @@ def conversations(action: str, conversation: str | None, **flags: Any) -> None:
     run_conversations(build_settings(**flags), action, conversation)
 
 
-def rag_options(fn: F) -> F:
-    """--data-dir and --collection, shared by the `rag` commands."""
-    fn = click.option("--collection", required=True, help="Collection name (letters, digits, _ . -).")(fn)
+def rag_board_options(fn: F) -> F:
+    """--data-dir and --board, shared by the `rag` commands: whose collections, where."""
+    fn = click.option("--board", default=None,
+                      help="The board the collection belongs to: only tasks on it may retrieve "
+                           "from it (default: default; env KANBANMESH_BOARD).")(fn)
     fn = click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-                      help="The server's data directory; collections live in its rag/ folder "
-                           "(default ~/.local/share/kanbanmesh; env KANBANMESH_DATA_DIR).")(fn)
+                      help="The server's data directory; collections live in its rag/BOARD/ "
+                           "folder (default ~/.local/share/kanbanmesh; env "
+                           "KANBANMESH_DATA_DIR).")(fn)
     return fn
+
+
+def rag_options(fn: F) -> F:
+    """--data-dir, --board and --collection, shared by the `rag` commands on one collection."""
+    fn = click.option("--collection", required=True, help="Collection name (letters, digits, _ . -).")(fn)
+    return rag_board_options(fn)
 
 
 @main.group()
@@ -356,15 +384,18 @@ def rag() -> None:
               help="Use an HNSW index above this many chunks, exact search below (default 20000).")
 @click.option("--batch-size", type=int, default=32, show_default=True, help="Chunks embedded per batch.")
 @click.option("--threads", type=int, default=0, help="Torch threads for embedding (default: all cores).")
+@click.option("--follow-symlinks", is_flag=True,
+              help="Inside the folders given, also read symlinks that lead out of them (skipped "
+                   "and listed by default).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @friendly_errors
-def rag_ingest(data_dir: str | None, **options: Any) -> None:
-    """Ingest PATHS (files, or folders of .md .txt .html .pdf .csv) into a collection; unchanged
-    files are skipped, changed ones replace their chunks."""
+def rag_ingest(data_dir: str | None, board: str | None, **options: Any) -> None:
+    """Ingest PATHS (files, or folders of .md .txt .html .pdf .csv) into a board's collection;
+    unchanged files are skipped, changed ones replace their chunks."""
     from kanbanmesh.commands.rag import IngestOptions, print_ingest, run_ingest
 
     opts = IngestOptions(**options)
-    print_ingest(run_ingest(build_settings(data_dir=data_dir), opts), opts.collection)
+    print_ingest(run_ingest(build_settings(data_dir=data_dir, board=board), opts), opts.collection)
 
 
 @rag.command("search")
@@ -373,11 +404,12 @@ def rag_ingest(data_dir: str | None, **options: Any) -> None:
 @click.option("-k", "k", type=int, default=5, show_default=True, help="Chunks to show.")
 @click.option("--json", "as_json", is_flag=True, help="Print the hits as JSON.")
 @friendly_errors
-def rag_search(data_dir: str | None, collection: str, question: str, k: int, as_json: bool) -> None:
+def rag_search(data_dir: str | None, board: str | None, collection: str, question: str, k: int,
+               as_json: bool) -> None:
     """Print the chunks of a collection closest to QUESTION, with sources and scores."""
     from kanbanmesh.commands.rag import run_search
 
-    run_search(build_settings(data_dir=data_dir), collection, question, k, as_json)
+    run_search(build_settings(data_dir=data_dir, board=board), collection, question, k, as_json)
 
 
 @rag.command("eval")
@@ -387,22 +419,22 @@ def rag_search(data_dir: str | None, collection: str, question: str, k: int, as_
 @click.option("-k", "k", type=int, default=5, show_default=True, help="Recall@k cut-off.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @friendly_errors
-def rag_eval(data_dir: str | None, collection: str, questions: Path, k: int, as_json: bool) -> None:
+def rag_eval(data_dir: str | None, board: str | None, collection: str, questions: Path, k: int,
+             as_json: bool) -> None:
     """Report recall@k, MRR and latency of a collection on labelled questions."""
     from kanbanmesh.commands.rag import run_eval
 
-    run_eval(build_settings(data_dir=data_dir), collection, questions, k, as_json)
+    run_eval(build_settings(data_dir=data_dir, board=board), collection, questions, k, as_json)
 
 
 @rag.command("list")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
-              help="The server's data directory (env KANBANMESH_DATA_DIR).")
+@rag_board_options
 @friendly_errors
-def rag_list(data_dir: str | None) -> None:
-    """List the collections and how they were built."""
+def rag_list(data_dir: str | None, board: str | None) -> None:
+    """List a board's collections and how they were built."""
     from kanbanmesh.commands.rag import run_list
 
-    run_list(build_settings(data_dir=data_dir))
+    run_list(build_settings(data_dir=data_dir, board=board))
 
 
 @main.group()
@@ -411,7 +443,8 @@ def token() -> None:
 
 
 @token.command("create")
-@click.option("--role", type=click.Choice(["client", "worker", "broker", "admin"]), required=True)
+@click.option("--role", type=click.Choice(["client", "worker", "broker", "admin", "metrics"]), required=True,
+              help="What the token may do (metrics: read /metrics only).")
 @click.option("--subject", required=True, help="Who the token is for (a client's tasks are "
               "owned by its subject).")
 @click.option("--boards", default="*", show_default=True,

@@ -43,7 +43,10 @@ class Settings(BaseSettings):
     persist: bool = True
     embedded_broker: bool = True
     max_message_bytes: int = Field(default=64 << 20, ge=1024)
-    max_task_bytes: int = Field(default=1 << 20, ge=256)
+    max_task_bytes: int = Field(default=1 << 20, ge=256)  # a task's request, as JSON
+    max_entry_bytes: int = Field(default=8 << 20, ge=1024)  # a whole entry, output included
+    max_boards: int = Field(default=1000, ge=1)  # boards held in memory at once
+    board_idle_s: float = Field(default=300.0, gt=0)  # an idle board is unloaded after this
     keepalive_s: float = Field(default=10.0, gt=0)
     # Authentication: on when a secret is set (directly or in a file); `token create` signs
     # with the same one. Without it, binding beyond loopback needs `insecure`.
@@ -56,6 +59,8 @@ class Settings(BaseSettings):
     max_connections_per_subject: int = Field(default=64, ge=1)
     # OpenAI-compatible API: a request no worker takes this long answers 503.
     queue_timeout_s: float = Field(default=30.0, gt=0)
+    # And its largest request body; None: `request_bytes_limit()`'s default.
+    max_request_bytes: int | None = Field(default=None, ge=1024)
     retention_s: float = Field(default=600.0, ge=0)  # finished tasks leave the live board after
     rotate_after: int = Field(default=10_000, ge=1)  # tasks gone before a new doc generation
     rotate_idle_s: float = Field(default=60.0, gt=0)  # or on a board idle this long (>= 100 gone)
@@ -66,6 +71,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=3, ge=1, le=100)
     orphan_grace_s: float = Field(default=5.0, ge=0)
     lease_s: float = Field(default=30.0, gt=0)  # a worker silent this long loses its tasks
+    start_timeout_s: float = Field(default=10.0, gt=0)  # assigned, not started: requeued
+    reconnect_grace_s: float = Field(default=3.0, ge=0)  # a worker gone keeps its tasks this long
     retry_backoff_s: float = Field(default=1.0, ge=0)  # before attempt 2; doubles after
 
     # Worker.
@@ -99,6 +106,17 @@ class Settings(BaseSettings):
             except OSError as exc:
                 raise ConfigurationError(f"cannot read the auth secret file: {exc}") from exc
         return self.auth_secret.get_secret_value() if self.auth_secret is not None else None
+
+    def request_bytes_limit(self) -> int:
+        """The OpenAI-compatible API's body limit. By default twice `max_task_bytes` plus
+        64 KiB: a request whose task fits is not refused for its body alone when its client
+        escapes non-ASCII text (Python's `json.dumps` and `requests` do; the `openai` package
+        and httpx send UTF-8): most scripts' 3 bytes of UTF-8 become 6 of `\\uXXXX`, and the
+        slack holds metadata and whitespace. A larger body is refused before it is read whole,
+        so the limit also bounds the memory one upload can take."""
+        if self.max_request_bytes is not None:
+            return self.max_request_bytes
+        return 2 * self.max_task_bytes + (64 << 10)
 
     def http_url(self) -> str:
         """The server's HTTP base URL (same host and port as the websocket)."""

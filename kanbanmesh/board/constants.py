@@ -61,6 +61,12 @@ F_ACK: Final = "ack"
 CONTROL: Final = "control"
 DRAIN_PREFIX: Final = "drain/"
 
+# Root map written by the server alone: the document's generation, and the entry limits the
+# server holds every write to (`kanbanmesh/board/limits.py`), for peers to stay within.
+META: Final = "meta"
+M_GENERATION: Final = "generation"
+M_LIMITS: Final = "limits"
+
 # Awareness state fields.
 A_ROLE: Final = "role"
 A_ID: Final = "id"
@@ -80,9 +86,25 @@ CLOSE_PROTOCOL_ERROR: Final = 1002
 CLOSE_POLICY_VIOLATION: Final = 1008
 CLOSE_MESSAGE_TOO_BIG: Final = 1009
 CLOSE_INTERNAL_ERROR: Final = 1011
+CLOSE_SERVICE_RESTART: Final = 1012  # the board was unloaded as the connection came in
+CLOSE_TRY_AGAIN_LATER: Final = 1013  # an awareness client id in use by another connection
 CLOSE_INVALID_UPDATE: Final = 4400
 CLOSE_INVALID_TASK: Final = 4422
 CLOSE_TASK_TOO_LARGE: Final = 4413
 CLOSE_BOARD_ROTATED: Final = 4409  # reconnect with a new, empty document
 CLOSE_FORBIDDEN: Final = 4403  # a write this connection's role may not make
+CLOSE_TOKEN_EXPIRED: Final = 4401  # the connection's token expired: reconnect with a fresh one
 CLOSE_TOO_MANY: Final = 4429  # a per-owner limit (open tasks, submissions a minute)
+
+# What a peer does after each close code (docs/protocol.md section 1, "Close codes"); the
+# JavaScript library (web/src/errors.js) holds the same two lists, and a test holds them equal.
+# A write of the peer's was refused: its replica holds that write, so it starts a new, empty
+# replica (dropping the write) and reconnects; whoever made the write learns why.
+REFUSAL_CLOSE_CODES: Final = frozenset({
+    CLOSE_MESSAGE_TOO_BIG, CLOSE_INVALID_UPDATE, CLOSE_FORBIDDEN, CLOSE_TASK_TOO_LARGE,
+    CLOSE_INVALID_TASK, CLOSE_TOO_MANY,
+})
+# Reconnecting would only be refused again: the peer stops (4401 unless it can get a fresh
+# token). Every other code (1000, 1001, 1006, 1011, ...) means "reconnect, keep the replica";
+# 4409 means "reconnect at once with a new replica".
+FATAL_CLOSE_CODES: Final = frozenset({CLOSE_PROTOCOL_ERROR, CLOSE_POLICY_VIOLATION, CLOSE_TOKEN_EXPIRED})

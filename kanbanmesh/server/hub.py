@@ -31,8 +31,26 @@ _BOARD_NAME = re.compile(BOARD_NAME_PATTERN)
 class HubSettings:
     room: RoomSettings = field(default_factory=RoomSettings)
     # None: no embedded broker.
-    broker: BrokerSettings | None = field(default_factory=lambda: BrokerSettings(name="embedded"))
+    broker: BrokerSettings | None = field(
+        default_factory=lambda: BrokerSettings(name="embedded", always_lead=True)
+    )
     middleware_timeout_s: float = 120.0  # a task still enriching after this fails
+    # Boards held in memory at once: every board costs a document, a broker and their tasks,
+    # and anybody who may open any board name could otherwise make the server hold millions.
+    max_boards: int = 1000
+    # A board nobody is connected to and no task runs on is unloaded after this long (its
+    # document stays in the store; the next use loads it again).
+    board_idle_s: float = 300.0
+
+
+class TooManyBoardsError(ConfigurationError):
+    """Raised when a new board would pass `max_boards` and no loaded board is idle."""
+
+
+@dataclass
+class _Loaded:
+    room: BoardRoom
+    scope: anyio.CancelScope  # the room's tasks: its housekeeping, enricher and broker
 
 
 class Hub:
@@ -48,7 +66,7 @@ class Hub:
         self.conversations = conversations
         self.middlewares = list(middlewares)
         self._settings = settings
-        self._rooms: dict[str, BoardRoom] = {}
+        self._rooms: dict[str, _Loaded] = {}
         self._brokers: dict[str, Broker] = {}
         self._lock = anyio.Lock()
         self._room_listeners: list[Callable[[BoardRoom], None]] = []
@@ -60,11 +78,11 @@ class Hub:
 
     @staticmethod
     def valid_board(name: str) -> bool:
-        return bool(_BOARD_NAME.match(name))
+        return bool(_BOARD_NAME.fullmatch(name))
 
     @property
     def rooms(self) -> dict[str, BoardRoom]:
-        return dict(self._rooms)
+        return {name: loaded.room for name, loaded in self._rooms.items()}
 
     @property
     def unflushed_writes(self) -> int:
@@ -79,37 +97,74 @@ class Hub:
             self._tg = tg
             if self._store is not None:
                 # Boards with history get their broker back at once, so their queues move
-                # even before anybody connects.
-                for name in await self._store.boards():
+                # even before anybody connects (as many as the limit holds).
+                for name in (await self._store.boards())[: self._settings.max_boards]:
                     if self.valid_board(name):
                         await self.room(name)
+            tg.start_soon(self._unload_idle)
             task_status.started()
             await anyio.sleep_forever()
 
     async def room(self, name: str) -> BoardRoom:
-        """The room of board `name`, created and loaded on first use."""
+        """The room of board `name`, created and loaded on first use; raises
+        `TooManyBoardsError` past `max_boards` when no loaded board is idle."""
         if not self.valid_board(name):
             raise ConfigurationError(f"invalid board name {name!r}")
-        room = self._rooms.get(name)
-        if room is not None:
-            return room
+        loaded = self._rooms.get(name)
+        if loaded is not None:
+            return loaded.room
         async with self._lock:
-            room = self._rooms.get(name)
-            if room is not None:
-                return room
+            loaded = self._rooms.get(name)
+            if loaded is not None:
+                return loaded.room
             if self._tg is None:
                 raise RuntimeError("the hub is not running")
+            if len(self._rooms) >= self._settings.max_boards:
+                await self._unload_one_idle(min_idle_s=0.0)
+            if len(self._rooms) >= self._settings.max_boards:
+                raise TooManyBoardsError(
+                    f"this server holds {self._settings.max_boards} boards, none of them idle"
+                )
             room = BoardRoom(name, self._store, self.archive, self._settings.room, self.conversations)
             for listener in self._room_listeners:
                 listener(room)
-            await self._tg.start(room.start)
+            scope = await self._tg.start(self._run_room, room)
+            self._rooms[name] = _Loaded(room, scope)
+            return room
+
+    async def _run_room(self, room: BoardRoom, *, task_status: TaskStatus[anyio.CancelScope]) -> None:
+        """A room and what runs beside it, in one scope: unloading the board cancels it."""
+        async with anyio.create_task_group() as tg:
+            await tg.start(room.start)
             if self.middlewares:
                 enricher = Enricher(room, self.middlewares, timeout_s=self._settings.middleware_timeout_s)
                 room.admit = enricher.admit
-                await self._tg.start(enricher.run)
-            self._rooms[name] = room
+                await tg.start(enricher.run)
             if self._settings.broker is not None:
                 broker = Broker(RoomView(room, random.getrandbits(32)), self._settings.broker)
-                await self._tg.start(broker.run)
-                self._brokers[name] = broker
-            return room
+                await tg.start(broker.run)
+                self._brokers[room.name] = broker
+            task_status.started(tg.cancel_scope)
+
+    async def _unload_idle(self) -> None:
+        period = max(1.0, min(60.0, self._settings.board_idle_s / 4))
+        while True:
+            await anyio.sleep(period)
+            async with self._lock:
+                while await self._unload_one_idle(min_idle_s=self._settings.board_idle_s):
+                    pass
+
+    async def _unload_one_idle(self, min_idle_s: float) -> bool:
+        """Unload the board idle longest, if one has been idle `min_idle_s`; the caller holds
+        the lock. True when one was unloaded."""
+        idle = [(loaded.room.idle_s(), name) for name, loaded in self._rooms.items()]
+        candidates = [(seconds, name) for seconds, name in idle if seconds is not None and seconds >= min_idle_s]
+        if not candidates:
+            return False
+        _, name = max(candidates)
+        loaded = self._rooms.pop(name)
+        self._brokers.pop(name, None)
+        await loaded.room.unload()
+        loaded.scope.cancel()
+        log.info("board %s: idle, unloaded", name)
+        return True

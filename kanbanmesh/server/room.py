@@ -11,6 +11,7 @@ empty state as a phantom peer. Here every update is persisted and fanned out fro
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,9 +28,11 @@ from kanbanmesh.auth import Role as AccessRole
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms
 from kanbanmesh.board.events import change_value, event_keys, observe_events
+from kanbanmesh.board.limits import EntryLimits
 from kanbanmesh.board.reads import plain_fields, read_field
+from kanbanmesh.board.schema import TaskRequest
 from kanbanmesh.board.transitions import Column
-from kanbanmesh.errors import ConnectionClosedError, ProtocolError
+from kanbanmesh.errors import ConnectionClosedError, InvalidTaskError, ProtocolError
 from kanbanmesh.notify import ChangeSignal
 from kanbanmesh.protocol import codec
 from kanbanmesh.protocol.channel import Channel
@@ -38,6 +41,7 @@ from kanbanmesh.server.authz import WriteRules
 from kanbanmesh.server.connection import Connection, SendBatch, SharedMerges
 from kanbanmesh.server.conversations import ConversationStore, task_turns
 from kanbanmesh.server.memory import release_freed_memory
+from kanbanmesh.server.quarantine import fail_invalid_entries
 from kanbanmesh.server.quota import OwnerQuota, QuotaLimits
 from kanbanmesh.server.retention import RetentionIndex
 from kanbanmesh.server.rotation import generation_of, next_generation
@@ -46,7 +50,7 @@ from kanbanmesh.server.validation import (
     UpdateChanges,
     UpdateRefused,
     UpdateValidator,
-    ValidationLimits,
+    check_new_task,
 )
 
 log = logging.getLogger(__name__)
@@ -74,7 +78,7 @@ class RoomSettings:
     rotate_idle_s: float = 60.0
     rotate_idle_min: int = 100
     default_max_attempts: int = 3  # the broker's, for tasks a forced rotation puts back
-    limits: ValidationLimits = field(default_factory=ValidationLimits)
+    limits: EntryLimits = field(default_factory=EntryLimits)
     quota: QuotaLimits = field(default_factory=QuotaLimits)
 
 
@@ -112,6 +116,8 @@ class BoardRoom:
         self._epoch = 0  # +1 per rotation; a connection made before it may no longer write
         self._writers: dict[int, str] = {}  # Yjs client id -> the subject that first wrote with it
         self._last_update_at = 0.0  # anyio clock of the last update applied
+        self._last_left_at = 0.0  # anyio clock of the last connection's close
+        self._unloaded = False
         self._connections: set[Connection] = set()
         self._merges = SharedMerges()  # one merge per batch that several peers wait on
         self._batch = SendBatch()  # urgent sends held while a peer's message is handled
@@ -140,6 +146,30 @@ class BoardRoom:
     @property
     def connections(self) -> int:
         return len(self._connections)
+
+    @property
+    def limits(self) -> EntryLimits:
+        """What one task entry of this board may hold (every write is held to it)."""
+        return self._settings.limits
+
+    def idle_s(self) -> float | None:
+        """How long nothing happened on this board, when it may be unloaded: nobody connected,
+        nobody in this process following a task, no task in `todo`, `prepared` or `doing`;
+        else None."""
+        if self._connections or self._task_signals or self._unloaded:
+            return None
+        counts = self.board.counts()
+        if counts[Column.TODO] or counts[Column.PREPARED] or counts[Column.DOING]:
+            return None
+        return anyio.current_time() - max(self._last_update_at, self._last_left_at)
+
+    async def unload(self) -> None:
+        """Leave memory (the hub unloads idle boards): what is not on disk yet is written, and
+        a connection that comes in late is closed (1012) to reconnect to a fresh room."""
+        self._unloaded = True
+        if self._store is not None:
+            await self._store.flush()
+        self._detach()
 
     def on_change(self, listener: Callable[[], None]) -> None:
         """Call `listener()` after each update from a peer is applied to the board.
@@ -178,6 +208,7 @@ class BoardRoom:
         if self._store is not None:
             for update in await self._store.load(self.name):
                 self.doc.apply_update(update)
+        self._prepare_loaded()
         self._retired = await self.archive.retired(self.name)
         self._attach(self.doc)
         self._ready.set()
@@ -186,13 +217,36 @@ class BoardRoom:
         while True:
             await anyio.sleep(1.0)
             ticks += 1
-            await self._archive_due()
-            await self._maybe_rotate()
-            self._maybe_compact()
-            if ticks % 5 == 0:
-                removal = self.awareness.expire(self._settings.awareness_timeout_s)
-                if removal is not None:
-                    self._broadcast(codec.awareness_message(removal), None)
+            try:
+                await self._tick(ticks)
+            except Exception:
+                # A bug in one chore must not take the server (every board) down with it;
+                # the next tick tries again.
+                log.exception("board %s: housekeeping failed", self.name)
+
+    async def _tick(self, ticks: int) -> None:
+        await self._archive_due()
+        await self._maybe_rotate()
+        self._maybe_compact()
+        if ticks % 5 == 0:
+            removal = self.awareness.expire(self._settings.awareness_timeout_s)
+            if removal is not None:
+                self._broadcast(codec.awareness_message(removal), None)
+
+    def _prepare_loaded(self) -> None:
+        """Before anybody connects: fail the entries no check ever saw that are invalid
+        (`kanbanmesh/server/quarantine.py`), and publish the entry limits in `meta`; both
+        written to the store like any update."""
+        before = self.doc.get_state()
+        failed = fail_invalid_entries(self.board, self._settings.limits)
+        if failed:
+            log.warning("board %s: %d invalid entries failed at load", self.name, len(failed))
+        limits = self._settings.limits.to_json()
+        meta = self.doc.get(c.META, type=Map)
+        if meta.get(c.M_LIMITS) != limits:
+            meta[c.M_LIMITS] = limits
+        if self._store is not None and self.doc.get_state() != before:
+            self._store.append(self.name, self.doc.get_update(before))
 
     async def _archive_due(self) -> None:
         """Move the finished tasks whose time is up from the live board to the archive:
@@ -203,7 +257,10 @@ class BoardRoom:
         for task_id in due:
             entry = read_field(done, task_id)
             if isinstance(entry, Map):
-                fields = plain_fields(entry)
+                try:
+                    fields = plain_fields(entry)
+                except InvalidTaskError as exc:
+                    fields = {c.F_ID: task_id, "unreadable": str(exc)}
                 finished = fields.get(c.F_FINISHED_AT)
                 tasks.append(ArchivedTask(
                     task_id, str(fields.get(c.F_OWNER) or ""),
@@ -358,6 +415,9 @@ class BoardRoom:
     async def serve(self, channel: Channel, identity: Identity = OPEN_ACCESS) -> None:
         """Serve one connection until it closes; a peer breaking a rule is closed with a reason."""
         await self._ready.wait()
+        if self._unloaded:  # it came in while the hub unloaded this board
+            await channel.close(c.CLOSE_SERVICE_RESTART, "the board was unloaded: reconnect")
+            return
         conn = Connection(
             channel, keepalive_s=self._settings.keepalive_s, lazy_s=self._settings.lazy_s,
             merges=self._merges, batch=self._batch,
@@ -377,15 +437,23 @@ class BoardRoom:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._run_sender, conn, tg.cancel_scope)
+                if identity.expires_at is not None:
+                    tg.start_soon(self._close_at_expiry, conn, identity.expires_at)
                 try:
                     await self._read_loop(conn, tg)
                 finally:
                     tg.cancel_scope.cancel()
         finally:
             self._connections.discard(conn)
+            self._last_left_at = anyio.current_time()
             removal = self.awareness.remove_owner(conn)
             if removal is not None:
                 self._broadcast(codec.awareness_message(removal), None)
+
+    async def _close_at_expiry(self, conn: Connection, expires_at: float) -> None:
+        # A token is checked when the connection opens; it must not outlive its `exp` there.
+        await anyio.sleep(max(0.0, expires_at - time.time()))
+        await conn.close(c.CLOSE_TOKEN_EXPIRED, "token expired: reconnect with a fresh token")
 
     async def _run_sender(self, conn: Connection, scope: anyio.CancelScope) -> None:
         await conn.run_sender()
@@ -411,7 +479,14 @@ class BoardRoom:
                 await conn.close(exc.code, _reason(exc.reason))
                 return
             except AwarenessConflictError as exc:
-                await conn.close(c.CLOSE_POLICY_VIOLATION, _reason(str(exc)))
+                code = c.CLOSE_TRY_AGAIN_LATER if exc.retry else c.CLOSE_POLICY_VIOLATION
+                await conn.close(code, _reason(str(exc)))
+                return
+            except Exception:
+                # A bug of ours, not the peer's: say so, and keep serving everybody else.
+                self.stats.updates_refused += 1
+                log.exception("board %s: handling a message failed", self.name)
+                await conn.close(c.CLOSE_INTERNAL_ERROR, "internal error: the message was not applied")
                 return
 
     def _handle_batched(self, conn: Connection, data: bytes) -> int | None:
@@ -450,8 +525,11 @@ class BoardRoom:
             else:
                 self._apply(conn, message.payload)
         elif isinstance(message, codec.AwarenessMessage):
-            _check_announced_roles(conn, self.awareness, message.update)
-            update = self.awareness.apply(conn, message.update)
+            update = self.awareness.apply(
+                conn, message.update,
+                subject=None if conn.identity is OPEN_ACCESS else conn.identity.subject,
+                admit=partial(_admit_announcement, conn.identity),
+            )
             announced = conn.worker_ids
             roles, conn.worker_ids = self.awareness.roles_of(conn)
             conn.eager = not roles.isdisjoint(_EAGER_ROLES)
@@ -512,10 +590,20 @@ class BoardRoom:
         # Its own binding table: without tokens there is no subject to bind client ids to.
         return WriteRules(identity, lambda: self.board, lambda: self.awareness.announced_by(conn), {})
 
-    def admit_tasks(self, owner: str, count: int = 1) -> None:
-        """Hold a server-written submission of `owner`'s (the HTTP API's) to the per-owner
-        limits of the board's clients; raises `UpdateRefused` (code 4429) past one."""
-        self._quota.admit_new({owner: count}, anyio.current_time())
+    def create_task(self, request: TaskRequest, identity: Identity) -> None:
+        """Create a task for `identity` (the HTTP API's submissions) through the same gate as
+        a websocket client's: the entry limits, the schema, and for a client the per-owner
+        limits. Raises `UpdateRefused` with the code a websocket client would get (4413,
+        4422, 4429) and writes nothing then."""
+        fields = request.to_fields()
+        if not fields.get(c.F_CREATED_AT):
+            fields[c.F_CREATED_AT] = now_ms()
+        check_new_task(fields, self._settings.limits)
+        if self.board.locate(request.id) is not None:
+            raise UpdateRefused(c.CLOSE_FORBIDDEN, f"forbidden: task {request.id[:24]!r} exists already")
+        if identity.role is AccessRole.CLIENT:
+            self._quota.admit_new({request.owner: 1}, anyio.current_time())
+        self.server_write(lambda board: board.put_fields(Column.TODO, request.id, fields), created=(request.id,))
 
     def server_write(self, write: Callable[[BoardDoc], None], created: tuple[str, ...] = ()) -> None:
         """A write of the server's own (the HTTP API creating or cancelling a task): applied
@@ -588,6 +676,12 @@ class BoardRoom:
         self._origin = conn
         try:
             self.doc.apply_update(update)
+        except BaseException as exc:
+            if self._validator is not None:
+                self._validator.reset()  # it took what the board did not
+            if isinstance(exc, Exception):
+                raise UpdateRefused(c.CLOSE_INVALID_UPDATE, f"update could not be applied ({type(exc).__name__})") from exc
+            raise
         finally:
             self._origin = None
             self._forwarded = frozenset()
@@ -596,30 +690,33 @@ class BoardRoom:
         self._run_listeners()
 
 
-# The awareness roles each token role may announce (None: no role at all, as stock clients).
+# The awareness roles each token role may announce (None: no role at all, as a stock client's
+# first state, `{}`, announces none).
 _ANNOUNCEABLE: dict[AccessRole, frozenset[object]] = {
     AccessRole.CLIENT: frozenset({None, "client"}),
-    AccessRole.WORKER: frozenset({"worker"}),
-    AccessRole.BROKER: frozenset({"broker"}),
+    AccessRole.WORKER: frozenset({None, "worker"}),
+    AccessRole.BROKER: frozenset({None, "broker"}),
+    AccessRole.METRICS: frozenset({None}),
 }
 
 
-def _check_announced_roles(conn: Connection, registry: AwarenessRegistry, update: bytes) -> None:
-    """A client may not pose as a worker or a broker in awareness (nor a worker as a broker).
-
-    Only for the states this connection sets for itself: a stock y-websocket client sends back
-    every state it hears (the broker's included), which the registry takes as echoes."""
-    identity = conn.identity
+def _admit_announcement(identity: Identity, entry: codec.AwarenessEntry) -> None:
+    """Refuse a state this connection's token may not announce (`AwarenessConflictError`,
+    closed with 1008): a client may not pose as a worker or a broker (nor a worker as a
+    broker), and with auth on the id of a worker or a broker is bound to the token's subject:
+    `<subject>/<name>`, so that no token can act as another subject's worker."""
     allowed = _ANNOUNCEABLE.get(identity.role)
     if allowed is None:
-        return  # admin
-    for entry in codec.decode_awareness(update):
-        owner = registry.owner_of(entry.client_id)
-        if owner is not None and owner is not conn:
-            continue  # another connection's state: an echo, or the registry's conflict
-        if entry.state is not None and entry.state.get(c.A_ROLE) not in allowed:
+        return  # admin (or an open server, where everybody is)
+    state = entry.state or {}
+    role = state.get(c.A_ROLE)
+    if role not in allowed:
+        raise AwarenessConflictError(f"a {identity.role.value} may not announce role {role!r}")
+    if role in ("worker", "broker"):
+        peer_id = state.get(c.A_ID)
+        if not isinstance(peer_id, str) or peer_id.rpartition("/")[0] != identity.subject:
             raise AwarenessConflictError(
-                f"a {identity.role.value} may not announce role {entry.state.get(c.A_ROLE)!r}"
+                f"forbidden: a {role} id must be '{identity.subject[:40]}/<name>', not {str(peer_id)[:40]!r}"
             )
 
 

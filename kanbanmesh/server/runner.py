@@ -13,6 +13,7 @@ import signal
 import socket
 from collections.abc import Iterator
 from contextlib import AsyncExitStack, contextmanager
+from dataclasses import replace
 
 import anyio
 import anyio.to_thread
@@ -21,6 +22,7 @@ from anyio.abc import TaskStatus
 
 from broker.service import BrokerSettings
 from kanbanmesh.auth import AuthError, check_secret
+from kanbanmesh.board.limits import EntryLimits
 from kanbanmesh.errors import ConfigurationError
 from kanbanmesh.pipeline import HistoryMiddleware, Middleware
 from kanbanmesh.server.app import create_app
@@ -31,7 +33,6 @@ from kanbanmesh.server.hub import Hub, HubSettings
 from kanbanmesh.server.quota import QuotaLimits
 from kanbanmesh.server.room import RoomSettings
 from kanbanmesh.server.store import BoardStore
-from kanbanmesh.server.validation import ValidationLimits
 from kanbanmesh.settings import Settings
 from rag.collections import Collections
 from rag.embedding import ModelCache
@@ -63,16 +64,20 @@ def hub_settings(settings: Settings) -> HubSettings:
             rotate_after=settings.rotate_after,
             rotate_idle_s=settings.rotate_idle_s,
             default_max_attempts=settings.max_attempts,
-            limits=ValidationLimits(max_task_bytes=settings.max_task_bytes),
+            limits=EntryLimits(
+                max_task_bytes=settings.max_task_bytes, max_entry_bytes=settings.max_entry_bytes
+            ),
             quota=QuotaLimits(
                 max_open_tasks=settings.max_open_tasks,
                 max_submissions_per_minute=settings.max_submissions_per_minute,
             ),
         ),
-        broker=BrokerSettings.from_settings(settings, "embedded")
+        broker=replace(BrokerSettings.from_settings(settings, "embedded"), always_lead=True)
         if settings.embedded_broker
         else None,
         middleware_timeout_s=settings.middleware_timeout_s,
+        max_boards=settings.max_boards,
+        board_idle_s=settings.board_idle_s,
     )
 
 
@@ -131,7 +136,7 @@ async def serve(
         hub = Hub(store, archive, hub_settings(settings), conversations, middlewares)
         config = uvicorn.Config(
             app=create_app(hub, secret, settings.max_connections_per_subject, settings.queue_timeout_s,
-                           collections),
+                           collections, max_request_bytes=settings.request_bytes_limit()),
             ws=DirectWebSocketProtocol,  # websockets-sansio, with the board's direct path
             ws_max_size=settings.max_message_bytes,
             ws_ping_interval=20.0,

@@ -12,7 +12,7 @@ from pycrdt import Doc, Map
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from client_sdk import AsyncClient, TaskStatus, TransportError, UpdateRefusedError
+from client_sdk import AsyncClient, KanbanMeshError, TaskStatus, TransportError, UpdateRefusedError
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.protocol import codec
@@ -81,13 +81,26 @@ async def test_garbage_is_refused_with_a_reason_and_harms_nobody(
     assert health["status"] == "ok"
 
 
-async def test_sdk_surfaces_a_refused_write_as_a_typed_error(server_url: str) -> None:
+async def test_a_refused_write_is_dropped_and_the_sdk_carries_on(server_url: str, workers: WorkerPool) -> None:
+    """The refused write would be sent again at every sync from the replica that holds it: the
+    peer starts a new replica without it, reports the refusal as a typed error, and serves."""
+    await workers.start()
     async with AsyncClient(server_url) as client:
+        refusals: list[KanbanMeshError] = []
+        client.peer.on_refused(refusals.append)
         with client.peer.doc.transaction():
             client.peer.board.column_map(Column.TODO)["bad"] = Map({"id": "bad"})  # no prompt
-        with anyio.fail_after(5), pytest.raises(UpdateRefusedError, match="exactly one"):
-            while True:
+        with anyio.fail_after(10):
+            while not refusals:
                 await client.wait_changed(1.0)
+            await client.peer.wait_synced()
+        [refusal] = refusals
+        assert isinstance(refusal, UpdateRefusedError) and refusal.code == c.CLOSE_INVALID_TASK
+        assert "exactly one" in refusal.reason
+        assert client.peer.board.locate("bad") is None
+        with anyio.fail_after(20):
+            entry = await (await client.submit("after the refusal")).result()
+        assert entry.result == "echo: after the refusal"
 
 
 async def test_oversized_message_is_refused_with_1009(tmp_path: Path) -> None:
@@ -101,13 +114,22 @@ async def test_oversized_message_is_refused_with_1009(tmp_path: Path) -> None:
         tg.cancel_scope.cancel()
 
 
-async def test_awareness_for_another_connections_client_id_is_refused(server_url: str, workers: WorkerPool) -> None:
+async def test_awareness_for_another_connections_client_id_is_refused_for_now(
+    server_url: str, workers: WorkerPool
+) -> None:
+    """On an open server nobody can tell a peer back on a new connection (its old one not yet
+    noticed gone) from another peer: the update is refused with 1013, a code that means "try
+    again later" (not fatal), and the owner's state stays. With auth, the same subject takes
+    its client id over at once (tests/e2e/test_credentials.py)."""
     worker = await workers.start()
     async with AsyncClient(server_url) as client:
         [(client_id, _)] = [(cid, s) for cid, s in client.peer.peers().items() if s.get("id") == worker.id]
     forged = codec.encode_awareness([codec.AwarenessEntry(client_id, 999, {"role": "worker", "id": "forged"})])
     code, reason = await refused_with(server_url, codec.awareness_message(forged))
-    assert code == c.CLOSE_POLICY_VIOLATION and "another connection" in reason
+    assert code == c.CLOSE_TRY_AGAIN_LATER and "another connection" in reason
+    assert code not in c.FATAL_CLOSE_CODES | c.REFUSAL_CLOSE_CODES
+    async with AsyncClient(server_url) as client:
+        assert client.peer.peers()[client_id].get("id") == worker.id
 
 
 async def test_idle_connections_get_keepalives(tmp_path: Path) -> None:

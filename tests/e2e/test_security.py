@@ -86,8 +86,9 @@ async def test_each_role_does_its_job_with_auth_on(secure_url: str, secure_worke
 
 async def refused(url: str, role: Role, subject: str, write: Callable[[BoardPeer], None],
                   presence: dict[str, Any] | None = None) -> UpdateRefusedError:
-    """Connect with a token, make one write, and return how the server refused it."""
-    peer = BoardPeer(url, token=token(role, subject))
+    """Connect with a token, make one write, and return how the server refused it (a peer
+    that does not reconnect stops at the refusal)."""
+    peer = BoardPeer(url, token=token(role, subject), reconnect=False)
     async with anyio.create_task_group() as tg:
         await tg.start(peer.start)
         if presence is not None:
@@ -143,12 +144,12 @@ async def test_forbidden_writes_are_refused_and_touch_nobody(secure_url: str, se
             assert error.code == c.CLOSE_FORBIDDEN and reason in error.reason, (role, reason, error)
 
         # A worker (announced as such) writing a task assigned to another worker.
-        impostor = BoardPeer(secure_url, token=token(Role.WORKER, "w"))
+        impostor = BoardPeer(secure_url, token=token(Role.WORKER, "w"), reconnect=False)
         async with anyio.create_task_group() as tg:
             await tg.start(impostor.start)
-            impostor.set_presence({"role": "worker", "id": "worker-impostor", "slots": 0})
+            impostor.set_presence({"role": "worker", "id": "w/worker-impostor", "slots": 0})
             with anyio.fail_after(10):
-                while not any(s.get("id") == "worker-impostor" for s in alice.peer.peers().values()):
+                while not any(s.get("id") == "w/worker-impostor" for s in alice.peer.peers().values()):
                     await alice.wait_changed(0.5)
                 column(impostor, Column.DONE)[mine.id]["result"] = "forged"
                 while impostor.error is None:

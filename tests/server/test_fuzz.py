@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import os
 import random
 from collections import Counter
@@ -37,16 +38,18 @@ import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pycrdt import Doc, Map, Text, get_update, merge_updates
+from pycrdt import Array, Doc, Map, Text, get_update, merge_updates
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from client_sdk import AsyncClient, TaskStatus
 from kanbanmesh.auth import Role
 from kanbanmesh.board import constants as c
-from kanbanmesh.board.document import BoardDoc, entry_from_map
+from kanbanmesh.board.document import BoardDoc, entry_from_map, request_from_fields
+from kanbanmesh.board.reads import plain_fields
+from kanbanmesh.board.schema import TaskStatus as EntryStatus
 from kanbanmesh.board.transitions import Column
-from kanbanmesh.errors import InvalidTaskError
+from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
 from kanbanmesh.peer import BoardPeer, board_url
 from kanbanmesh.protocol import codec
 from kanbanmesh.server.runner import serve
@@ -55,6 +58,8 @@ from kanbanmesh.settings import Settings
 from tests.e2e.test_security import SECRET, secure_url, token
 from worker import Worker, WorkerSettings
 from worker.backends import EchoBackend
+from worker.backends.base import GenerationRequest
+from worker.backends.echo import echo_text
 
 # The mesh runs in a background thread while Hypothesis draws examples in this one, and
 # websockets' keepalive pings there draw from `random`: Hypothesis would take that for a
@@ -69,7 +74,7 @@ FUZZER = "fuzzer"  # the subject of the garbage connections' token (auth on)
 DOCUMENTED_CLOSES = frozenset({
     c.CLOSE_NORMAL, c.CLOSE_PROTOCOL_ERROR, c.CLOSE_POLICY_VIOLATION, c.CLOSE_MESSAGE_TOO_BIG,
     c.CLOSE_INVALID_UPDATE, c.CLOSE_FORBIDDEN, c.CLOSE_BOARD_ROTATED, c.CLOSE_TASK_TOO_LARGE,
-    c.CLOSE_INVALID_TASK, c.CLOSE_TOO_MANY,
+    c.CLOSE_INVALID_TASK, c.CLOSE_TOO_MANY, c.CLOSE_TRY_AGAIN_LATER,
 })
 
 # Properties a known core bug still breaks, each pinned by a strict xfail test: the fuzzer
@@ -181,7 +186,61 @@ class MoveEntry:
     changes: dict[str, Any]
 
 
-Op = NewEntry | SetValue | RootText | Delete | SetField | AppendOutput | MoveEntry
+@dataclass(frozen=True)
+class HostileEntry:
+    """A task in `todo`, valid but for one field holding a value past the server's bounds (see
+    `hostile_values`), or a shared type where only `output` may be one."""
+
+    key: str
+    fields: dict[str, Any]
+    field: str
+    value: Any  # a plain value, or the name of a shared type ("map", "array", "text")
+
+
+Op = NewEntry | SetValue | RootText | Delete | SetField | AppendOutput | MoveEntry | HostileEntry
+
+# The fuzz meshes' limit on a task's request: hostile strings pass it without weighing much.
+FUZZ_MAX_TASK_BYTES = 16 << 10
+
+
+def _nested(depth: int, as_list: bool) -> Any:
+    value: Any = "leaf"
+    for _ in range(depth):
+        value = [value] if as_list else {"a": value}
+    return value
+
+
+# Values a task's field may not hold: deeper than 32 levels (some past Python's recursion
+# limit), wider than 10,000 items, bigger than the request limit, numbers JSON or JavaScript
+# cannot carry exactly. Sizes are drawn, so each class is met at many sizes.
+hostile_values = st.one_of(
+    st.builds(_nested, st.integers(33, 1500), st.booleans()),
+    st.integers(10_001, 12_000).map(lambda n: list(range(n))),
+    st.integers(10_001, 11_000).map(lambda n: {f"k{i}": i for i in range(n)}),
+    st.integers(FUZZ_MAX_TASK_BYTES + 1, 3 * FUZZ_MAX_TASK_BYTES).map(lambda n: "x" * n),
+    st.sampled_from([2**53, -(2**53), 2**63 - 1, -(2**63), math.nan, math.inf, -math.inf]),
+    st.sampled_from(["map", "array", "text"]),
+)
+HOSTILE_FIELDS = ("params", "x-extra", "messages", "prompt", "priority", "rag", "created_at")
+
+
+@st.composite
+def hostile_entries(draw: st.DrawFn, owner: str) -> HostileEntry:
+    key = draw(task_keys)
+    fields = {c.F_ID: key, c.F_OWNER: owner, c.F_PROMPT: "hostile", c.F_CREATED_AT: 1.0}
+    return HostileEntry(key, fields, draw(st.sampled_from(HOSTILE_FIELDS)), draw(hostile_values))
+
+
+def _hostile_value(entry: HostileEntry) -> Any:
+    if entry.value == "map":
+        return Map({"max_tokens": 4})
+    if entry.value == "array":
+        return Array(["x"])
+    if entry.value == "text":
+        return Text("shared")
+    if entry.field == "messages":
+        return [{"role": "user", "content": entry.value}]
+    return entry.value
 
 
 @st.composite
@@ -198,6 +257,7 @@ def ops(owner: str) -> st.SearchStrategy[Op]:
     columns = st.sampled_from(c.COLUMNS)
     return st.one_of(
         new_entries(owner),
+        hostile_entries(owner),
         st.builds(SetValue, root_names, task_keys | st.text(max_size=6), json_value),
         st.builds(RootText, root_names, st.text(min_size=1, max_size=8)),
         st.builds(Delete, root_names, index),
@@ -225,6 +285,9 @@ def _apply_op(doc: Doc[Any], op: Op) -> None:
     if isinstance(op, RootText):
         text = doc.get(op.root, type=Text)
         text += op.text
+        return
+    if isinstance(op, HostileEntry):
+        doc.get(c.TODO, type=Map)[op.key] = Map({**op.fields, op.field: _hostile_value(op)})
         return
     root = doc.get(op.root if not isinstance(op, MoveEntry) else op.src, type=Map)
     if isinstance(op, NewEntry):
@@ -606,10 +669,12 @@ class FuzzMesh:
     @asynccontextmanager
     async def _services(self) -> AsyncIterator[None]:
         settings = Settings(
-            port=0, data_dir=self.data_dir, orphan_grace_s=0.5, retention_s=2.0,
+            port=0, data_dir=self.data_dir, orphan_grace_s=0.5,
             auth_secret=SECRET if self.auth else None,  # type: ignore[arg-type]
             # The bystander submits a task per example: long runs go past the default limit.
             max_submissions_per_minute=1 << 30,
+            max_task_bytes=FUZZ_MAX_TASK_BYTES, max_entry_bytes=4 * FUZZ_MAX_TASK_BYTES,
+            retention_s=3600.0,  # the victims' finished tasks stay on the board to be compared
         )
         async with anyio.create_task_group() as tg:
             self.url = await tg.start(serve, settings)
@@ -625,7 +690,10 @@ class FuzzMesh:
                 await bystander.wait_for_workers(1, timeout_s=WAIT_S)
                 self._bystander, self._observer, self._http = bystander, observer, http
                 self._worker_peer = worker_peer
-                yield
+                self._worker_id = worker.id
+                async with AsyncClient(self.url, token=self.token(Role.CLIENT, "victim")) as victim:
+                    await self._make_victims(victim)
+                    yield
             tg.cancel_scope.cancel()
 
     # -- one example ---------------------------------------------------------------------
@@ -667,9 +735,54 @@ class FuzzMesh:
             self._violated("accepted update left pending", "; ".join(pending))
         problems = board_problems(self._observer.doc)
         assert not problems, f"board corrupted: {problems}"
+        if self.auth:
+            forbidden = self._forbidden_changes()
+            assert not forbidden, f"a forbidden change reached the board: {forbidden}"
         for peer in (self._bystander.peer, self._observer, self._worker_peer):
             assert peer.error is None, f"a well-behaved peer was refused: {peer.error!r}"
         return outcome
+
+    async def _make_victims(self, victim: AsyncClient) -> None:
+        """Another owner's finished task and queued task (no worker serves its model): with
+        auth on, no garbage connection may change or remove either."""
+        with anyio.fail_after(WAIT_S):
+            finished = await (await victim.submit("the victim's answer")).result()
+            queued = await victim.submit("the victim's queued task", model="no-such-model")
+        self._victims = {finished.id: finished, queued.id: victim.get(queued.id)[1]}
+
+    def _forbidden_changes(self) -> list[str]:
+        """With auth on: what the garbage connections changed that nobody but the mesh may."""
+        board = self._observer.board
+        problems = []
+        for task_id, before in self._victims.items():
+            try:
+                _, now = board.read(task_id)
+            except (TaskNotFoundError, InvalidTaskError) as exc:
+                problems.append(f"victim {task_id}: {exc}")
+                continue
+            if now != before:
+                problems.append(f"victim {task_id} changed: {now!r}")
+        for task_id, entry in board.entries(Column.DONE):
+            fields = plain_fields(entry) if isinstance(entry, Map) else {}
+            if fields.get(c.F_STATUS) != EntryStatus.SUCCEEDED.value:
+                continue
+            try:
+                request = request_from_fields(fields)
+            except InvalidTaskError:
+                continue  # board_problems reports it
+            expected = echo_text(GenerationRequest(messages=request.messages, prompt=request.prompt,
+                                                   params=request.params))
+            if fields.get(c.F_WORKER) != self._worker_id or not expected.startswith(str(fields.get(c.F_RESULT))):
+                problems.append(f"done[{task_id!r}] succeeded without the worker: {fields.get(c.F_RESULT)!r}")
+        return problems
+
+    def board_update(self) -> bytes:
+        """The board as the observer holds it, as one update (from any thread)."""
+        assert self.portal is not None
+        return self.portal.call(self._board_update)
+
+    async def _board_update(self) -> bytes:
+        return self._observer.doc.get_update()
 
     def _violated(self, prop: str, detail: str) -> None:
         assert prop in KNOWN_BUGS, f"{prop}: {detail}"
@@ -736,6 +849,16 @@ def check_replica_script(mesh: FuzzMesh, script: DocScript) -> None:
     mesh.trial(lambda board, _taken: script.messages(board))
 
 
+def check_resent(mesh: FuzzMesh, script: DocScript) -> None:
+    """What a reconnecting client does: the same messages again after a refusal. A resent
+    update is checked as if new: refused again, never taken as already known."""
+    messages = script.messages(mesh.board_update())
+    first = mesh.trial(messages)
+    if not first.open and first.code != c.CLOSE_NORMAL:
+        again = mesh.trial(messages)
+        assert not again.open, f"refused with {first.code} ({first.reason}), then accepted when resent"
+
+
 # (check function, strategy, meshes it runs on): scripts/fuzz.py runs the same table.
 PROPERTIES: dict[str, tuple[Callable[..., None], st.SearchStrategy[Any], bool]] = {
     "random-bytes": (check_random_bytes, random_bytes, False),
@@ -745,6 +868,7 @@ PROPERTIES: dict[str, tuple[Callable[..., None], st.SearchStrategy[Any], bool]] 
     # Forged writes on a replica of the live board: without auth the server runs open
     # (anyone may edit any entry, docs/protocol.md), so these run with auth only.
     "replica-writes": (check_replica_script, doc_scripts(FUZZER), True),
+    "resent-after-refusal": (check_resent, doc_scripts(FUZZER), False),
 }
 
 
@@ -776,6 +900,12 @@ def test_random_awareness(mesh: FuzzMesh, script: AwarenessScript) -> None:
 @given(script=doc_scripts(FUZZER))
 def test_forged_writes_on_a_replica_with_auth(secure_mesh: FuzzMesh, script: DocScript) -> None:
     check_replica_script(secure_mesh, script)
+
+
+@CI
+@given(script=doc_scripts(FUZZER))
+def test_a_refused_update_resent_is_refused_again(mesh: FuzzMesh, script: DocScript) -> None:
+    check_resent(mesh, script)
 
 
 # -- what the fuzzer led to: fixed bugs kept as tests, open ones pinned until fixed --------------
