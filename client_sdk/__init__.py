@@ -28,6 +28,7 @@ from kanbanmesh.errors import (
     TaskCancelledError,
     TaskFailedError,
     TaskNotFoundError,
+    TaskTooLargeError,
     TransportError,
     UpdateRefusedError,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "TaskNotFoundError",
     "TaskParams",
     "TaskStatus",
+    "TaskTooLargeError",
     "Timings",
     "TransportError",
     "UpdateRefusedError",

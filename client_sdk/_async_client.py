@@ -9,7 +9,6 @@ from urllib.parse import quote
 
 import anyio
 import httpx
-import jwt
 from pycrdt import Map, Text
 from pydantic import ValidationError
 
@@ -18,6 +17,7 @@ from client_sdk._models import BoardSnapshot
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_fields, entry_from_map, request_from_fields
 from kanbanmesh.board.events import ColumnWatch, event_keys
+from kanbanmesh.board.limits import EntryLimits, check_fields
 from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.schema import ChatMessage, RagSpec, TaskEntry, TaskParams, TaskStatus
 from kanbanmesh.board.transitions import Column
@@ -32,7 +32,7 @@ from kanbanmesh.errors import (
     TaskNotFoundError,
 )
 from kanbanmesh.notify import ChangeSignal
-from kanbanmesh.peer import BoardPeer, http_base
+from kanbanmesh.peer import BoardPeer, TokenSource, http_base
 from kanbanmesh.server.conversations import ConversationSummary, Turn
 from kanbanmesh.server.kpis import BoardKpis
 
@@ -48,15 +48,6 @@ def rag_spec(rag: str | RagSpec | dict[str, Any] | None) -> dict[str, Any] | Non
     if isinstance(rag, str):
         return RagSpec(collection=rag).model_dump()
     return rag.model_dump() if isinstance(rag, RagSpec) else dict(rag)
-
-
-def token_subject(token: str) -> str:
-    """The subject a token names, read without checking it (the server checks it)."""
-    try:
-        claims = jwt.decode(token, options={"verify_signature": False})
-    except jwt.InvalidTokenError:
-        return ""
-    return str(claims.get("sub") or "")
 
 
 class AsyncClient:
@@ -78,7 +69,7 @@ class AsyncClient:
         url: str = "ws://127.0.0.1:8765",
         board: str = c.DEFAULT_BOARD,
         *,
-        token: str | None = None,
+        token: TokenSource = None,
         owner: str = "",
         connect_timeout_s: float = 10.0,
         max_message_bytes: int = 64 << 20,
@@ -87,7 +78,10 @@ class AsyncClient:
         Args:
             url: The server, `ws://HOST:PORT`.
             board: The board name (one shared document per board).
-            token: An access token, sent as `?token=` (servers with auth on need one).
+            token: An access token, sent as `?token=` (servers with auth on need one); or a
+                function returning the current token, asked at every connection and request,
+                so that a long-lived client renews its token before it expires (the server
+                closes a connection whose token expired with 4401).
             owner: The owner written into submitted tasks.
             connect_timeout_s: How long the first connection and sync may take.
             max_message_bytes: The largest websocket message accepted.
@@ -95,7 +89,6 @@ class AsyncClient:
         self.url = url
         self.board = board
         # A server with auth on wants the token's subject as the owner of our tasks.
-        self.owner = owner or (token_subject(token) if token else "")
         self.id = f"client-{uuid.uuid4().hex[:12]}"
         self._connect_timeout_s = connect_timeout_s
         self._token = token
@@ -104,6 +97,7 @@ class AsyncClient:
             url, board, token=token, max_message_bytes=max_message_bytes,
             connect_timeout_s=connect_timeout_s,
         )
+        self.owner = owner or self._peer.subject or ""
         self._tg: anyio.abc.TaskGroup | None = None
         # Tasks someone waits on to finish, each with its signal and how many wait on it: a
         # change of the `done` column wakes only the waits on the tasks it touched, so many
@@ -227,7 +221,8 @@ class AsyncClient:
                 task is only written locally (it is still sent, and re-sent after reconnects).
 
         Raises:
-            InvalidTaskError: the request fails the task schema.
+            InvalidTaskError: the request fails the task schema or the server's value bounds
+                (`TaskTooLargeError`: over its size limit).
             TransportError: the server did not confirm the task in time (it may still get it).
             UpdateRefusedError: the server refused the task.
         """
@@ -250,6 +245,11 @@ class AsyncClient:
                     **extra,
                 }
             )
+        # Within the limits the server published, or it would refuse the write (and with it
+        # whatever else the same message carried): refused here instead, with the reason.
+        limits = EntryLimits.of_board(self._peer.doc)
+        if limits is not None:
+            check_fields(request.to_fields(), limits, measure_entry=False)
         self._peer.board.create(request)
         if durable_timeout_s is not None:
             for _ in range(3):
@@ -321,7 +321,8 @@ class AsyncClient:
     async def _http_get(self, path: str, method: str = "GET") -> dict[str, Any] | None:
         """A request to /boards/<board><path> on the server (None on 404)."""
         url = f"{http_base(self.url)}/boards/{quote(self.board, safe='')}{path}"
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
+        current = self._peer.current_token
+        headers = {"Authorization": f"Bearer {current}"} if current else {}
         if self._http is None:
             self._http = httpx.AsyncClient(timeout=10.0)
         try:

@@ -4,8 +4,13 @@
 update back to the server; this peer has all four fixed. Local updates are merged while the
 socket is busy, remote updates are never sent back, and a dropped connection is retried with
 backoff. After a reconnect the two sync steps exchange whatever either side missed, so local
-writes made while offline reach the server. A close with a refusal code (the server rejected
-one of our writes) stops the peer and surfaces as a typed error.
+writes made while offline reach the server.
+
+Close codes are read as `kanbanmesh.board.constants` lists them. A refused write (4400, 4403,
+4413, 4422, 4429, 1009) lives on in the replica, which would send it again at every sync: the
+peer starts a new, empty replica, reconnects, and tells its `on_refused` listeners (the write
+that waited on it raises the typed error). A fatal code (1002, 1008, and 4401 unless the token
+source gives a fresh token) stops the peer with a typed error.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import Any, Self
 from urllib.parse import quote
 
 import anyio
+import jwt
 from anyio.abc import TaskGroup, TaskStatus
 from pycrdt import Awareness, Doc, TransactionEvent, merge_updates
 from websockets.asyncio.client import ClientConnection, connect
@@ -39,17 +45,32 @@ from kanbanmesh.protocol import codec
 
 log = logging.getLogger(__name__)
 
-# Close codes after which reconnecting would only repeat the refusal.
-_FATAL_CLOSE_CODES = {
-    c.CLOSE_PROTOCOL_ERROR,
-    c.CLOSE_POLICY_VIOLATION,
-    c.CLOSE_MESSAGE_TOO_BIG,
-    c.CLOSE_INVALID_UPDATE,
-    c.CLOSE_INVALID_TASK,
-    c.CLOSE_TASK_TOO_LARGE,
-    c.CLOSE_FORBIDDEN,
-    c.CLOSE_TOO_MANY,
-}
+# A token: as it is, or a function giving the current one (called at every connection, so
+# that a long-lived peer renews its token before the server closes it with 4401).
+TokenSource = str | Callable[[], str | None] | None
+
+
+def token_subject(token: str | None) -> str | None:
+    """The subject (`sub`) a token names, read without checking its signature (only the server
+    can): what a worker or broker prefixes its id with (`<subject>/<name>`), as the server
+    requires with auth on. None for no token, or one that does not read as a JWT."""
+    if not token:
+        return None
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.InvalidTokenError:
+        return None
+    subject = claims.get("sub")
+    return subject if isinstance(subject, str) and subject else None
+
+
+def peer_id(name: str, subject: str | None) -> str:
+    """The awareness id of a worker or broker called `name` on a connection whose token names
+    `subject`: `<subject>/<name>` (with auth on the server accepts no other), `name` without a
+    token."""
+    if subject is None or name.rpartition("/")[0] == subject:
+        return name
+    return f"{subject}/{name}"
 
 
 def http_base(url: str) -> str:
@@ -73,12 +94,15 @@ class BoardPeer:
         url: str,
         board: str = c.DEFAULT_BOARD,
         *,
-        token: str | None = None,
+        token: TokenSource = None,
         max_message_bytes: int = 64 << 20,
         connect_timeout_s: float = 10.0,
         reconnect: bool = True,
         backoff_max_s: float = 5.0,
     ) -> None:
+        """`token`: an access token, or a function returning the current one (see
+        `TokenSource`). `reconnect=False`: a lost connection, or a refused write, stops the
+        peer for good."""
         self.url = url
         self.board_name = board
         self.doc: Doc[Any] = Doc()
@@ -102,7 +126,13 @@ class BoardPeer:
         # Between connecting and the server's sync step 1: local writes wait, so that they
         # cannot overtake the offline writes the answer to that step carries.
         self._handshaking = False
-        self._full_url = board_url(url, board, token)
+        self._token = token
+        # The token of the last connection (a token source is asked again at each reconnect).
+        self._current_token = token() if callable(token) else token
+        # Refusals of our writes (REFUSAL_CLOSE_CODES): each starts a new replica.
+        self.refusals = 0
+        self.last_refusal: ConnectionClosedError | None = None
+        self._refusal_listeners: list[Callable[[ConnectionClosedError], None]] = []
         self._max_message_bytes = max_message_bytes
         self._connect_timeout_s = connect_timeout_s
         self._reconnect = reconnect
@@ -160,6 +190,22 @@ class BoardPeer:
         connection lost without reconnecting), as `changed` is notified."""
         self._stop_listeners.append(listener)
 
+    def on_refused(self, listener: Callable[[ConnectionClosedError], None]) -> None:
+        """Call `listener(error)` when the server refused a write of ours: the peer then has a
+        new replica (`on_reset` listeners ran) and reconnects; writes made before are gone
+        unless the server had them."""
+        self._refusal_listeners.append(listener)
+
+    @property
+    def current_token(self) -> str | None:
+        """The token the peer connects with now (for HTTP requests beside the websocket)."""
+        return self._current_token
+
+    @property
+    def subject(self) -> str | None:
+        """The subject of the peer's token (None without one): see `token_subject`."""
+        return token_subject(self._current_token)
+
     def on_reset(self, listener: Callable[[], None]) -> None:
         """Call `listener()` after the replica was replaced (the board moved to a new
         generation): `doc`, `board` and `awareness` are new objects from then on."""
@@ -198,6 +244,7 @@ class BoardPeer:
         self._durable_tokens += 1
         token = self._durable_tokens
         resets = self.resets
+        refusals = self.refusals
         acknowledged = self._durable[token] = anyio.Event()
         if self._connected:
             self._messages.append(codec.durable_message(token))
@@ -207,10 +254,15 @@ class BoardPeer:
                 while not acknowledged.is_set():
                     if self.error is not None:
                         raise self.error
+                    if self.refusals != refusals and self.last_refusal is not None:
+                        # Our change may have gone with the refused message: say so.
+                        raise self.last_refusal
                     with anyio.move_on_after(0.5):
                         await acknowledged.wait()
             if not acknowledged.is_set():
                 raise TransportError(f"the server did not confirm the write within {timeout_s:g} s")
+            if self.refusals != refusals and self.last_refusal is not None:
+                raise self.last_refusal
             if self.resets != resets:
                 # The confirmation is the new generation's: our change was on the old replica.
                 raise BoardRotatedError("the board moved to a new generation before the write was confirmed")
@@ -319,10 +371,15 @@ class BoardPeer:
     async def _run(self, *, task_status: TaskStatus[None]) -> None:
         started = False
         delay = 0.05
+        first = True
         while not self._stopped.is_set():
+            if callable(self._token) and not first:
+                self._current_token = self._token()
+            first = False
+            full_url = board_url(self.url, self.board_name, self._current_token)
             try:
                 ws = await connect(
-                    self._full_url,
+                    full_url,
                     max_size=self._max_message_bytes,
                     open_timeout=self._connect_timeout_s,
                     ping_interval=20,
@@ -331,13 +388,14 @@ class BoardPeer:
                 )
             except InvalidStatus as exc:
                 error = ConnectError(
-                    f"server refused the connection to {self._full_url.split('?')[0]}: "
+                    f"server refused the connection to {full_url.split('?')[0]}: "
                     f"HTTP {exc.response.status_code} {exc.response.body.decode(errors='replace').strip()}"
                 )
                 if not started:
                     self.error = error
                     raise error from exc
-                if exc.response.status_code in (401, 403, 404):
+                renewable = exc.response.status_code == 401 and callable(self._token)
+                if exc.response.status_code in (401, 403, 404) and not renewable:
                     self._fail(error)
                     return
             except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
@@ -346,9 +404,9 @@ class BoardPeer:
                     raise self.error from exc
                 log.info("reconnect to %s failed: %s", self.url, exc)
             else:
-                delay = 0.05
                 try:
                     await self._session(ws, None if started else task_status)
+                    delay = 0.05
                 except _Rotated:
                     if not self._reconnect:
                         self._fail(ConnectionClosedError(
@@ -359,19 +417,46 @@ class BoardPeer:
                     started = started or self._synced.is_set()
                     self._new_replica()
                     continue  # at once: the server is there
+                except _Refused as refused:
+                    if not (started or self._synced.is_set()):
+                        self.error = refused.error
+                        raise refused.error from None
+                    if not self._reconnect:
+                        self._fail(refused.error)
+                        return
+                    started = True
+                    self._refused(refused.error)
+                    # Not at once: a peer whose every write is refused must not spin.
                 except _Fatal as fatal:
+                    if fatal.renew and callable(self._token) and (started or self._synced.is_set()):
+                        log.info("board %s: token expired; reconnecting with a fresh one", self.board_name)
+                        started = True
+                        continue
                     if not (started or self._synced.is_set()):
                         self.error = fatal.error
                         raise fatal.error from None
                     self._fail(fatal.error)
                     return
-                started = started or self._synced.is_set()
+                else:
+                    started = started or self._synced.is_set()
             if not self._reconnect:
                 self.error = ConnectionClosedError("connection to the server was lost")
                 self._stopped_for_good()
                 return
             await anyio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self._backoff_max_s)
+
+    def _refused(self, error: ConnectionClosedError) -> None:
+        """The server refused a write of ours and closed the connection: the write is in our
+        replica, which would send it again at the next sync. Start a new replica instead (what
+        the server has comes back at the next sync; what it refused, and local writes sent
+        with it, are gone) and tell whoever listens."""
+        log.warning("board %s: the server refused a write: %s", self.board_name, error)
+        self.refusals += 1
+        self.last_refusal = error
+        self._new_replica()
+        for listener in self._refusal_listeners:
+            listener(error)
 
     def _fail(self, error: KanbanMeshError) -> None:
         """Stop for good with `error`, waking everyone who waits on the peer."""
@@ -402,7 +487,7 @@ class BoardPeer:
                     finally:
                         tg.cancel_scope.cancel()
             except BaseExceptionGroup as group:
-                fatal = group.subgroup(lambda e: isinstance(e, _Fatal | _Rotated))
+                fatal = group.subgroup(lambda e: isinstance(e, _Fatal | _Rotated | _Refused))
                 if fatal is None:
                     raise
                 while isinstance(fatal, BaseExceptionGroup):
@@ -430,11 +515,14 @@ class BoardPeer:
             reason = exc.rcvd.reason if exc.rcvd is not None else ""
             if code == c.CLOSE_BOARD_ROTATED:
                 raise _Rotated() from None
-            if code in _FATAL_CLOSE_CODES:
+            message = f"the server closed the connection: {reason or code}"
+            if code in c.REFUSAL_CLOSE_CODES:
                 cls = MessageTooLargeError if code == c.CLOSE_MESSAGE_TOO_BIG else UpdateRefusedError
-                raise _Fatal(
-                    cls(f"the server closed the connection: {reason or code}", code=code, reason=reason)
-                ) from None
+                raise _Refused(cls(message, code=code, reason=reason)) from None
+            if code == c.CLOSE_TOKEN_EXPIRED:
+                raise _Fatal(ConnectionClosedError(message, code=code, reason=reason), renew=True) from None
+            if code in c.FATAL_CLOSE_CODES:
+                raise _Fatal(UpdateRefusedError(message, code=code, reason=reason)) from None
         except ProtocolError as exc:
             raise _Fatal(exc) from None
 
@@ -514,6 +602,15 @@ class _Rotated(Exception):
 
 
 class _Fatal(Exception):
-    def __init__(self, error: KanbanMeshError) -> None:
+    def __init__(self, error: KanbanMeshError, *, renew: bool = False) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.renew = renew  # a fresh token would do (4401)
+
+
+class _Refused(Exception):
+    """The server refused a write of ours (REFUSAL_CLOSE_CODES)."""
+
+    def __init__(self, error: ConnectionClosedError) -> None:
         super().__init__(str(error))
         self.error = error

@@ -15,6 +15,7 @@ checked or stored.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from contextlib import aclosing
@@ -31,16 +32,28 @@ from awareness.states import Role, WorkerState
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_map, now_ms
 from kanbanmesh.board.events import ColumnWatch, event_keys
-from kanbanmesh.board.reads import read_field, read_items
+from kanbanmesh.board.invalid import invalid_entry
+from kanbanmesh.board.limits import EntryLimits, json_bytes
+from kanbanmesh.board.reads import plain_fields, read_field, read_items
 from kanbanmesh.board.schema import TaskEntry, TaskStatus, Timings, Usage
 from kanbanmesh.board.transitions import Column, Writer
 from kanbanmesh.errors import BackendError, InvalidTaskError, KanbanMeshError
 from kanbanmesh.notify import ChangeSignal
-from kanbanmesh.peer import BoardPeer
+from kanbanmesh.peer import BoardPeer, peer_id
 from worker.backends.base import Backend, Finished, GenerationRequest, TextChunk
 from worker.prompt import build_prompt
 
 _ABSENT = object()  # a key a map does not hold
+# Room left in an entry for the fields a finish adds (status, usage, timings...), and for each
+# retrieved chunk the citation it may add.
+_ENTRY_SLACK_BYTES = 1024
+_CITATION_BYTES = 512
+# Finishes remembered for a check after a refused write (`Worker._recheck`): more than one
+# refusal can cover.
+_MAX_UNCONFIRMED_FINISHES = 1024
+# Refusals one run may see before it gives up: a refusal may be another task's, but one whose
+# own writes are refused would otherwise be written again at every reconnect.
+_MAX_RUN_REFUSALS = 2
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +62,9 @@ log = logging.getLogger(__name__)
 class WorkerSettings:
     name: str = ""
     slots: int = 1
-    worker_id: str = field(default_factory=lambda: f"worker-{uuid.uuid4().hex[:12]}")
+    # "" = `worker-<12 hex>`. With a token, the id is `<the token's subject>/<id>`: the server
+    # binds worker ids to subjects (docs/protocol.md section 10).
+    worker_id: str = ""
     # Busy/ready flips are announced at most this often: every awareness update goes to
     # every peer of the board, and a fast worker flips twice per task.
     presence_interval_s: float = 0.25
@@ -82,6 +97,15 @@ class _Run:
     # Until the move to `doing` is written: the fields it sets, and the text produced so far.
     start: dict[str, Any] | None = None
     buffered: str = ""
+    # The text this run put into the board's `output` (after a refused write, the server's
+    # copy may lack the last of it: it is appended again).
+    written: str = ""
+    json_bytes: int = 0  # the text produced so far, as JSON (what the entry limits count)
+    refusals: int = 0  # refusals of the peer's writes since this run started (see `_on_refused`)
+    seen_refusals: int = 0  # of those, the ones after which its output was restored
+    # The most text, as JSON bytes, the entry may hold twice (`output` and `result`) within
+    # the server's limits (see `_text_budget`).
+    text_budget: int = 1 << 62
 
 
 class Worker:
@@ -93,7 +117,7 @@ class Worker:
         self._peer = peer
         self._backend = backend
         self._settings = settings
-        self.id = settings.worker_id
+        self.id = peer_id(settings.worker_id or f"worker-{uuid.uuid4().hex[:12]}", peer.subject)
         self.name = settings.name or self.id
         self._running: dict[str, _Run] = {}
         self._starts: dict[str, _Run] = {}  # runs whose move to `doing` is not written yet
@@ -108,6 +132,11 @@ class Worker:
             lambda: self._peer.board.column_map(Column.PREPARED), self._on_prepared_event
         )
         peer.on_reset(self._on_new_replica)
+        peer.on_refused(self._on_refused)
+        # Finishes written but not yet known to be on the server: task id -> attempt. A refused
+        # write drops what the peer had not sent; each of these is then checked (`_recheck`).
+        self._finishes: dict[str, int] = {}
+        self._recheck_due = False
         self._draining = False
         self._announced: dict[str, Any] | None = None
         self._presence_due = anyio.Event()
@@ -129,6 +158,7 @@ class Worker:
                 tg.start_soon(self._announce_changes)
                 task_status.started()
                 while True:
+                    self._recheck()
                     self._pick_up(tg)
                     self._watch_cancels()
                     self._watch_drain_request()
@@ -139,10 +169,57 @@ class Worker:
             with anyio.CancelScope(shield=True):
                 await self._backend.stop()
 
+    @property
+    def peer(self) -> BoardPeer:
+        """The worker's connection to the board."""
+        return self._peer
+
     def _on_new_replica(self) -> None:
         if self._prepared_watch.running:  # follow the new document instead, read whole
             self._prepared_watch.restart()
             self._scan_all = True
+
+    def _on_refused(self, error: KanbanMeshError) -> None:
+        """The server refused a write of ours: the peer has a new replica and reconnects.
+        Runs re-append what the refusal dropped of their text (`_append_to_output`); a run
+        whose writes are refused again gives up (`_append`); finishes not yet confirmed are
+        checked once the new replica is synced."""
+        log.warning("worker %s: a write was refused (%s); carrying on", self.name, error)
+        for run in self._running.values():
+            run.refusals += 1
+        self._refusal = error
+        self._recheck_due = True
+
+    def _recheck(self) -> None:
+        """After a refusal: a finish of ours that did not reach the server (the task is still
+        ours in `prepared` or `doing`) is written again as a failure, without the text that
+        may have been what the server refused. Also forgets finishes the server has."""
+        if not self._recheck_due or not self._peer.synced or not self._peer.connected:
+            return
+        self._recheck_due = False
+        error = getattr(self, "_refusal", None)
+        for task_id, attempt in list(self._finishes.items()):
+            if task_id in self._running:
+                continue
+            probe = _Run(attempt=attempt)
+            for column in (Column.DOING, Column.PREPARED):
+                if self._ours(column, task_id, probe) is None:
+                    continue
+                reason = getattr(error, "reason", "") or str(error)
+                fields = {
+                    c.F_STATUS: TaskStatus.FAILED.value,
+                    c.F_RESULT: "",
+                    c.F_ERROR: {"code": "write_refused",
+                                "message": f"the server refused the worker's write: {reason}"[:500]},
+                    c.F_FINISHED_AT: now_ms(),
+                }
+                try:
+                    self._peer.board.move(task_id, column, Column.DONE, Writer.WORKER,
+                                          set_fields=fields, keep_output=False)
+                except KanbanMeshError:
+                    log.exception("task %s: could not write its failure", task_id)
+                break
+        self._finishes.clear()
 
     def _on_prepared_event(self, event: Any) -> None:
         for key, change in event_keys(event).items():
@@ -281,6 +358,9 @@ class Worker:
     async def _execute(self, task_id: str, run: _Run) -> None:
         try:
             await self._execute_inner(task_id, run)
+        except Exception as exc:  # one task's trouble (an entry it cannot read...) ends that task
+            log.exception("worker %s: task %s failed in the worker", self.name, task_id[:64])
+            self._fail_as_invalid(task_id, run, f"the worker could not run it ({type(exc).__name__})")
         finally:
             self._running.pop(task_id, None)
             self._starts.pop(task_id, None)  # a run that ended unstarted is picked up again
@@ -294,6 +374,13 @@ class Worker:
         its tasks gone to others. Renew the heartbeat and catch up with the server first, and
         write nothing until the server answers: the ownership checks that follow then see the
         board as it is, and a fenced attempt writes nothing."""
+        if not self._peer.synced:
+            # A new replica (after a refused write, or a new generation of the board) is empty
+            # until its first sync: what is ours shows only then.
+            try:
+                await self._peer.wait_synced()
+            except KanbanMeshError:
+                return  # the peer stopped for good: the ownership checks find nothing ours
         now, limit = anyio.current_time(), 2 * self._settings.heartbeat_s
         if now - self._last_beat <= limit and now - self._peer.last_heard <= limit:
             return
@@ -308,6 +395,7 @@ class Worker:
             return
         started_at = now_ms()
         run.start = {c.F_STARTED_AT: started_at}  # written by `_write_starts`, or by `_finish`
+        run.text_budget = self._text_budget(entry)
         try:
             task = entry_from_map(entry)
         except InvalidTaskError as exc:
@@ -357,6 +445,8 @@ class Worker:
     def _write_starts(self) -> None:
         """Write the moves to `doing` still pending, each with the text produced so far (the
         peer calls this before it sends). A task no longer ours is abandoned."""
+        if not self._peer.synced:
+            return  # a new replica: once it is synced (the next wake-up after the sync)
         starts, self._starts = self._starts, {}
         for task_id, run in starts.items():
             start, run.start = run.start, None
@@ -376,10 +466,24 @@ class Worker:
             if isinstance(output, Text):
                 if run.buffered:
                     output += run.buffered
+                    run.written += run.buffered
                 run.output, run.checked_at = output, self._peer.remote_updates
             run.buffered = ""
+            run.seen_refusals = run.refusals
 
     def _append(self, task_id: str, run: _Run, chunk: TextChunk, outcome: _Outcome) -> bool:
+        if run.refusals > _MAX_RUN_REFUSALS:
+            # Refused again and again after starting over: whatever this run writes is refused. Give
+            # it up; `_finish` writes its failure without the text.
+            outcome.status, outcome.error = TaskStatus.FAILED, {
+                "code": "write_refused", "message": "the server refused this task's output"}
+            return False
+        run.json_bytes += len(json.dumps(chunk.text, ensure_ascii=False).encode("utf-8")) - 2
+        if run.json_bytes > run.text_budget:
+            # The entry would pass the server's limit (`output` and `result` both hold the
+            # text): end here, as a model does at the end of its context.
+            outcome.finish_reason = "length"
+            return False
         if run.start is not None:  # not on the board as started yet: `_write_starts` adds it
             run.buffered += chunk.text
         elif not self._append_to_output(task_id, run, chunk.text):
@@ -395,6 +499,8 @@ class Worker:
         output = run.output
         if output is None or run.checked_at != self._peer.remote_updates:
             entry = self._ours(Column.DOING, task_id, run)
+            if entry is None and run.refusals != run.seen_refusals:
+                entry = self._restart(task_id, run)
             if entry is None:
                 return False
             if read_field(entry, c.F_CANCEL):
@@ -403,9 +509,38 @@ class Worker:
             output = read_field(entry, c.F_OUTPUT)
             if not isinstance(output, Text):
                 return False
+            if run.refusals != run.seen_refusals and not self._restore(output, run):
+                return False
             run.output, run.checked_at = output, self._peer.remote_updates
         # `entry["output"] += x` would replace the Text; append to the Text itself.
         output += text
+        run.written += text
+        return True
+
+    def _restart(self, task_id: str, run: _Run) -> Map[Any] | None:
+        """After a refused write: a start the server never got (the task is still ours in
+        `prepared`) is written again, with the text so far."""
+        run.seen_refusals = run.refusals
+        if self._ours(Column.PREPARED, task_id, run) is None:
+            return None
+        started = {c.F_STARTED_AT: now_ms()}
+        entry = self._peer.board.move(task_id, Column.PREPARED, Column.DOING, Writer.WORKER,
+                                      set_fields=started, new_output=True)
+        output = read_field(entry, c.F_OUTPUT)
+        if isinstance(output, Text) and run.written:
+            output += run.written
+        return entry
+
+    def _restore(self, output: Text, run: _Run) -> bool:
+        """After a refused write: append to the server's `output` what the refusal dropped of
+        this run's text; False when it is not a beginning of that text (not ours to go on)."""
+        run.seen_refusals = run.refusals
+        held = str(output)
+        if held == run.written:
+            return True
+        if not run.written.startswith(held):
+            return False
+        output += run.written[len(held):]
         return True
 
     def _finish(
@@ -413,6 +548,9 @@ class Worker:
     ) -> None:
         start, run.start = run.start, None
         source = Column.DOING if start is None else Column.PREPARED
+        if self._ours(source, task_id, run) is None and start is None and run.refusals:
+            # A refused write took the start with it: the task is still ours in `prepared`.
+            source, start = Column.PREPARED, {c.F_STARTED_AT: started_at}
         if self._ours(source, task_id, run) is None:
             log.info("task %s attempt %d is no longer ours; dropping its outcome", task_id, run.attempt)
             return
@@ -444,8 +582,45 @@ class Worker:
             fields[c.F_ERROR] = outcome.error
         if outcome.citations is not None:
             fields[c.F_CITATIONS] = outcome.citations
+        given_up = outcome.error is not None and outcome.error.get("code") == "write_refused"
+        if given_up:
+            fields[c.F_RESULT] = ""  # the text may be what the server refused
         if start is not None:  # never written as started: `prepared -> done` in one write
             fields.update(start)
-            fields[c.F_OUTPUT] = Text(outcome.text)
-        self._peer.board.move(task_id, source, Column.DONE, Writer.WORKER, set_fields=fields)
+            if not given_up:
+                fields[c.F_OUTPUT] = Text(outcome.text)
+        self._peer.board.move(task_id, source, Column.DONE, Writer.WORKER, set_fields=fields,
+                              keep_output=not given_up)
         self.completed += 1
+        self._finishes[task_id] = run.attempt
+        while len(self._finishes) > _MAX_UNCONFIRMED_FINISHES:
+            del self._finishes[next(iter(self._finishes))]
+
+    def _fail_as_invalid(self, task_id: str, run: _Run, message: str) -> None:
+        """Finish a task the worker could not run as `failed` (`invalid_task`), copying none of
+        its fields but the id (`kanbanmesh.board.invalid`); best effort: a task left behind goes
+        back to the queue at the broker's start deadline or lease."""
+        fields = invalid_entry(task_id, None, None, f"invalid task: {message}")
+        for column in (Column.DOING, Column.PREPARED):
+            try:
+                if self._ours(column, task_id, run) is None:
+                    continue
+                with self._peer.doc.transaction():
+                    self._peer.board.delete(task_id, column)
+                    self._peer.board.put_fields(Column.DONE, task_id, fields)
+            except Exception:
+                log.exception("worker %s: could not fail task %s either", self.name, task_id[:64])
+            return
+
+    def _text_budget(self, entry: Map[Any]) -> int:
+        """How much text (as JSON bytes) a run may produce: its entry holds it twice when done
+        (`output` and `result`), beside the request, within the server's `max_entry_bytes`
+        (published in `meta`; the default where the server publishes none)."""
+        limits = EntryLimits.of_board(self._peer.doc) or EntryLimits()
+        try:
+            fields = plain_fields(entry)
+        except KanbanMeshError:
+            return 0
+        context = fields.get(c.F_CONTEXT)
+        slack = _ENTRY_SLACK_BYTES + _CITATION_BYTES * (len(context) if isinstance(context, list) else 0)
+        return max(0, (limits.max_entry_bytes - json_bytes(fields) - slack) // 2)

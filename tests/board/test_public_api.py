@@ -15,7 +15,7 @@ PUBLIC_API = {
         "AsyncClient", "BoardRotatedError", "BoardSnapshot", "ChatMessage", "Citation", "Client", "Column", "ConnectError",
         "ConnectionClosedError", "InvalidTaskError", "KanbanMeshError", "MessageTooLargeError",
         "RagSpec", "StreamRestartedError", "SyncTaskHandle", "TaskCancelledError", "TaskEntry",
-        "TaskFailedError", "TaskHandle", "TaskNotFoundError", "TaskParams", "TaskStatus",
+        "TaskFailedError", "TaskHandle", "TaskNotFoundError", "TaskParams", "TaskStatus", "TaskTooLargeError",
         "Timings", "TransportError", "UpdateRefusedError", "Usage", "WorkerPresence",
         "WorkerState",
     },

@@ -11,7 +11,9 @@
 //   forbidden-field  a valid task in todo, then, in a second transaction, `status` set on it
 //   foreign-owner    a valid task in todo whose owner is --owner (with auth on: not the
 //                    token's subject)
-//   pose-as-worker   no write: an awareness state announcing a worker (role "worker")
+//   deep-task        a valid todo entry whose params nest --depth levels (default 1000)
+//   pose-as-worker   no write: an awareness state announcing a worker (role "worker") with id
+//                    --worker-id (default js-fake-worker-<uuid>)
 //   connect-only     write nothing; just report a close (e.g. a refused --token)
 //
 // Entries are owned by --owner (default js-garbage) and ask for --model (default "": any).
@@ -20,6 +22,9 @@
 // --expect-reason TEXT (a substring) are given: then a close that does not match is reported
 // and the stock provider carries on as it would (it reconnects and sends its document and
 // awareness again, unless the code is one it gives up on), until a matching close.
+// --resends N: after a matching close the provider reconnects anyway (as a stock provider of
+// another release, or a client's own retry loop, would) and sends the same document again; the
+// answer is the (N+1)th matching close, each one reported.
 //
 // stdout, one JSON line per close, the answer last:
 //   {"event":"closed","code":4422,"reason":"...","mode":"invalid-task"}
@@ -35,11 +40,12 @@ import {
 
 const MODES = [
   'invalid-task', 'bad-key', 'oversize', 'illegal-column', 'forbidden-field', 'foreign-owner',
-  'pose-as-worker', 'connect-only'
+  'deep-task', 'pose-as-worker', 'connect-only'
 ]
 const USAGE = `usage: node garbage.mjs --url ws://HOST:PORT [--board default] [--mode invalid-task]
-       [--size BYTES] [--owner js-garbage] [--model NAME] [--expect-close CODE]
-       [--expect-reason TEXT] [--token TOKEN] [--timeout-ms 20000] [--verbose]
+       [--size BYTES] [--depth LEVELS] [--worker-id ID] [--owner js-garbage] [--model NAME]
+       [--expect-close CODE] [--expect-reason TEXT] [--resends N] [--token TOKEN]
+       [--timeout-ms 20000] [--verbose]
 modes: ${MODES.join(', ')}`
 
 const opts = parseCli(USAGE, {
@@ -48,7 +54,10 @@ const opts = parseCli(USAGE, {
   owner: { type: 'string', default: 'js-garbage' },
   model: { type: 'string', default: '' },
   'expect-close': { type: 'string' },
-  'expect-reason': { type: 'string' }
+  'expect-reason': { type: 'string' },
+  depth: { type: 'string', default: '1000' },
+  'worker-id': { type: 'string' },
+  resends: { type: 'string', default: '0' }
 })
 if (!MODES.includes(opts.mode)) {
   process.stderr.write(`unknown --mode ${JSON.stringify(opts.mode)}\n${USAGE}\n`)
@@ -57,6 +66,9 @@ if (!MODES.includes(opts.mode)) {
 const size = intOption(opts, 'size', USAGE)
 const expectClose = intOption(opts, 'expect-close', USAGE)
 const expectReason = opts['expect-reason']
+const depth = intOption(opts, 'depth', USAGE)
+const resends = intOption(opts, 'resends', USAGE)
+let matched = 0
 const log = makeLog(opts.verbose)
 const mode = opts.mode
 
@@ -89,6 +101,11 @@ provider.on('connection-close', (event) => {
     (expectReason === undefined || reason.includes(expectReason))
   if (!expected) {
     emit(closed) // not the answer: the provider goes on as a stock one does
+    return
+  }
+  if (matched++ < resends) {
+    emit(closed) // reconnect and send the same document again
+    setTimeout(() => { if (!finished) provider.connect() }, 50)
     return
   }
   provider.shouldConnect = false // no reconnect: this close is the answer
@@ -165,10 +182,20 @@ switch (mode) {
       validFields(entry, id)
     })
     break
+  case 'deep-task':
+    doc.transact(() => {
+      let nested = {}
+      for (let i = 0; i < depth; i++) nested = { a: nested }
+      const entry = new Y.Map()
+      doc.getMap('todo').set(id, entry)
+      validFields(entry, id)
+      entry.set('params', { max_tokens: 8, nested })
+    })
+    break
   case 'pose-as-worker':
     provider.awareness.setLocalState({
-      role: 'worker', id: `js-fake-worker-${id}`, name: 'js-fake-worker', models: ['echo'],
-      slots: 4, state: 'ready', tasks: []
+      role: 'worker', id: opts['worker-id'] ?? `js-fake-worker-${id}`, name: 'js-fake-worker',
+      models: ['echo'], slots: 4, state: 'ready', tasks: []
     })
     break
   case 'connect-only':

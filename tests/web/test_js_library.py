@@ -3,6 +3,7 @@ and its type check."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from kanbanmesh.board import constants as c
 from tests.conftest import WorkerPool
 
 pytestmark = pytest.mark.anyio
@@ -34,3 +36,18 @@ async def test_js_types_check(web_dir: Path) -> None:
     with anyio.fail_after(120):
         done = await anyio.run_process(["node", "node_modules/typescript/bin/tsc", "-p", "tsconfig.json"], cwd=web_dir, check=False)
     assert done.returncode == 0, done.stdout.decode() + done.stderr.decode()
+
+
+async def test_the_js_library_reads_close_codes_as_the_python_peer(web_dir: Path) -> None:
+    """One list of refusal and fatal close codes: the JS library's (web/src/errors.js) are the
+    Python peer's (kanbanmesh/board/constants.py)."""
+    script = (
+        "import('./src/errors.js').then((m) => console.log(JSON.stringify("
+        "{refusal: m.REFUSAL_CLOSE_CODES, fatal: m.FATAL_CLOSE_CODES, rotated: m.CLOSE_BOARD_ROTATED})))"
+    )
+    with anyio.fail_after(60):
+        done = await anyio.run_process(["node", "--input-type=module", "-e", script], cwd=web_dir)
+    codes = json.loads(done.stdout)
+    assert set(codes["refusal"]) == c.REFUSAL_CLOSE_CODES
+    assert set(codes["fatal"]) == c.FATAL_CLOSE_CODES
+    assert codes["rotated"] == c.CLOSE_BOARD_ROTATED

@@ -31,14 +31,16 @@ def test_make_backend_builds_the_named_backend() -> None:
 
 @pytest.fixture
 async def refusing_server() -> AsyncIterator[str]:
-    """A y-websocket server that syncs a worker, then refuses it once it announces itself."""
+    """A y-websocket server that syncs a worker, then refuses its announcement (1008: fatal,
+    as a worker id outside its token's subject is; a refused *write* is not, see
+    tests/e2e/test_worker_refusals.py)."""
 
     async def handler(ws: ServerConnection) -> None:
         await ws.send(codec.sync_step1(Doc().get_state()))
         await ws.send(codec.sync_step2(Doc().get_update()))
         async for data in ws:
             if isinstance(data, bytes) and isinstance(codec.parse_message(data), codec.AwarenessMessage):
-                await ws.close(c.CLOSE_INVALID_TASK, "invalid task: refused by the test")
+                await ws.close(c.CLOSE_POLICY_VIOLATION, "forbidden: refused by the test")
                 return
 
     async with serve(handler, "127.0.0.1", 0) as server:
@@ -50,4 +52,4 @@ async def test_a_worker_refused_by_the_server_exits_with_the_reason(refusing_ser
     with anyio.fail_after(30):
         done = await anyio.run_process(cli("worker", "--url", refusing_server, "--backend", "echo"), check=False)
     assert done.returncode == 1
-    assert b"invalid task: refused by the test" in done.stderr
+    assert b"forbidden: refused by the test" in done.stderr

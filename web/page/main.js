@@ -65,6 +65,10 @@ class Page {
     board.onBoardChange(() => this.draw())
     board.onWorkersChange((workers) => this.view.renderWorkers(workers))
     board.onStatus((status) => this.onStatus(status))
+    board.onRefused((error) => {
+      // The library started over with a fresh copy of the board (the refused change is gone).
+      this.notice(`The server refused a change: ${error.message}. Carrying on with a fresh copy of the board.`)
+    })
     this.onStatus(board.status)
     this.view.renderWorkers(board.workers())
     this.draw()
@@ -102,9 +106,9 @@ class Page {
     } else if (status === 'refused') {
       this.connection = null
       if (error instanceof AuthError) return this.askToken(error, storedToken())
-      // The server refused one of our writes: start over with a fresh copy of the board.
+      // Closed for good (a fatal close code, or an expired token): connect again afresh.
       this.setPill('reconnecting', 'refused')
-      this.say(`The server refused a change: ${error?.message}. Reconnecting with a fresh copy…`)
+      this.say(`The server closed the connection: ${error?.message}. Connecting again…`)
       setTimeout(() => { void this.start() }, RETRY_MS[1])
     }
   }

@@ -1,15 +1,19 @@
 // @ts-check
 // A connection to one board: a Y.Doc kept in sync by a stock y-websocket provider, plus what
-// the protocol asks of a long-lived client on top (docs/protocol.md): stop on a refused write,
-// start over with a new document when the board rotates (4409), tell a bad token from a
-// server that is down, ask the server to confirm tasks are durable (message type 100).
+// the protocol asks of a long-lived client on top (docs/protocol.md): start over with a new
+// document when a write is refused (the tasks it may have held fail) or the board rotates
+// (4409), stop on a fatal close, tell a bad token from a server that is down, ask the server
+// to confirm tasks are durable (message type 100).
 
 import * as Y from 'yjs'
 import { WebsocketProvider } from 'y-websocket'
 import * as encoding from 'lib0/encoding'
 import * as decoding from 'lib0/decoding'
 
-import { AuthError, ConnectError, KanbanmeshError, RefusedError } from './errors.js'
+import {
+  AuthError, CLOSE_BOARD_ROTATED, ConnectError, FATAL_CLOSE_CODES, KanbanmeshError, REFUSAL_CLOSE_CODES,
+  RefusedError
+} from './errors.js'
 import { lookupTask, whoami } from './http.js'
 import { Listeners } from './listeners.js'
 import { TaskHandle } from './task.js'
@@ -17,12 +21,11 @@ import { findTask, requestFields, snapshot, writeTask } from './tasks.js'
 
 /** kanbanmesh's durability request and answer: `[100, token]` (protocol section 1). */
 const MESSAGE_DURABLE = 100
-const CLOSE_ROTATED = 4409
 const CLOSE_ABNORMAL = 1006 // what a browser reports for a refused upgrade (it hides the status)
 
-/** Close codes after which reconnecting would send the refused change again (protocol 3). */
-function isRefusal (/** @type {number} */ code) {
-  return code === 1002 || code === 1009 || (code >= 4400 && code < 4500)
+/** Close codes the provider must not simply reconnect after (we decide: see `_open`). */
+function isTerminal (/** @type {number} */ code) {
+  return code === CLOSE_BOARD_ROTATED || REFUSAL_CLOSE_CODES.includes(code) || FATAL_CLOSE_CODES.includes(code)
 }
 
 /** @typedef {import('./tasks.js').Task} Task */
@@ -88,6 +91,8 @@ export class Board {
     this._workerListeners = new Listeners()
     /** @type {Listeners<[Status]>} */
     this._statusListeners = new Listeners()
+    /** @type {Listeners<[RefusedError]>} */
+    this._refusalListeners = new Listeners()
     this._onUpdate = () => {
       for (const handle of [...this._handles.values()]) handle.check()
       this._boardListeners.emit(this)
@@ -177,6 +182,17 @@ export class Board {
   }
 
   /**
+   * Call `listener(error)` when the server refused a write: the board has started over with a
+   * new document (status `reconnecting`, then `connected`), and the tasks the write may have
+   * held (those not yet accepted) rejected with `error`.
+   * @param {(error: RefusedError) => void} listener
+   * @returns {() => void} unsubscribe
+   */
+  onRefused (listener) {
+    return this._refusalListeners.add(listener)
+  }
+
+  /**
    * Resolve once synced with the server; reject when refused, closed or after `timeoutMs`.
    * @param {number} timeoutMs
    * @returns {Promise<void>}
@@ -215,7 +231,7 @@ export class Board {
       params: this._token ? { token: this._token } : {},
       WebSocketPolyfill: this._WebSocket,
       disableBc: true, // every tab is its own client, with its own connection and owner
-      shouldReconnect: (event) => !isRefusal(event.code)
+      shouldReconnect: (event) => !isTerminal(event.code)
     })
     provider.messageHandlers[MESSAGE_DURABLE] = (_encoder, decoder) => {
       const token = decoding.readVarUint(decoder)
@@ -232,8 +248,10 @@ export class Board {
       if (event?.code === CLOSE_ABNORMAL) void this._probeToken()
     })
     provider.on('closed', ({ code, reason }) => {
-      if (code === CLOSE_ROTATED) this._rotate()
-      else this._refuse(new RefusedError(`the server refused a write: ${code} ${reason}`, code))
+      if (code === CLOSE_BOARD_ROTATED) this._rotate()
+      else if (REFUSAL_CLOSE_CODES.includes(code)) {
+        this._startOver(new RefusedError(`the server refused a write: ${code} ${reason}`, code))
+      } else this._refuse(new RefusedError(`the server closed the connection for good: ${code} ${reason}`, code))
     })
     doc.on('update', this._onUpdate)
     provider.connect()
@@ -260,6 +278,22 @@ export class Board {
     this._setStatus({ status: 'reconnecting' })
     this._provider = this._open(this.doc)
     this._onUpdate()
+  }
+
+  /**
+   * The server refused a write (protocol section 1): our document holds it and would send it
+   * again at every sync. Tasks not yet accepted fail with the refusal (theirs may be the
+   * refused write); the rest is followed on a new document, as after a rotation.
+   * @param {RefusedError} error
+   */
+  _startOver (error) {
+    for (const handle of [...this._handles.values()]) {
+      if (handle.isAccepted) continue
+      this._handles.delete(handle.id)
+      handle.fail(error)
+    }
+    this._rotate()
+    this._refusalListeners.emit(error)
   }
 
   /** @param {TaskHandle} handle */

@@ -5,7 +5,16 @@
 //   ├── ConnectError           the server could not be reached, or no sync in time
 //   ├── AuthError              the server refused the token (HTTP 401) or the board (403)
 //   └── RefusedError           the server closed the connection over a write it refused
-//                              (protocol section 3: 1002, 1009, 4400, 4403, 4413, 4422, 4429)
+//                              (REFUSAL_CLOSE_CODES), or for good (FATAL_CLOSE_CODES)
+
+// What a client does after each close code (docs/protocol.md section 1, "Close codes"): the
+// same two lists as kanbanmesh/board/constants.py (a test holds them equal).
+/** A write was refused: start over with a new document (dropping it), reconnect. */
+export const REFUSAL_CLOSE_CODES = Object.freeze([1009, 4400, 4403, 4413, 4422, 4429])
+/** Reconnecting would be refused again: stop (4401: connect again with a fresh token). */
+export const FATAL_CLOSE_CODES = Object.freeze([1002, 1008, 4401])
+/** The board moved to a new generation: reconnect at once with a new document. */
+export const CLOSE_BOARD_ROTATED = 4409
 
 export class KanbanmeshError extends Error {
   /** @param {string} message */

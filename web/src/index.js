@@ -10,7 +10,9 @@
 //   const { status, result, timings } = await task.result()
 
 export { Board, connect } from './board.js'
-export { AuthError, ConnectError, KanbanmeshError, RefusedError } from './errors.js'
+export {
+  AuthError, CLOSE_BOARD_ROTATED, ConnectError, FATAL_CLOSE_CODES, KanbanmeshError, REFUSAL_CLOSE_CODES, RefusedError
+} from './errors.js'
 export { httpBase, listCollections, lookupTask, whoami } from './http.js'
 export { TaskHandle } from './task.js'
 export { COLUMNS, DEFAULT_RAG_K, findTask, newTaskId, plainTask, snapshot } from './tasks.js'

@@ -107,10 +107,15 @@ test('two clients: one submits, the other sees the task live and the same result
   assert.ok(fromAlice.result.endsWith(bobChunks.join('')))
 })
 
-test('a write the server refuses ends the board with RefusedError, not a reconnect loop', async (t) => {
+test('a write the server refuses fails its task; the board starts over and keeps serving', async (t) => {
   const board = await open(t)
+  await until(board, () => board.workers().length > 0, 'a worker')
   const task = board.submit({ prompt: 'too few tokens', params: { max_tokens: 0 } })
   await assert.rejects(within(task.result(), 'the refusal'), (err) => err instanceof RefusedError && err.code === 4422)
-  assert.equal(board.status.status, 'refused')
-  assert.throws(() => board.submit({ prompt: 'after the refusal' }), RefusedError)
+  // not refused for good: a new document, the refused write dropped, the next task runs
+  await until(board, () => board.status.status === 'connected', 'the reconnect')
+  const next = board.submit({ prompt: 'after the refusal', params: { max_tokens: 8 } })
+  const done = await within(next.result(), 'the next result')
+  assert.equal(done.result, 'echo: after the refusal')
+  assert.equal(board.snapshot().todo.some((entry) => entry.id === task.id), false)
 })
