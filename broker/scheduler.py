@@ -1,13 +1,16 @@
 """Which queued task goes to which worker: pure code, no document, no socket.
 
 Order: requested model must match; then priority (higher first), then oldest first, then id.
-A task goes to the matching worker with the most free slots, so load spreads evenly.
+A task goes to the matching worker with the most free slots, so load spreads evenly; but a
+worker the broker does not trust yet (`broker.health`: on probation or in backoff) has a limit
+on new tasks, and gets one only when no trusted worker can take it, so that a worker that
+merely announces slots cannot draw tasks away from workers that run them.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
 
@@ -88,27 +91,36 @@ def eligible(worker: WorkerPresence) -> bool:
     return worker.state is not WorkerState.DRAINING and worker.slots > 0
 
 
-def free_slots(workers: list[WorkerPresence], load: dict[str, int]) -> dict[str, int]:
-    """Free slots per eligible worker that has any; `load` is tasks held per worker."""
+def free_slots(
+    workers: list[WorkerPresence], load: dict[str, int], limits: Mapping[str, int] | None = None
+) -> dict[str, int]:
+    """Free slots per eligible worker that has any; `load` is tasks held per worker, `limits`
+    the most new tasks a worker not trusted yet may be given (others are not listed)."""
     free = {w.id: w.slots - load.get(w.id, 0) for w in workers if eligible(w)}
+    if limits:
+        free = {wid: min(n, limits[wid]) if wid in limits else n for wid, n in free.items()}
     return {wid: n for wid, n in free.items() if n > 0}
 
 
 def plan(
-    queue: TodoQueue, workers: list[WorkerPresence], load: dict[str, int], now: float = 0.0
+    queue: TodoQueue, workers: list[WorkerPresence], load: dict[str, int], now: float = 0.0,
+    limits: Mapping[str, int] | None = None,
 ) -> list[tuple[str, str]]:
     """Assignments `(task id, worker id)` for this round; `load` is tasks held per worker,
-    `now` the time (ms) against which retry backoffs are checked."""
-    free = free_slots(workers, load)
+    `now` the time (ms) against which retry backoffs are checked, `limits` the most new tasks
+    each worker not trusted yet may be given (a worker not listed is trusted: its free slots
+    are its limit). A task goes to a trusted worker whenever one can take it."""
+    free = free_slots(workers, load, limits)
     if not free:
         return []
     by_id = {w.id: w for w in workers}
+    untrusted = frozenset(limits or ())
     assignments: list[tuple[str, str]] = []
     with closing(queue.ordered()) as ordered:
         for task in ordered:
             if task.not_before > now:
                 continue
-            if _assign(task, free, by_id, assignments):
+            if _assign(task, free, by_id, untrusted, assignments):
                 break
     return assignments
 
@@ -117,13 +129,14 @@ def _assign(
     task: QueuedTask,
     free: dict[str, int],
     by_id: dict[str, WorkerPresence],
+    untrusted: frozenset[str],
     assignments: list[tuple[str, str]],
 ) -> bool:
     """Assign one task if a worker can take it; True when no free slot is left."""
     candidates = [wid for wid in free if by_id[wid].serves(task.model)]
     if not candidates:
         return False
-    chosen = max(candidates, key=lambda wid: (free[wid], wid))
+    chosen = max(candidates, key=lambda wid: (wid not in untrusted, free[wid], wid))
     assignments.append((task.id, chosen))
     free[chosen] -= 1
     if free[chosen] == 0:

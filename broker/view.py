@@ -19,6 +19,11 @@ class BoardView(Protocol):
     @property
     def board(self) -> BoardDoc: ...
 
+    @property
+    def subject(self) -> str | None:
+        """The subject of the view's token (its broker id is `<subject>/<name>`), or None."""
+        ...
+
     def on_remote_change(self, listener: Callable[[], None]) -> None:
         """Call `listener()` right after each change another peer made to the document,
         outside its transaction: what the listener writes goes out with that change."""
@@ -56,6 +61,10 @@ class RoomView:
     def board(self) -> BoardDoc:
         return self._room.board
 
+    @property
+    def subject(self) -> str | None:
+        return None  # the server's own broker: no token
+
     def on_remote_change(self, listener: Callable[[], None]) -> None:
         self._room.on_change(listener)
 
@@ -84,6 +93,10 @@ class PeerView:
     @property
     def board(self) -> BoardDoc:
         return self._peer.board
+
+    @property
+    def subject(self) -> str | None:
+        return self._peer.subject
 
     def on_remote_change(self, listener: Callable[[], None]) -> None:
         self._peer.on_remote_change(listener)

@@ -44,3 +44,31 @@ def test_queue_survives_partial_iteration_and_discards() -> None:
     first = plan(queue, [WorkerPresence(id="w", slots=1)], {})
     assert first == [("t1", "w")]
     assert len(queue) == 4 and [t.id for t in queue.ordered()] == ["t1", "t2", "t3", "t4"]
+
+
+def test_a_worker_on_probation_gets_at_most_its_limit_whatever_slots_it_announces() -> None:
+    queue = queue_of(*(QueuedTask.make(f"t{i}", "", 0, float(i)) for i in range(10)))
+    fake = WorkerPresence(id="fake", slots=1000)
+    assert plan(queue, [fake], {}, limits={"fake": 1}) == [("t0", "fake")]
+    assert plan(queue, [fake], {"fake": 1}, limits={"fake": 0}) == []
+
+
+def test_trusted_workers_are_served_before_workers_on_probation() -> None:
+    queue = queue_of(*(QueuedTask.make(f"t{i}", "", 0, float(i)) for i in range(4)))
+    # The untrusted one announces far more free slots and the greater id: it still comes last.
+    fake = WorkerPresence(id="zz-fake", slots=1000)
+    real = WorkerPresence(id="real", slots=2)
+    assignments = plan(queue, [fake, real], {}, limits={"zz-fake": 1})
+    assert assignments == [("t0", "real"), ("t1", "real"), ("t2", "zz-fake")]
+
+
+def test_among_workers_on_probation_the_usual_order_holds() -> None:
+    queue = queue_of(QueuedTask.make("t0", "", 0, 0.0), QueuedTask.make("t1", "", 0, 1.0))
+    a, b = WorkerPresence(id="a", slots=1), WorkerPresence(id="b", slots=1)
+    assert plan(queue, [a, b], {}, limits={"a": 1, "b": 1}) == [("t0", "b"), ("t1", "a")]
+
+
+def test_a_worker_in_backoff_gets_nothing_even_when_nobody_else_can_take_it() -> None:
+    queue = queue_of(QueuedTask.make("t0", "", 0, 0.0))
+    w = WorkerPresence(id="w", slots=4)
+    assert plan(queue, [w], {}, limits={"w": 0}) == []
