@@ -1,107 +1,86 @@
 """The OpenAI-compatible HTTP API: `/v1/chat/completions`, `/v1/completions`, `/v1/models`.
 
 Each request becomes a task on a board (the `X-Kanbanmesh-Board` header, else the one board
-the API key opens, else `default`), written by the server itself, so it shows on the live board
-and runs on the mesh's workers like any other. Streaming answers are server-sent events in
-OpenAI's chunk format; a client that goes away cancels its task. With auth on, API keys are the
-server's tokens (`Authorization: Bearer`); the task's owner is the key's subject.
+the API key opens, else `default`), written by the server itself through the board's gate for
+new tasks, so it shows on the live board and runs on the mesh's workers like any other.
+Streaming answers are server-sent events in OpenAI's chunk format; a client that goes away,
+streaming or not, cancels its task. With auth on, API keys are the server's tokens
+(`Authorization: Bearer`); the task's owner is the key's subject.
+
+Hostile input fails closed: the body is bounded before it is read (`http_io`), checked key by
+key (`openai_schema`), and every error, a task's failure included, answers in OpenAI's shape
+(`openai_errors`) with a status the client can act on; nothing a client sends reaches a plain
+500, after which uvicorn would drop the client's keep-alive connection.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from awareness.states import WorkerState, workers_from_states
 from kanbanmesh.auth import ALL_BOARDS, AuthError, Identity
 from kanbanmesh.auth import Role as AccessRole
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, entry_from_map
-from kanbanmesh.board.schema import (
-    ChatMessage,
-    RagSpec,
-    TaskEntry,
-    TaskParams,
-    TaskRequest,
-    TaskStatus,
-)
+from kanbanmesh.board.schema import TaskEntry, TaskRequest, TaskStatus
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
-from kanbanmesh.server.hub import Hub
+from kanbanmesh.server.http_io import ClientGone, check_declared_length, read_body, wait_disconnect
+from kanbanmesh.server.hub import Hub, TooManyBoardsError
+from kanbanmesh.server.openai_errors import (
+    INVALID_REQUEST,
+    SERVER_ERROR,
+    ApiError,
+    failure_error,
+    internal,
+    invalid,
+)
+from kanbanmesh.server.openai_schema import (
+    MAX_NAME_CHARS,
+    ChatRequest,
+    CompletionRequest,
+    Sampling,
+    parse_request,
+    rag_spec,
+    task_params,
+)
 from kanbanmesh.server.room import BoardRoom
 from kanbanmesh.server.validation import UpdateRefused
 
+log = logging.getLogger(__name__)
+
 BOARD_HEADER = "x-kanbanmesh-board"
 CONVERSATION_HEADER = "x-kanbanmesh-conversation"  # continue this conversation of the key's owner
+# The default body limit: `Settings.request_bytes_limit()` for the default `max_task_bytes`.
+DEFAULT_MAX_REQUEST_BYTES = 2 * (1 << 20) + (64 << 10)
+_ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
-
-class ApiError(Exception):
-    """An error in OpenAI's shape, with its HTTP status."""
-
-    def __init__(self, status: int, message: str, *, kind: str, code: str | None = None,
-                 param: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.kind, self.code, self.param = status, message, kind, code, param
-
-    def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
-
-
-class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-
-    model: str = ""
-    stream: bool = False
-    stream_options: dict[str, Any] | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = Field(default=1, ge=1, le=1)
-    conversation: str | None = None
-    rag: RagSpec | None = None  # retrieval, an extra body field: {"collection": ..., "k": ...}
-
-    def params(self) -> TaskParams:
-        stop = [self.stop] if isinstance(self.stop, str) else self.stop
-        return TaskParams(
-            max_tokens=self.max_completion_tokens or self.max_tokens,
-            temperature=self.temperature, top_p=self.top_p, stop=stop, seed=self.seed,
-        )
-
-    @property
-    def include_usage(self) -> bool:
-        return bool((self.stream_options or {}).get("include_usage"))
-
-
-class ChatCompletionRequest(_Sampling):
-    messages: list[ChatMessage] = Field(min_length=1)
-
-
-class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+Handler = Callable[[Request], Awaitable[Response]]
 
 
 def openai_routes(
-    hub: Hub, identify: Callable[[Request, str | None], Identity], queue_timeout_s: float = 30.0
+    hub: Hub, identify: Callable[[Request, str | None], Identity], queue_timeout_s: float = 30.0,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> list[Route]:
-    """The routes, bound to `hub`; `identify` checks the API key for a board."""
+    """The routes, bound to `hub`; `identify` checks the API key for a board. A request body
+    over `max_request_bytes` answers 413 before it is read whole."""
 
     async def caller(request: Request) -> tuple[Identity, BoardRoom]:
         named = request.headers.get(BOARD_HEADER) or None
         if named is not None and not hub.valid_board(named):
-            raise ApiError(400, f"invalid board name {named!r}", kind="invalid_request_error")
+            raise invalid(f"invalid board name {named[:80]!r}", code="invalid_board")
         try:
             identity = identify(request, None)  # the board is checked below, once it is known
         except AuthError as exc:
@@ -111,13 +90,13 @@ def openai_routes(
         if not identity.may_open(board):
             raise ApiError(403, f"this API key does not open board {board!r}; name one it opens "
                            f"in the {BOARD_HEADER} header", kind="permission_error")
-        return identity, await hub.room(board)
+        try:
+            return identity, await hub.room(board)
+        except TooManyBoardsError as exc:
+            raise ApiError(503, str(exc), kind="server_error", code="too_many_boards") from exc
 
     async def models(request: Request) -> Response:
-        try:
-            _, room = await caller(request)
-        except ApiError as exc:
-            return exc.response()
+        _, room = await caller(request)
         names = sorted({m for w in _workers(room) for m in w.models})
         return JSONResponse({
             "object": "list",
@@ -125,42 +104,56 @@ def openai_routes(
         })
 
     async def chat(request: Request) -> Response:
-        return await _complete(request, ChatCompletionRequest, "chat.completion")
+        return await complete(request, ChatRequest, "chat.completion")
 
     async def completions(request: Request) -> Response:
-        return await _complete(request, CompletionRequest, "text_completion")
+        return await complete(request, CompletionRequest, "text_completion")
 
-    async def _complete(request: Request, model: type[_Sampling], kind: str) -> Response:
-        try:
-            identity, room = await caller(request)
-            body = _parse(model, await request.body())
-            body.conversation = body.conversation or request.headers.get(CONVERSATION_HEADER)
-            _check_model(room, body.model)
-            task = _task(identity, body)
-            if identity.role is AccessRole.CLIENT:
-                _admit(room, task.owner)
-            room.server_write(lambda board: board.create(task), created=(task.id,))
-        except ApiError as exc:
-            return exc.response()
+    async def complete(request: Request, model: type[Sampling], kind: str) -> Response:
+        check_declared_length(request, max_request_bytes)  # before anything else: nothing read
+        identity, room = await caller(request)
+        body = parse_request(await read_body(request, max_request_bytes), model)
+        conversation = body.conversation or _conversation_header(request)
+        _check_model(room, body.model)
+        task = _task(identity, body, conversation)
+        _create(room, task, identity)
         follower = _Follower(room, task.id, queue_timeout_s)
         if body.stream:
-            return StreamingResponse(
-                _stream(follower, body, kind), media_type="text/event-stream",
-                headers={"Cache-Control": "no-cache"},
-            )
-        try:
-            entry = await follower.finished()
-        except ApiError as exc:
-            return exc.response()
-        finally:
-            follower.cancel_unless_done()
-        return JSONResponse(_final_object(entry, body, kind))
+            return _TaskStream(follower, _stream(follower, body, kind))
+        return await _answer(request.receive, follower, body, kind)
+
+    async def not_found(request: Request) -> Response:
+        raise ApiError(404, f"invalid URL ({request.method} {request.url.path[:200]})",
+                       kind=INVALID_REQUEST, code="unknown_url")
 
     return [
-        Route("/v1/models", models, methods=["GET"]),
-        Route("/v1/chat/completions", chat, methods=["POST"]),
-        Route("/v1/completions", completions, methods=["POST"]),
+        _route("/v1/models", models, "GET"),
+        _route("/v1/chat/completions", chat, "POST"),
+        _route("/v1/completions", completions, "POST"),
+        _route("/v1/{path:path}", not_found, None),
     ]
+
+
+def _route(path: str, handler: Handler, method: str | None) -> Route:
+    """A route that answers every error in OpenAI's shape: a wrong method 405, an `ApiError`
+    its status, anything unexpected a JSON 500 (logged). Never a plain-text 500, after which
+    uvicorn would close the connection under a client that keeps it alive."""
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            if method is not None and request.method != method:
+                raise ApiError(405, f"{request.method} is not allowed here; use {method}",
+                               kind=INVALID_REQUEST, code="method_not_allowed")
+            return await handler(request)
+        except ApiError as exc:
+            return exc.response()
+        except ClientGone:
+            return Response(status_code=400)  # nobody is left to read an answer
+        except Exception:
+            log.exception("OpenAI API: %s %s failed", request.method, request.url.path)
+            return internal().response()
+
+    return Route(path, endpoint, methods=_ALL_METHODS)
 
 
 def _home_board(identity: Identity) -> str:
@@ -170,14 +163,11 @@ def _home_board(identity: Identity) -> str:
     return boards[0] if len(boards) == 1 and boards[0] != ALL_BOARDS else c.DEFAULT_BOARD
 
 
-def _parse(model: type[_Sampling], raw: bytes) -> Any:
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or None
-        raise ApiError(400, f"{where}: {first['msg']}" if where else first["msg"],
-                       kind="invalid_request_error", param=where) from exc
+def _conversation_header(request: Request) -> str | None:
+    value = request.headers.get(CONVERSATION_HEADER) or None
+    if value is not None and len(value) > MAX_NAME_CHARS:
+        raise invalid(f"the {CONVERSATION_HEADER} header is over {MAX_NAME_CHARS} characters")
+    return value
 
 
 def _workers(room: BoardRoom) -> list[Any]:
@@ -189,37 +179,79 @@ def _check_model(room: BoardRoom, model: str) -> None:
     if model and workers and not any(w.serves(model) for w in workers):
         served = sorted({m for w in workers for m in w.models})
         raise ApiError(404, f"model {model!r} is not served on this board (served: {', '.join(served)})",
-                       kind="invalid_request_error", code="model_not_found", param="model")
+                       kind=INVALID_REQUEST, code="model_not_found", param="model")
 
 
-def _admit(room: BoardRoom, owner: str) -> None:
-    """The board's per-owner limits hold for API requests as for websocket submissions."""
+def _create(room: BoardRoom, task: TaskRequest, identity: Identity) -> None:
+    """Through the board's one gate for new tasks: the same schema, size and per-owner limits
+    as websocket submissions."""
     try:
-        room.admit_tasks(owner)
+        room.create_task(task, identity)
     except UpdateRefused as exc:
-        raise ApiError(429, exc.reason, kind="requests", code="rate_limit_exceeded") from exc
+        if exc.code == c.CLOSE_TOO_MANY:
+            raise ApiError(429, exc.reason, kind="requests", code="rate_limit_exceeded") from exc
+        if exc.code == c.CLOSE_TASK_TOO_LARGE:
+            raise ApiError(413, exc.reason, kind=INVALID_REQUEST, code="request_too_large") from exc
+        raise invalid(exc.reason, code="invalid_request") from exc
 
 
-def _task(identity: Identity, body: _Sampling) -> TaskRequest:
+def _task(identity: Identity, body: Sampling, conversation: str | None) -> TaskRequest:
     fields: dict[str, Any] = {
         "id": f"api-{uuid.uuid4().hex}",
         "owner": identity.subject if identity.role is AccessRole.CLIENT else "",
         "model": body.model,
-        "params": body.params(),
-        "conversation": body.conversation or None,
-        "rag": body.rag,
+        "params": task_params(body),
+        "conversation": conversation,
+        "rag": rag_spec(body),
+        **body.task_input(),
     }
-    if isinstance(body, ChatCompletionRequest):
-        fields["messages"] = body.messages
-    elif isinstance(body, CompletionRequest):
-        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if len(prompts) != 1:
-            raise ApiError(400, "one prompt per request", kind="invalid_request_error", param="prompt")
-        fields["prompt"] = prompts[0]
     try:
         return TaskRequest.model_validate(fields)
-    except ValidationError as exc:
-        raise ApiError(400, str(exc.errors()[0]["msg"]), kind="invalid_request_error") from exc
+    except ValidationError as exc:  # the body's checks cover the schema's: a bug if seen
+        raise invalid(str(exc.errors()[0]["msg"]), code="invalid_request") from exc
+
+
+async def _answer(receive: Receive, follower: _Follower, body: Sampling, kind: str) -> Response:
+    """The whole answer of a non-streaming request, once its task is done. A client that hangs
+    up meanwhile cancels its task (the ASGI receive channel says `http.disconnect`)."""
+    outcome: TaskEntry | ApiError | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def cancel_on_disconnect() -> None:
+                await wait_disconnect(receive)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(cancel_on_disconnect)
+            try:
+                outcome = await follower.finished()
+            except ApiError as exc:
+                outcome = exc
+            tg.cancel_scope.cancel()
+    finally:
+        follower.cancel_unless_done()
+    if outcome is None:
+        return Response(status_code=499)  # the client hung up: nobody reads this
+    if isinstance(outcome, ApiError):
+        return outcome.response()
+    return JSONResponse(_final_object(outcome, body, kind))
+
+
+class _TaskStream(StreamingResponse):
+    """Server-sent events of one task, cancelled however the response ends. Starlette watches
+    the client while it streams and stops the stream when it hangs up; a client gone before
+    the first event never starts the generator, whose own `finally` would then not run."""
+
+    def __init__(self, follower: _Follower, events: AsyncIterator[str]) -> None:
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache"})
+        self._follower = follower
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._follower.cancel_unless_done()
 
 
 _SAFETY_WAKE_S = 5.0
@@ -248,12 +280,12 @@ class _Follower:
                 changed = signal.upcoming()
                 found = self._find()
                 if found is None:
-                    raise ApiError(500, "the task left the board", kind="server_error")
+                    raise internal("the task left the board")
                 column, ymap = found
                 now = anyio.current_time()
                 if column is Column.TODO and now > queued_until:
                     raise ApiError(503, "no worker took the request in time; try again later",
-                                   kind="server_error", code="no_worker")
+                                   kind=SERVER_ERROR, code="no_worker")
                 text = _output(ymap, column)
                 if text != last:
                     last = text
@@ -272,12 +304,14 @@ class _Follower:
             pass
         found = self._find()
         if found is None:
-            raise ApiError(500, "the task left the board", kind="server_error")
+            raise internal("the task left the board")
         try:
             entry = entry_from_map(found[1])
         except InvalidTaskError as exc:
-            raise ApiError(500, str(exc), kind="server_error") from exc
-        _raise_for_failure(entry)
+            raise internal(str(exc)) from exc
+        failure = failure_error(entry)
+        if failure is not None:
+            raise failure
         return entry
 
     def cancel_unless_done(self) -> None:
@@ -300,21 +334,6 @@ def _output(ymap: Any, column: Column) -> str:
     return str(output) if output is not None else ""
 
 
-_CLIENT_ERRORS = {"context_overflow": (400, "context_length_exceeded"), "bad_params": (400, "invalid_request")}
-
-
-def _raise_for_failure(entry: TaskEntry) -> None:
-    if entry.status is TaskStatus.SUCCEEDED:
-        return
-    if entry.status is TaskStatus.CANCELLED:
-        raise ApiError(499, "the request was cancelled", kind="server_error", code="cancelled")
-    error = entry.error
-    code = error.code if error else "failed"
-    status, openai_code = _CLIENT_ERRORS.get(code, (500, code))
-    raise ApiError(status, error.message if error else "the task failed",
-                   kind="invalid_request_error" if status == 400 else "server_error", code=openai_code)
-
-
 def _usage(entry: TaskEntry) -> dict[str, int]:
     usage = entry.usage
     prompt = usage.prompt_tokens if usage else 0
@@ -322,7 +341,7 @@ def _usage(entry: TaskEntry) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
-def _final_object(entry: TaskEntry, body: _Sampling, kind: str) -> dict[str, Any]:
+def _final_object(entry: TaskEntry, body: Sampling, kind: str) -> dict[str, Any]:
     text = entry.result or ""
     base = {"id": entry.id, "object": kind, "created": int((entry.created_at or 0) / 1000),
             "model": body.model or "kanbanmesh", "usage": _usage(entry)}
@@ -334,7 +353,7 @@ def _final_object(entry: TaskEntry, body: _Sampling, kind: str) -> dict[str, Any
     return {**base, "choices": [choice]}
 
 
-async def _stream(follower: _Follower, body: _Sampling, kind: str) -> AsyncIterator[str]:
+async def _stream(follower: _Follower, body: Sampling, kind: str) -> AsyncIterator[str]:
     """Server-sent events: the answer in OpenAI's chunk format, then `[DONE]`."""
     chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else "text_completion"
     created = int(time.time())
@@ -354,19 +373,22 @@ async def _stream(follower: _Follower, body: _Sampling, kind: str) -> AsyncItera
         if kind == "chat.completion":
             yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
         sent = ""
-        try:
-            async for text in follower.texts():
-                if text.startswith(sent) and len(text) > len(sent):
-                    yield event([piece(text[len(sent):])])
-                    sent = text
-            entry = await follower.finished()
-        except ApiError as exc:
-            yield f"data: {json.dumps({'error': {'message': exc.message, 'type': exc.kind, 'code': exc.code}})}\n\n"
-            yield "data: [DONE]\n\n"
-            return
+        async for text in follower.texts():
+            if text.startswith(sent) and len(text) > len(sent):
+                yield event([piece(text[len(sent):])])
+                sent = text
+        entry = await follower.finished()
         yield event([piece("", entry.finish_reason or "stop")])
         if body.include_usage:
             yield event([], usage=_usage(entry))
+        yield "data: [DONE]\n\n"
+    except ApiError as exc:
+        # The status line went out with the first event: the error is an event.
+        yield f"data: {json.dumps(exc.body())}\n\n"
+        yield "data: [DONE]\n\n"
+    except Exception:
+        log.exception("OpenAI API: streaming task %s failed", follower.task_id)
+        yield f"data: {json.dumps(internal().body())}\n\n"
         yield "data: [DONE]\n\n"
     finally:
         # The client went away (or we are done): a task still running is cancelled.
