@@ -1,6 +1,6 @@
 """A collection: documents ingested into chunks, their vectors, and the index to search them.
 
-On disk, under `<data dir>/rag/<name>/`:
+On disk, under `<data dir>/rag/<board>/<name>/` (the board that owns it: `rag.collections`):
 
 - `collection.json`: the embedding model, the chunking policy, the index settings, and the
   index's version (one more after each rebuild: a reader reloads when it changes);
@@ -28,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 from kanbanmesh.errors import RagError
 from rag.chunking import CHUNKING_VERSION, Chunk, ChunkPolicy, chunk_blocks
-from rag.documents import expand_paths, read_document
+from rag.documents import SkippedPath, expand_paths, read_document, read_file
 from rag.embedding import Embedder, ModelCache, Vectors
 from rag.index import Ids, IndexKind, IndexSettings, VectorIndex
 from rag.store import ChunkStore
@@ -81,6 +81,9 @@ class IngestReport(BaseModel):
     index_kind: IndexKind = IndexKind.EXACT
     seconds: float = 0.0
     embed_seconds: float = 0.0
+    # Left out of the folders given: symlinks out of their folder (without follow_symlinks),
+    # broken links, loops; each with its reason.
+    left_out: list[SkippedPath] = []
 
 
 @dataclass(frozen=True)
@@ -101,7 +104,7 @@ class _Pending:
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):  # `match` would let "name\n" through (`$` before a newline)
         raise RagError("invalid_collection", f"invalid collection name {name!r} (letters, digits, _ . -)")
     return name
 
@@ -180,27 +183,30 @@ class Collection:
     # -- ingest --------------------------------------------------------------------------
 
     def ingest(self, paths: Sequence[Path], progress: ProgressCallback | None = None,
-               batch_size: int = 32) -> IngestReport:
+               batch_size: int = 32, *, follow_symlinks: bool = False) -> IngestReport:
         """Read, chunk, embed and index `paths` (files, or folders searched for supported
-        files). An unchanged file is skipped; a changed one's chunks are replaced."""
+        files). An unchanged file is skipped; a changed one's chunks are replaced. Inside a
+        folder, a symlink out of it is left out (listed in `left_out`) unless
+        `follow_symlinks` (`rag.documents.expand_paths`)."""
         started = time.perf_counter()
         report = IngestReport()
-        files = list(expand_paths(list(paths)))
+        found = expand_paths(paths, follow_symlinks=follow_symlinks)
+        files = found.documents
         report.files = len(files)
+        report.left_out = found.skipped
         embedder = self.embedder()
         length = embedder.count_tokens if self.config.policy.unit == "tokens" else len
         pending: list[_Pending] = []
-        for done, path in enumerate(files, start=1):
-            source = source_name(path)
-            try:
-                raw = path.read_bytes()
-            except OSError as exc:
-                raise RagError("unreadable_document", f"cannot read {path}: {exc.strerror}") from exc
+        for done, document in enumerate(files, start=1):
+            source = source_name(document.real)
+            # Read once, from the resolved file: what is chunked is what was digested, and a
+            # link re-pointed after the walk approved it is not followed.
+            raw = read_file(document.real)
             digest = hashlib.sha256(self.config.fingerprint().encode() + b"\0" + raw).hexdigest()
             if self._store.digest(source) == digest:
                 report.skipped += 1
             else:
-                chunks = chunk_blocks(read_document(path), self.config.policy, length)
+                chunks = chunk_blocks(read_document(document.path, raw), self.config.policy, length)
                 pending.append(_Pending(source, digest, chunks))
             if progress is not None:
                 progress(IngestProgress("reading", done, len(files)))

