@@ -7,6 +7,7 @@ store's queue is committed, then the process exits.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import signal
@@ -157,6 +158,14 @@ async def serve(
             try:
                 await server.serve(sockets=[sock])
             finally:
+                # Cancelled, uvicorn skips its shutdown: its asyncio servers still watch the
+                # socket. Closing the socket under them would leave a stale entry in the event
+                # loop's selector, and the next socket given the same descriptor number (a
+                # server started again in this process) would never be accepted on.
+                for listening in getattr(server, "servers", ()):
+                    listening.close()
+                if sock.fileno() != -1:  # cancelled inside uvicorn's create_server, even
+                    asyncio.get_running_loop().remove_reader(sock.fileno())
                 sock.close()
                 tg.cancel_scope.cancel()
 

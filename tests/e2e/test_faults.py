@@ -228,3 +228,19 @@ async def test_submit_without_a_server_reports_it_was_not_confirmed(server_proce
         server_process.kill()
         with pytest.raises(TransportError, match="did not confirm"):
             await client.submit("nobody is listening", durable_timeout_s=0.5)
+
+
+async def test_a_server_started_again_in_the_same_process_accepts_connections(tmp_path: Path) -> None:
+    """A server cancelled at once (inside uvicorn's startup) used to leave its socket watched
+    by the event loop after closing it: the next server given the same descriptor number in
+    this process never accepted a connection."""
+    for attempt in range(3):
+        async with anyio.create_task_group() as tg:
+            url = await tg.start(serve, Settings(port=0, data_dir=tmp_path / str(attempt)))
+            if attempt:
+                with anyio.fail_after(10):
+                    async with httpx.AsyncClient(base_url="http" + url[2:], timeout=5) as http:
+                        assert (await http.get("/healthz")).status_code == 200
+                    async with AsyncClient(url) as client:
+                        assert client.peer.synced
+            tg.cancel_scope.cancel()
