@@ -91,6 +91,9 @@ def server_options(fn: F) -> F:
                           "after this long; its next use loads it again (default 300)."),
         click.option("--max-message-bytes", type=int, default=None,
                      help="Largest websocket message (default 64 MiB)."),
+        click.option("--queue-timeout", "queue_timeout_s", type=float, default=None,
+                     help="OpenAI-compatible API: a request no worker takes this long answers "
+                          "503 no_worker and its task is cancelled (default 30)."),
         click.option("--max-request-bytes", type=int, default=None,
                      help="Largest OpenAI-compatible API request body; larger ones answer 413 "
                           "unread (default 2 x --max-task-bytes + 64 KiB)."),
