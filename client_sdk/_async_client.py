@@ -247,7 +247,7 @@ class AsyncClient:
             )
         # Within the limits the server published, or it would refuse the write (and with it
         # whatever else the same message carried): refused here instead, with the reason.
-        limits = EntryLimits.of_board(self._peer.doc)
+        limits = EntryLimits.of_board(self._peer.board)
         if limits is not None:
             check_fields(request.to_fields(), limits, measure_entry=False)
         self._peer.board.create(request)

@@ -15,7 +15,6 @@ checked or stored.
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from contextlib import aclosing
@@ -48,6 +47,8 @@ _ABSENT = object()  # a key a map does not hold
 # retrieved chunk the citation it may add.
 _ENTRY_SLACK_BYTES = 1024
 _CITATION_BYTES = 512
+_MAX_JSON_BYTES_PER_CHAR = 6  # `\u0001`: the most a character takes in JSON
+_DEFAULT_LIMITS = EntryLimits()
 # Finishes remembered for a check after a refused write (`Worker._recheck`): more than one
 # refusal can cover.
 _MAX_UNCONFIRMED_FINISHES = 1024
@@ -100,12 +101,13 @@ class _Run:
     # The text this run put into the board's `output` (after a refused write, the server's
     # copy may lack the last of it: it is appended again).
     written: str = ""
-    json_bytes: int = 0  # the text produced so far, as JSON (what the entry limits count)
+    text_chars: int = 0  # characters of text produced so far
     refusals: int = 0  # refusals of the peer's writes since this run started (see `_on_refused`)
     seen_refusals: int = 0  # of those, the ones after which its output was restored
-    # The most text, as JSON bytes, the entry may hold twice (`output` and `result`) within
-    # the server's limits (see `_text_budget`).
-    text_budget: int = 1 << 62
+    # The entry limit of the task's board (as the run started), and once the text came near
+    # it, the most text (as JSON bytes) the entry may hold twice within it (`_within_limit`).
+    max_entry_bytes: int = 1 << 62
+    text_budget: int | None = None
 
 
 class Worker:
@@ -395,7 +397,7 @@ class Worker:
             return
         started_at = now_ms()
         run.start = {c.F_STARTED_AT: started_at}  # written by `_write_starts`, or by `_finish`
-        run.text_budget = self._text_budget(entry)
+        run.max_entry_bytes = (EntryLimits.of_board(self._peer.board) or _DEFAULT_LIMITS).max_entry_bytes
         try:
             task = entry_from_map(entry)
         except InvalidTaskError as exc:
@@ -478,8 +480,11 @@ class Worker:
             outcome.status, outcome.error = TaskStatus.FAILED, {
                 "code": "write_refused", "message": "the server refused this task's output"}
             return False
-        run.json_bytes += len(json.dumps(chunk.text, ensure_ascii=False).encode("utf-8")) - 2
-        if run.json_bytes > run.text_budget:
+        run.text_chars += len(chunk.text)
+        # A character is at most 6 bytes of JSON (`\u0001`): far from the limit (every task
+        # but a huge answer), nothing is measured.
+        if run.text_chars * _MAX_JSON_BYTES_PER_CHAR > run.max_entry_bytes // 2 - _ENTRY_SLACK_BYTES \
+                and not self._within_limit(task_id, run, outcome.text + chunk.text):
             # The entry would pass the server's limit (`output` and `result` both hold the
             # text): end here, as a model does at the end of its context.
             outcome.finish_reason = "length"
@@ -612,15 +617,21 @@ class Worker:
                 log.exception("worker %s: could not fail task %s either", self.name, task_id[:64])
             return
 
-    def _text_budget(self, entry: Map[Any]) -> int:
-        """How much text (as JSON bytes) a run may produce: its entry holds it twice when done
-        (`output` and `result`), beside the request, within the server's `max_entry_bytes`
-        (published in `meta`; the default where the server publishes none)."""
-        limits = EntryLimits.of_board(self._peer.doc) or EntryLimits()
+    def _within_limit(self, task_id: str, run: _Run, text: str) -> bool:
+        """Whether `text` fits the task's entry when done: the entry holds it twice (`output`
+        and `result`), beside the request, within the server's `max_entry_bytes` (published in
+        `meta`; the default where the server publishes none). Measured only near the limit."""
+        if run.text_budget is None:
+            run.text_budget = self._text_budget(task_id, run)
+        return json_bytes({"": text}) <= run.text_budget
+
+    def _text_budget(self, task_id: str, run: _Run) -> int:
+        entry = self._ours(Column.DOING, task_id, run) or self._ours(Column.PREPARED, task_id, run)
         try:
-            fields = plain_fields(entry)
+            fields = plain_fields(entry) if entry is not None else {}
         except KanbanMeshError:
             return 0
+        fields.pop(c.F_OUTPUT, None)
         context = fields.get(c.F_CONTEXT)
         slack = _ENTRY_SLACK_BYTES + _CITATION_BYTES * (len(context) if isinstance(context, list) else 0)
-        return max(0, (limits.max_entry_bytes - json_bytes(fields) - slack) // 2)
+        return max(0, (run.max_entry_bytes - json_bytes(fields) - slack) // 2)

@@ -35,6 +35,7 @@ class BoardDoc:
         self.doc = doc
         self.maps: dict[Column, Map[Any]] = {col: doc.get(col.value, type=Map) for col in Column}
         self.control: Map[Any] = doc.get(c.CONTROL, type=Map)  # drain requests (a root map, no entry)
+        self.meta: Map[Any] = doc.get(c.META, type=Map)  # the server's: generation, limits
 
     def column_map(self, column: Column) -> Map[Any]:
         return self.maps[column]

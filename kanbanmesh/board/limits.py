@@ -25,9 +25,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from pycrdt import Doc, Map
-
 from kanbanmesh.board import constants as c
+from kanbanmesh.board.document import BoardDoc
+from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.schema import REQUEST_FIELDS
 from kanbanmesh.errors import InvalidTaskError, TaskTooLargeError
 
@@ -56,10 +56,10 @@ class EntryLimits:
         return asdict(self)
 
     @classmethod
-    def of_board(cls, doc: Doc[Any]) -> EntryLimits | None:
+    def of_board(cls, board: BoardDoc) -> EntryLimits | None:
         """The limits a server published in the board's `meta` map; None when it published
         none (a server of an older version)."""
-        return cls.from_json(doc.get(c.META, type=Map).get(c.M_LIMITS))
+        return cls.from_json(read_field(board.meta, c.M_LIMITS))
 
     @classmethod
     def from_json(cls, value: object) -> EntryLimits | None:
@@ -67,7 +67,7 @@ class EntryLimits:
         if not isinstance(value, Mapping):
             return None
         fields: dict[str, int] = {}
-        for name, default in asdict(cls()).items():
+        for name, default in _DEFAULTS.items():
             found = value.get(name, default)
             if not isinstance(found, int | float) or not math.isfinite(found) or found < 1:
                 return None
@@ -75,35 +75,58 @@ class EntryLimits:
         return cls(**fields)
 
 
-def value_problem(value: Any, limits: EntryLimits) -> str | None:
-    """Why `value` (a plain JSON-like value) breaks the depth, width or number bounds, or None.
+_DEFAULTS = asdict(EntryLimits())
 
-    Iterative, so that a value nested deeper than Python's recursion limit is measured like
-    any other, and stops at the first problem."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:
-        item, depth = stack.pop()
-        kind = type(item)
-        if kind is str or kind is bool or item is None:
-            continue
-        if kind is int:
-            if not -MAX_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
-                return "an integer beyond +-(2^53 - 1)"
-            continue
-        if kind is float:
-            if not math.isfinite(item):
-                return "a number that is not finite"
+
+def value_problem(value: Any, limits: EntryLimits) -> str | None:
+    """Why `value` (a plain JSON-like value) breaks the depth, width or number bounds, or None."""
+    found = _first_problem({"": value}, limits)
+    return None if found is None else found[1]
+
+
+def _first_problem(fields: Mapping[str, Any], limits: EntryLimits) -> tuple[str, str] | None:
+    """The first field of `fields` whose value breaks the bounds, and why; None if none does.
+
+    One iterative walk over every value (a value nested deeper than Python's recursion limit
+    is measured like any other), stopping at the first problem. It runs on every entry a peer
+    writes, so the common cases (strings, small numbers) cost one type test each."""
+    max_depth, max_items = limits.max_depth, limits.max_items
+    stack: list[tuple[Any, int, str]] = []
+    for name, value in fields.items():
+        kind = type(value)
+        if kind is str or kind is bool or value is None:
             continue
         if kind is dict or kind is list:
-            if depth >= limits.max_depth:
-                return f"values nested deeper than {limits.max_depth} levels"
-            if len(item) > limits.max_items:
-                return f"more than {limits.max_items} items in one array or object"
-            members = item.values() if kind is dict else item
-            stack.extend((member, depth + 1) for member in members)
-            continue
-        return f"a value of type {kind.__name__}"
+            stack.append((value, 1, name))
+        else:
+            problem = _scalar_problem(value, kind)
+            if problem is not None:
+                return name, problem
+    while stack:
+        item, depth, name = stack.pop()
+        if depth > max_depth:
+            return name, f"values nested deeper than {max_depth} levels"
+        if len(item) > max_items:
+            return name, f"more than {max_items} items in one array or object"
+        for member in item.values() if type(item) is dict else item:
+            kind = type(member)
+            if kind is str or kind is bool or member is None:
+                continue
+            if kind is dict or kind is list:
+                stack.append((member, depth + 1, name))
+            else:
+                problem = _scalar_problem(member, kind)
+                if problem is not None:
+                    return name, problem
     return None
+
+
+def _scalar_problem(value: Any, kind: type) -> str | None:
+    if kind is int:
+        return None if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else "an integer beyond +-(2^53 - 1)"
+    if kind is float:
+        return None if value - value == 0.0 else "a number that is not finite"  # inf - inf is NaN
+    return f"a value of type {kind.__name__}"
 
 
 def json_bytes(fields: Mapping[str, Any]) -> int:
@@ -121,10 +144,9 @@ def check_fields(
     fail (an update too small to hold that much JSON)."""
     if len(fields) > limits.max_items:
         raise InvalidTaskError(f"invalid task: more than {limits.max_items} fields")
-    for name, value in fields.items():
-        problem = value_problem(value, limits)
-        if problem is not None:
-            raise InvalidTaskError(f"invalid task: {name[:40]}: {problem}")
+    found = _first_problem(fields, limits)
+    if found is not None:
+        raise InvalidTaskError(f"invalid task: {found[0][:40]}: {found[1]}")
     if measure_request:
         request = {k: v for k, v in fields.items() if k in REQUEST_FIELDS}
         size = json_bytes(request)

@@ -4,7 +4,6 @@ one task. A real server, a real worker peer with the echo backend."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import anyio
 import pytest
@@ -25,7 +24,7 @@ async def test_a_worker_whose_finish_is_refused_fails_that_task_and_serves_on(tm
     async with anyio.create_task_group() as tg:
         url = await tg.start(serve, settings)
         async with AsyncClient(url) as client:
-            assert EntryLimits.of_board(client.peer.doc) == EntryLimits(max_task_bytes=1024, max_entry_bytes=2048)
+            assert EntryLimits.of_board(client.peer.board) == EntryLimits(max_task_bytes=1024, max_entry_bytes=2048)
             # Without the limits in `meta` (an older server; on an open server anybody may
             # remove them) the worker cannot see that this answer is too big for the entry.
             with client.peer.doc.transaction():
@@ -33,7 +32,7 @@ async def test_a_worker_whose_finish_is_refused_fails_that_task_and_serves_on(tm
             await client.peer.durable()
             workers = WorkerPool(url, tg)
             worker = await workers.start(slots=2)
-            assert EntryLimits.of_board(worker_doc(workers)) is None
+            assert EntryLimits.of_board(workers.workers[0].peer.board) is None
             big = await client.submit("word " * 150)  # its echo, twice in `done`, passes 2048 bytes
             small = await client.submit("after the refusal")
             with anyio.fail_after(20):
@@ -64,10 +63,6 @@ async def test_a_worker_stops_an_answer_at_the_entry_limit(tmp_path: Path) -> No
         assert 0 < len(entry.result or "") < len("echo: " + "word " * 150)
         assert worker_refusals(workers) == 0
         tg.cancel_scope.cancel()
-
-
-def worker_doc(workers: WorkerPool) -> Any:
-    return workers.workers[0].peer.doc
 
 
 def worker_refusals(workers: WorkerPool) -> int:
