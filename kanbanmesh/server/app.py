@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Iterable
+from typing import Any
 
 import anyio.to_thread
 from starlette.applications import Starlette
@@ -142,7 +144,7 @@ def create_app(
         entries = await hub.archive.finished_since(board, since_ms)
         room = hub.rooms.get(board)
         if room is not None:
-            entries += [plain_fields(e) for _, e in room.board.entries(Column.DONE)]
+            entries += readable_entries(room.board.entries(Column.DONE))
         return JSONResponse(kpis(entries, since_ms).model_dump())
 
     async def rag_collections_list(request: Request) -> Response:
@@ -217,6 +219,17 @@ def create_app(
             await room.serve(channel, identity)
         finally:
             connections[identity.subject] -= 1
+
+    def readable_entries(entries: Iterable[tuple[str, Any]]) -> list[dict[str, Any]]:
+        """The plain fields of the entries that read as such (the board holds only checked
+        entries; a figure must not fail over one that is not)."""
+        readable = []
+        for _, entry in entries:
+            try:
+                readable.append(plain_fields(entry))
+            except (InvalidTaskError, AttributeError):
+                continue
+        return readable
 
     return Starlette(
         routes=[

@@ -6,6 +6,7 @@ figures of any past window can be asked for, not only what a metrics scraper hap
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter
 from collections.abc import Iterable
@@ -41,7 +42,7 @@ def kpis(entries: Iterable[dict[str, Any]], since_ms: float) -> BoardKpis:
     """The figures of the `entries` (finished tasks' fields) that finished at or after `since_ms`."""
     recent = [
         e for e in entries
-        if isinstance(e.get(c.F_FINISHED_AT), int | float) and e[c.F_FINISHED_AT] >= since_ms
+        if _finite(e.get(c.F_FINISHED_AT)) and e[c.F_FINISHED_AT] >= since_ms
     ]
     timings: list[dict[str, Any]] = [
         e[c.F_TIMINGS] for e in recent if isinstance(e.get(c.F_TIMINGS), dict)
@@ -49,7 +50,7 @@ def kpis(entries: Iterable[dict[str, Any]], since_ms: float) -> BoardKpis:
     tokens = 0
     for entry in recent:
         usage = entry.get(c.F_USAGE)
-        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int | float):
+        if isinstance(usage, dict) and _finite(usage.get("completion_tokens")):
             tokens += int(usage["completion_tokens"])
     return BoardKpis(
         since_ms=since_ms,
@@ -65,8 +66,14 @@ def kpis(entries: Iterable[dict[str, Any]], since_ms: float) -> BoardKpis:
 
 
 def _distribution(values: Iterable[Any]) -> Distribution:
-    numbers = sorted(float(v) for v in values if isinstance(v, int | float) and v > 0)
+    numbers = sorted(float(v) for v in values if _finite(v) and v > 0)
     if not numbers:
         return Distribution()
     p95 = numbers[min(len(numbers) - 1, round(0.95 * (len(numbers) - 1)))]
     return Distribution(count=len(numbers), p50=statistics.median(numbers), p95=p95, max=numbers[-1])
+
+
+def _finite(value: Any) -> bool:
+    """A number the figures can use: an archived entry of an older version may hold anything
+    (a string, NaN, infinity), and one such entry must not cost the board its statistics."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import anyio
@@ -10,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from client_sdk import AsyncClient, Column
+from kanbanmesh.server.kpis import kpis
 from kanbanmesh.server.runner import serve
 from kanbanmesh.settings import Settings
 from tests.conftest import WorkerPool, cli
@@ -82,3 +84,21 @@ async def test_key_figures_of_past_work_come_from_the_board_and_the_archive(tmp_
     assert nothing.finished <= 1
     table = shown.stdout.decode()
     assert "finished in the last 10m" in table and "first token ms" in table
+
+
+def test_key_figures_skip_values_an_older_archive_may_hold() -> None:
+    """An archived entry of an older version may hold anything: the figures leave out what is
+    not a finite number instead of failing (or answering infinity, which JSON cannot carry)."""
+    now = 2_000_000_000_000.0
+    entries = [
+        {"status": "succeeded", "finished_at": now, "usage": {"completion_tokens": 5},
+         "timings": {"queued_ms": 10.0, "ttft_ms": 2.0, "total_ms": 30.0, "tokens_per_s": 50.0}},
+        {"status": "failed", "finished_at": now, "usage": {"completion_tokens": float("inf")},
+         "timings": {"queued_ms": float("nan"), "ttft_ms": "fast", "total_ms": float("inf")}},
+        {"status": "succeeded", "finished_at": float("nan")},
+        {"status": "succeeded", "finished_at": "yesterday"},
+    ]
+    figures = kpis(entries, now - 1000.0)
+    assert figures.finished == 2 and figures.completion_tokens == 5
+    assert figures.total_ms.count == 1 and figures.total_ms.max == 30.0
+    json.dumps(figures.model_dump(), allow_nan=False)
