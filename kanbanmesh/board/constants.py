@@ -78,6 +78,8 @@ A_TASKS: Final = "tasks"
 A_ENGINE: Final = "engine"
 A_VERSION: Final = "version"
 A_SINCE: Final = "since"  # a broker's start time: the oldest present broker leads
+# A worker's prompt cache: {prefix hash: tokens it covers} (kanbanmesh/board/prefix.py).
+A_CACHE: Final = "cache"
 
 # Websocket close codes (4000-4999 are free for applications per RFC 6455).
 CLOSE_NORMAL: Final = 1000
