@@ -1,20 +1,27 @@
 """Which queued task goes to which worker: pure code, no document, no socket.
 
 Order: requested model must match; then priority (higher first), then oldest first, then id.
-A task goes to the matching worker with the most free slots, so load spreads evenly; but a
-worker the broker does not trust yet (`broker.health`: on probation or in backoff) has a limit
-on new tasks, and gets one only when no trusted worker can take it, so that a worker that
-merely announces slots cannot draw tasks away from workers that run them.
+A worker the broker does not trust yet (`broker.health`: on probation or in backoff) has a
+limit on new tasks, and gets one only when no trusted worker can take it, so that a worker
+that merely announces slots cannot draw tasks away from workers that run them. Among the
+workers that can take a task, `broker.routing` chooses: the one that holds the longest prefix
+of its chat in its prompt cache, unless load is uneven; else the one with the most free slots,
+so that load spreads evenly.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 
 from awareness.states import WorkerPresence, WorkerState
+from broker.routing import Candidate, RoutingPolicy, choose
+
+# A queued task's prefix hashes (`kanbanmesh.board.prefix`), by task id: read from the board
+# only for a task that a worker's advertised cache could match.
+PrefixSource = Callable[[str], Sequence[str]]
 
 
 @dataclass(frozen=True, order=True)
@@ -104,41 +111,62 @@ def free_slots(
 
 def plan(
     queue: TodoQueue, workers: list[WorkerPresence], load: dict[str, int], now: float = 0.0,
-    limits: Mapping[str, int] | None = None,
+    limits: Mapping[str, int] | None = None, *, prefixes: PrefixSource | None = None,
+    routing: RoutingPolicy | None = None,
 ) -> list[tuple[str, str]]:
     """Assignments `(task id, worker id)` for this round; `load` is tasks held per worker,
     `now` the time (ms) against which retry backoffs are checked, `limits` the most new tasks
     each worker not trusted yet may be given (a worker not listed is trusted: its free slots
-    are its limit). A task goes to a trusted worker whenever one can take it."""
+    are its limit). A task goes to a trusted worker whenever one can take it; among those that
+    can, `broker.routing` chooses by `routing`, with the task's prefix hashes from `prefixes`
+    (without it, caches are not looked at)."""
     free = free_slots(workers, load, limits)
     if not free:
         return []
-    by_id = {w.id: w for w in workers}
-    untrusted = frozenset(limits or ())
-    assignments: list[tuple[str, str]] = []
+    round_ = _Round(
+        free, dict(load), {w.id: w for w in workers}, frozenset(limits or ()),
+        prefixes or _no_prefixes, routing or RoutingPolicy(),
+    )
     with closing(queue.ordered()) as ordered:
         for task in ordered:
             if task.not_before > now:
                 continue
-            if _assign(task, free, by_id, untrusted, assignments):
+            if round_.assign(task):
                 break
-    return assignments
+    return round_.assignments
 
 
-def _assign(
-    task: QueuedTask,
-    free: dict[str, int],
-    by_id: dict[str, WorkerPresence],
-    untrusted: frozenset[str],
-    assignments: list[tuple[str, str]],
-) -> bool:
-    """Assign one task if a worker can take it; True when no free slot is left."""
-    candidates = [wid for wid in free if by_id[wid].serves(task.model)]
-    if not candidates:
-        return False
-    chosen = max(candidates, key=lambda wid: (wid not in untrusted, free[wid], wid))
-    assignments.append((task.id, chosen))
-    free[chosen] -= 1
-    if free[chosen] == 0:
-        del free[chosen]
-    return not free
+def _no_prefixes(task_id: str) -> Sequence[str]:
+    return ()
+
+
+@dataclass
+class _Round:
+    """One planning round: what is left of each worker's free slots as tasks are given out."""
+
+    free: dict[str, int]
+    held: dict[str, int]  # tasks per worker, counting those given this round
+    by_id: dict[str, WorkerPresence]
+    untrusted: frozenset[str]
+    prefixes: PrefixSource
+    routing: RoutingPolicy
+    assignments: list[tuple[str, str]] = field(default_factory=list)
+
+    def assign(self, task: QueuedTask) -> bool:
+        """Assign one task if a worker can take it; True when no free slot is left."""
+        candidates = [wid for wid in self.free if self.by_id[wid].serves(task.model)]
+        if not candidates:
+            return False
+        trusted = [wid for wid in candidates if wid not in self.untrusted]
+        chosen = choose(
+            [Candidate(wid, self.free[wid], self.held.get(wid, 0), self.by_id[wid].cache)
+             for wid in trusted or candidates],
+            lambda: self.prefixes(task.id),
+            self.routing,
+        )
+        self.assignments.append((task.id, chosen))
+        self.held[chosen] = self.held.get(chosen, 0) + 1
+        self.free[chosen] -= 1
+        if self.free[chosen] == 0:
+            del self.free[chosen]
+        return not self.free

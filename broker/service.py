@@ -5,7 +5,8 @@ the entries the broker cannot act on, requeue (or fail) the tasks of workers tha
 whose lease ran out, or that did not start a task within its start deadline, finish cancelled
 tasks that no worker runs, then assign queued tasks to workers with free slots, as far as the
 broker trusts them (`broker.health`: a worker that has not started a task yet holds at most
-one unstarted task). A pass runs right after each change another peer makes (before that
+one unstarted task), preferring the worker whose prompt cache holds a task's earlier turns
+(`broker.routing`). A pass runs right after each change another peer makes (before that
 change is fanned out), after each presence change, and once a second. Of several brokers on a
 board only the leader (see `broker.election`) makes passes; the others keep their indexes and
 stand by.
@@ -31,7 +32,7 @@ from anyio.abc import TaskStatus as StartStatus
 from pycrdt import Map
 
 import kanbanmesh
-from awareness.states import Role, WorkerPresence, workers_from_states
+from awareness.states import Role, WorkerPresence, WorkerStates
 from broker.election import leader_id
 from broker.entries import broker_fields, checked_entry
 from broker.health import HealthPolicy, Standing, WorkerHealth
@@ -43,6 +44,7 @@ from broker.repair import (
     finish,
     requeue_or_fail,
 )
+from broker.routing import RoutingPolicy
 from broker.scheduler import free_slots, plan
 from broker.tracker import BoardTracker, read_fields
 from broker.view import BoardView
@@ -77,6 +79,8 @@ class BrokerSettings:
     # a new connection (after a refused write it starts over at once).
     reconnect_grace_s: float = 3.0
     health: HealthPolicy = field(default_factory=HealthPolicy)
+    # Sending tasks where their chat's earlier turns are cached, unless load is uneven.
+    routing: RoutingPolicy = field(default_factory=RoutingPolicy)
     # The server's own broker leads whoever else announces one (a stalled or fake broker
     # cannot stop its board); a standalone one takes part in the election.
     always_lead: bool = False
@@ -131,6 +135,7 @@ class Broker:
         # Workers seen present during the orphan grace (emptied once it is over).
         self._seen_workers: set[str] = set()
         self._workers: list[WorkerPresence] | None = None  # parsed presence, until it changes
+        self._worker_states = WorkerStates()  # parses only the states that changed
         # The last pass left no worker a free slot: until a task leaves `prepared`/`doing` or
         # presence changes, a pass after a document change could assign nothing.
         self._saturated = False
@@ -281,7 +286,7 @@ class Broker:
             return
         self.stats.passes += 1
         if self._workers is None:
-            self._workers = workers_from_states(presence)
+            self._workers = self._worker_states.workers(presence)
         ages = self._view.presence_ages()
         stale = {
             str(state.get(c.A_ID))
@@ -476,7 +481,9 @@ class Broker:
     def _assign(self, workers: list[WorkerPresence], load: dict[str, int], limits: dict[str, int]) -> int:
         """Assign what the plan says; returns how many tasks were assigned."""
         assigned = 0
-        for task_id, worker_id in plan(self._tracker.queue, workers, load, now_ms(), limits):
+        assignments = plan(self._tracker.queue, workers, load, now_ms(), limits,
+                           prefixes=self._tracker.prefixes, routing=self._settings.routing)
+        for task_id, worker_id in assignments:
             if task_id in self._handled or task_id in self._given_up:
                 continue
             if self._guarded(task_id, partial(self._assign_one, task_id, worker_id)):

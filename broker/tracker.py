@@ -34,6 +34,7 @@ from kanbanmesh.board.events import (
     is_map_event,
     observe_events,
 )
+from kanbanmesh.board.prefix import prefix_hashes, task_turns
 from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import InvalidTaskError
@@ -43,6 +44,8 @@ log = logging.getLogger(__name__)
 _ABSENT = object()  # a field an entry does not hold (None is a value it may hold)
 # The fields a queued task is ordered and held back by.
 _QUEUE_FIELDS = (c.F_CANCEL, c.F_ENRICHING, c.F_CREATED_AT, c.F_MODEL, c.F_PRIORITY, c.F_RETRY_AT)
+# The fields a task's turns are read from (`kanbanmesh.board.prefix.task_turns`).
+_TURN_FIELDS = (c.F_HISTORY, c.F_MESSAGES, c.F_PROMPT)
 
 
 @dataclass
@@ -167,6 +170,22 @@ class BoardTracker:
         """Seconds task `task_id` has waited in `prepared` for its start (0 if not there)."""
         since = self.prepared_since.get(task_id)
         return 0.0 if since is None else now - since
+
+    def prefixes(self, task_id: str) -> list[str]:
+        """The prefix hashes of a queued task's turns (`kanbanmesh.board.prefix`), read from its
+        entry now. Not indexed with the queue: a task's turns are its largest fields, and only
+        a task that a worker's advertised cache could match needs them (`broker.routing` asks
+        only then, once per assignment). [] when they cannot be read: routing falls back to
+        load, and whether the task is valid is for the pass to find."""
+        entry = read_field(self.board.column_map(Column.TODO), task_id)
+        if not isinstance(entry, Map):
+            return []
+        try:
+            return prefix_hashes(task_turns(read_fields(entry, _TURN_FIELDS)))
+        except Exception:  # a value Python cannot read (nested too deep, say)
+            log.debug("task %s: its turns could not be read for routing", task_id[:64],
+                      exc_info=True)
+            return []
 
     def take_started(self) -> list[str]:
         """The workers seen starting a task since the last call (one per start)."""

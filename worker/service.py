@@ -27,19 +27,20 @@ from anyio.abc import TaskStatus as StartStatus
 from pycrdt import Map, Text
 
 import kanbanmesh
-from awareness.states import Role, WorkerState
+from awareness.states import Role, WorkerState, valid_digest
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_map, now_ms
 from kanbanmesh.board.events import ColumnWatch, event_keys
 from kanbanmesh.board.invalid import invalid_entry
 from kanbanmesh.board.limits import EntryLimits, json_bytes
+from kanbanmesh.board.prefix import MAX_DIGEST_ENTRIES
 from kanbanmesh.board.reads import plain_fields, read_field, read_items
 from kanbanmesh.board.schema import TaskEntry, TaskStatus, Timings, Usage
 from kanbanmesh.board.transitions import Column, Writer
 from kanbanmesh.errors import BackendError, InvalidTaskError, KanbanMeshError
 from kanbanmesh.notify import ChangeSignal
 from kanbanmesh.peer import BoardPeer, peer_id
-from worker.backends.base import Backend, Finished, GenerationRequest, TextChunk
+from worker.backends.base import Backend, CachingBackend, Finished, GenerationRequest, TextChunk
 from worker.prompt import build_prompt
 
 _ABSENT = object()  # a key a map does not hold
@@ -79,6 +80,7 @@ class _Outcome:
     status: TaskStatus = TaskStatus.SUCCEEDED
     text: str = ""
     error: dict[str, str] | None = None
+    prompt_ms: float = 0.0  # reading the prompt, as the backend measured it
     usage: Usage = field(default_factory=Usage)
     first_chunk_at: float | None = None
     chunks: int = 0
@@ -119,6 +121,9 @@ class Worker:
         self._peer = peer
         self._backend = backend
         self._settings = settings
+        # A backend with a prompt cache says what it holds; the worker announces it (`cache`).
+        self._digest = backend if isinstance(backend, CachingBackend) else None
+        self._digest_refused = False  # one out of bounds was logged (not again at every change)
         self.id = peer_id(settings.worker_id or f"worker-{uuid.uuid4().hex[:12]}", peer.subject)
         self.name = settings.name or self.id
         self._running: dict[str, _Run] = {}
@@ -309,11 +314,37 @@ class Worker:
             c.A_ENGINE: self._backend.engine,
             c.A_VERSION: kanbanmesh.__version__,
         }
+        if self._digest is not None:
+            # In the announcement that a task's start or finish makes anyway (a digest changes
+            # then): never an awareness update of its own.
+            presence[c.A_CACHE] = self._cache_digest(self._digest)
         # Only on change or as the heartbeat: every awareness update goes to every peer.
         if renew or presence != self._announced:
             self._announced = presence
             self._peer.set_presence(presence)
             self._last_beat = anyio.current_time()
+
+    def _cache_digest(self, backend: CachingBackend) -> dict[str, int]:
+        """The backend's digest as brokers accept it (`awareness.states.valid_digest`). One they
+        would drop, or a backend failing to say, is announced empty (and logged once until a
+        valid one comes): it only steers routing, and must not stop the worker's heartbeat."""
+        try:
+            valid = valid_digest(backend.cache_digest())
+        except Exception:
+            if not self._digest_refused:
+                log.exception("worker %s: the backend could not give its cache digest; "
+                              "announced empty", self.name)
+            self._digest_refused = True
+            return {}
+        if valid is None:
+            if not self._digest_refused:
+                log.warning("worker %s: the backend's cache digest is out of bounds (at most %d "
+                            "prefix hashes to token counts); announced empty",
+                            self.name, MAX_DIGEST_ENTRIES)
+            self._digest_refused = True
+            return {}
+        self._digest_refused = False
+        return valid
 
     def _pick_up(self, tg: TaskGroup) -> None:
         # Even while draining: a task in `prepared` with our id was assigned before the
@@ -419,14 +450,19 @@ class Worker:
         self._finish(task_id, run, task, started_at, outcome)
 
     async def _generate(self, task_id: str, run: _Run, task: TaskEntry, outcome: _Outcome) -> None:
+        turns = tuple((m.role, m.content) for m in [*(task.history or []), *task.chat()])
         request = GenerationRequest(
             messages=task.messages, prompt=task.prompt, params=task.params, model=task.model,
+            turns=turns,
         )
         if task.history or task.context is not None:
             # History and retrieved sources: the template, trimmed to the model's context.
             fits = getattr(self._backend, "fits", None)
             prompt = build_prompt(task, fits if callable(fits) else None)
-            request = replace(request, messages=prompt.messages, prompt=None)
+            # The turns the broker names (kanbanmesh/board/prefix.py) are the model's only when
+            # the template kept them all and added no sources: else a cache holds other text.
+            same = [(m.role, m.content) for m in prompt.messages] == list(turns)
+            request = replace(request, messages=prompt.messages, prompt=None, turns=turns if same else ())
             if task.context is not None:
                 outcome.citations = [citation.model_dump() for citation in prompt.citations]
         try:
@@ -436,6 +472,7 @@ class Worker:
                     if isinstance(event, Finished):
                         outcome.usage = event.usage
                         outcome.finish_reason = event.finish_reason
+                        outcome.prompt_ms = event.prompt_ms
                         continue
                     if not self._append(task_id, run, event, outcome):
                         run.scope.cancel()  # no longer ours: stop spending the backend
@@ -566,6 +603,7 @@ class Worker:
                 prompt_tokens=usage.prompt_tokens,
                 completion_tokens=outcome.chunks,
                 total_tokens=usage.prompt_tokens + outcome.chunks,
+                cached_tokens=usage.cached_tokens,
             )
         gen_ms = finished - (outcome.first_chunk_at or started_at)
         timings = Timings(
@@ -573,6 +611,7 @@ class Worker:
             ttft_ms=(outcome.first_chunk_at - started_at) if outcome.first_chunk_at else 0.0,
             total_ms=finished - started_at,
             tokens_per_s=(usage.completion_tokens / (gen_ms / 1000.0)) if gen_ms > 0 else 0.0,
+            prompt_ms=outcome.prompt_ms,
         )
         fields: dict[str, Any] = {
             c.F_STATUS: outcome.status.value,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from worker.backends.base import (
     Backend,
+    CachingBackend,
     Finished,
     GenerationEvent,
     GenerationRequest,
@@ -13,6 +14,7 @@ from worker.backends.echo import EchoBackend, echo_text
 
 __all__ = [
     "Backend",
+    "CachingBackend",
     "EchoBackend",
     "Finished",
     "GenerationEvent",

@@ -4,13 +4,15 @@ A backend turns a `GenerationRequest` into a stream of `TextChunk`s ending with 
 `Finished`. The worker stops a generation by closing the async iterator (`aclose()`); a
 backend must stop generating within one token when that happens. Backends raise
 `kanbanmesh.errors.BackendError` with a stable `code` for anything the task should fail with.
+A backend with a prompt cache may also say what it holds (`CachingBackend`), so that the
+broker sends a conversation's next turn where its earlier turns are cached.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from kanbanmesh.board.schema import ChatMessage, TaskParams, Usage
 
@@ -23,6 +25,9 @@ class GenerationRequest:
     prompt: str | None
     params: TaskParams
     model: str = ""
+    # The task's turns as the broker names prefixes (kanbanmesh/board/prefix.py), for a backend
+    # that advertises what its prompt cache holds; () when unknown.
+    turns: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,8 @@ class Finished:
     """The end of a generation."""
 
     usage: Usage
-    finish_reason: str = "stop"  # stop | length
+    finish_reason: str = "stop"  # stop | length | cancelled
+    prompt_ms: float = 0.0  # reading the prompt, when the backend knows it
 
 
 GenerationEvent = TextChunk | Finished
@@ -67,4 +73,18 @@ class Backend(Protocol):
 
     def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         """Stream the generation; raises `BackendError` for requests it cannot run."""
+        ...
+
+
+@runtime_checkable
+class CachingBackend(Protocol):
+    """What a backend with a prompt cache offers besides `Backend` (optional: the worker
+    checks with `isinstance`)."""
+
+    def cache_digest(self) -> dict[str, int]:
+        """What its sequences hold: `kanbanmesh.board.prefix.prefix_hashes` of each one's turns
+        (a task's `task_turns(fields)`, and once it finished, `("assistant", result)`), each
+        mapped to the prompt tokens that prefix covers; at most `MAX_DIGEST_ENTRIES` (64).
+        Called on every awareness announcement of the worker (at most every 250 ms, and at
+        each heartbeat): cheap, no I/O; the worker announces it when it changed."""
         ...
