@@ -130,7 +130,9 @@ def worker_options(fn: F) -> F:
         click.option("--backend", type=click.Choice(["llama", "openai", "echo"]), default=None,
                      help="LLM backend: llama (llama.cpp, the default), openai (any "
                           "OpenAI-compatible server), echo (model-free, for tests)."),
-        click.option("--slots", type=int, default=None, help="Tasks run at once (default 1)."),
+        click.option("--slots", type=int, default=None,
+                     help="Tasks run at once (default 1); llama: sequences of one context, "
+                          "decoded together (continuous batching)."),
         click.option("--model", default=None,
                      help="llama: path to a GGUF file (default: the bundled SmolLM2-135M-Instruct); "
                           "openai: the model name to ask the server for."),
@@ -140,8 +142,14 @@ def worker_options(fn: F) -> F:
         click.option("--n-ctx", type=int, default=None,
                      help="llama: context size per slot in tokens, prompt and answer (default 2048)."),
         click.option("--threads", type=int, default=None,
-                     help="llama: CPU threads per slot (default: the cores but one, shared by "
-                          "the slots)."),
+                     help="llama: CPU threads of the worker's context, all slots together "
+                          "(default: the cores but one)."),
+        click.option("--no-cache-prompt", "cache_prompt", flag_value=False, default=None,
+                     help="llama: read every prompt from scratch (default: reuse the longest "
+                          "cached prefix; a task may also set params.cache_prompt false)."),
+        click.option("--cache-ram", "cache_ram_mb", type=int, default=None,
+                     help="llama: MiB of host memory for prompt prefixes evicted from their "
+                          "sequence, so that a conversation that comes back still hits (default 0)."),
         click.option("--base-url", default=None,
                      help="openai: the server's API root, e.g. http://127.0.0.1:8080/v1."),
         click.option("--api-key-env", default=None,

@@ -87,7 +87,9 @@ class Settings(BaseSettings):
     model: str = ""
     chat_format: str = ""  # llama: a named format, or "none"; "" = the GGUF's template
     n_ctx: int = Field(default=2048, ge=16, le=1 << 20)
-    threads: int = Field(default=0, ge=0, le=1024)  # llama threads per slot; 0 = automatic
+    threads: int = Field(default=0, ge=0, le=1024)  # llama threads of the context; 0 = automatic
+    cache_prompt: bool = True  # llama: reuse cached prompt prefixes
+    cache_ram_mb: int = Field(default=0, ge=0, le=1 << 20)  # llama: host RAM for evicted prefixes
     base_url: str = ""  # openai: e.g. https://api.openai.com/v1
     api_key_env: str = ""  # openai: name of the environment variable holding the API key
 

@@ -121,6 +121,7 @@ class Usage(BaseModel):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    cached_tokens: int = 0  # of the prompt tokens, those a prompt cache held (not evaluated)
 
 
 class Timings(BaseModel):
@@ -130,6 +131,7 @@ class Timings(BaseModel):
     ttft_ms: float = 0.0  # started_at -> first chunk
     total_ms: float = 0.0  # started_at -> finished
     tokens_per_s: float = 0.0  # completion tokens / generation time
+    prompt_ms: float = 0.0  # reading the prompt (what a cache did not hold), by the backend
 
 
 class AttemptRecord(BaseModel):

@@ -40,9 +40,17 @@ def render(client: AsyncClient, figures: BoardKpis, window: str) -> Group:
     for name in ("", "tasks", "p50", "p95", "max"):
         past.add_column(name, justify="right" if name else "left")
     for label, dist in (("queue wait ms", figures.queued_ms), ("first token ms", figures.ttft_ms),
-                        ("total ms", figures.total_ms), ("tokens/s", figures.tokens_per_s)):
+                        ("prompt ms", figures.prompt_ms), ("total ms", figures.total_ms),
+                        ("tokens/s", figures.tokens_per_s)):
         past.add_row(label, str(dist.count), f"{dist.p50:.1f}", f"{dist.p95:.1f}", f"{dist.max:.1f}")
-    return Group(now, past)
+    if not figures.prompt_cache:
+        return Group(now, past)
+    cache = Table(title="prompt cache by worker", title_justify="left")
+    for name in ("worker", "prompt tokens", "from cache", "hit rate"):
+        cache.add_column(name, justify="left" if name == "worker" else "right")
+    for worker, figure in sorted(figures.prompt_cache.items()):
+        cache.add_row(worker, str(figure.prompt_tokens), str(figure.cached_tokens), f"{figure.hit_rate:.0%}")
+    return Group(now, past, cache)
 
 
 async def stats_async(settings: Settings, window: str, watch: bool) -> None:

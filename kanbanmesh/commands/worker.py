@@ -40,7 +40,8 @@ def make_backend(settings: Settings, environ: Mapping[str, str] | None = None) -
 
     return LlamaBackend(LlamaConfig(
         model=settings.model, chat_format=settings.chat_format, n_ctx=settings.n_ctx,
-        threads=settings.threads, slots=settings.slots,
+        threads=settings.threads, slots=settings.slots, cache_prompt=settings.cache_prompt,
+        cache_ram_mb=settings.cache_ram_mb,
     ))
 
 
@@ -62,7 +63,9 @@ def describe_backend(backend: Backend) -> str:
     chat_format = getattr(backend, "chat_format", "")
     threads = getattr(backend, "threads", 0)
     extra = [f"chat format {chat_format}"] if chat_format else []
-    extra += [f"{threads} thread(s) per slot"] if threads else []
+    extra += [f"{threads} thread(s)"] if threads else []
+    memory = getattr(backend, "memory_note", "")
+    extra += [memory] if memory else []
     return details + (f" ({', '.join(extra)})" if extra else "")
 
 

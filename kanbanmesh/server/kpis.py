@@ -36,6 +36,20 @@ class BoardKpis(BaseModel):
     ttft_ms: Distribution = Distribution()
     total_ms: Distribution = Distribution()
     tokens_per_s: Distribution = Distribution()
+    prompt_ms: Distribution = Distribution()
+    # The prompt cache: prompt tokens, those a worker's cache held, by worker.
+    prompt_cache: dict[str, PromptCache] = {}
+
+
+class PromptCache(BaseModel):
+    """One worker's prompt tokens and how many its prompt cache held."""
+
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cached_tokens / self.prompt_tokens if self.prompt_tokens else 0.0
 
 
 def kpis(entries: Iterable[dict[str, Any]], since_ms: float) -> BoardKpis:
@@ -48,10 +62,17 @@ def kpis(entries: Iterable[dict[str, Any]], since_ms: float) -> BoardKpis:
         e[c.F_TIMINGS] for e in recent if isinstance(e.get(c.F_TIMINGS), dict)
     ]
     tokens = 0
+    caches: dict[str, PromptCache] = {}
     for entry in recent:
         usage = entry.get(c.F_USAGE)
         if isinstance(usage, dict) and _finite(usage.get("completion_tokens")):
             tokens += int(usage["completion_tokens"])
+        worker = entry.get(c.F_WORKER)
+        if isinstance(usage, dict) and isinstance(worker, str) and worker and _finite(usage.get("prompt_tokens")):
+            cache = caches.setdefault(worker, PromptCache())
+            cache.prompt_tokens += int(usage["prompt_tokens"])
+            if _finite(usage.get("cached_tokens")):
+                cache.cached_tokens += int(usage["cached_tokens"])
     return BoardKpis(
         since_ms=since_ms,
         finished=len(recent),
@@ -62,6 +83,8 @@ def kpis(entries: Iterable[dict[str, Any]], since_ms: float) -> BoardKpis:
         ttft_ms=_distribution(t.get("ttft_ms") for t in timings),
         total_ms=_distribution(t.get("total_ms") for t in timings),
         tokens_per_s=_distribution(t.get("tokens_per_s") for t in timings),
+        prompt_ms=_distribution(t.get("prompt_ms") for t in timings),
+        prompt_cache=caches,
     )
 
 

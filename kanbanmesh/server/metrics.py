@@ -43,6 +43,12 @@ class MeshMetrics:
                                timing, buckets=_SECONDS, registry=self.registry)
         self.speed = Histogram("kanbanmesh_tokens_per_second", "Generation speed of each task", timing,
                                buckets=(1, 2, 5, 10, 20, 40, 80, 160, 320, 640, 1280), registry=self.registry)
+        # The prompt cache, per worker: hit rate = cached / prompt tokens.
+        self.prompt_tokens = Counter("kanbanmesh_prompt_tokens", "Prompt tokens of finished tasks",
+                                     ("board", "worker"), registry=self.registry)
+        self.cached_tokens = Counter("kanbanmesh_prompt_cached_tokens",
+                                     "Prompt tokens a worker's prompt cache held (not evaluated)",
+                                     ("board", "worker"), registry=self.registry)
         self.registry.register(_BoardCollector(hub))
         # Each finished task updates six labelled series; `labels()` validates and looks its
         # values up under a lock every time, so each board and model's series are kept here.
@@ -60,6 +66,13 @@ class MeshMetrics:
         usage = fields.get(c.F_USAGE)
         if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int | float):
             series.tokens.inc(float(usage["completion_tokens"]))
+        worker = fields.get(c.F_WORKER)
+        if isinstance(usage, dict) and isinstance(worker, str) and worker:
+            prompt, cached = usage.get("prompt_tokens"), usage.get("cached_tokens")
+            if isinstance(prompt, int | float) and prompt > 0:
+                self.prompt_tokens.labels(board, worker).inc(float(prompt))
+                if isinstance(cached, int | float) and cached > 0:
+                    self.cached_tokens.labels(board, worker).inc(float(cached))
         timings = fields.get(c.F_TIMINGS)
         if not isinstance(timings, dict):
             return

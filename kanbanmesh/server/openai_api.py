@@ -334,11 +334,13 @@ def _output(ymap: Any, column: Column) -> str:
     return str(output) if output is not None else ""
 
 
-def _usage(entry: TaskEntry) -> dict[str, int]:
+def _usage(entry: TaskEntry) -> dict[str, Any]:
     usage = entry.usage
     prompt = usage.prompt_tokens if usage else 0
     completion = usage.completion_tokens if usage else entry.tokens
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+    cached = usage.cached_tokens if usage else 0
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
 
 
 def _final_object(entry: TaskEntry, body: Sampling, kind: str) -> dict[str, Any]:

@@ -109,6 +109,8 @@ class Sampling(_Strict):
     top_k: Whole | None = Field(default=None, ge=0, le=MAX_SAFE_INTEGER)
     min_p: float | None = Field(default=None, ge=0, le=1)
     repeat_penalty: float | None = Field(default=None, gt=0)
+    # llama-server's: reuse a cached prefix of the prompt (on unless false).
+    cache_prompt: bool | None = None
     # The neutral values of parameters refused otherwise (see `_UNSUPPORTED`).
     n: Whole | None = Field(default=None, ge=1, le=1)
     # Metadata: checked, not written to the task.
@@ -164,7 +166,7 @@ class CompletionRequest(Sampling):
 
 _PARAM_KEYS = frozenset({
     "max_tokens", "temperature", "top_p", "stop", "seed",
-    "presence_penalty", "frequency_penalty", "top_k", "min_p", "repeat_penalty",
+    "presence_penalty", "frequency_penalty", "top_k", "min_p", "repeat_penalty", "cache_prompt",
 })
 
 

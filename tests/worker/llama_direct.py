@@ -3,8 +3,8 @@ directly, the way its users call it, with the same model, context size and threa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
@@ -17,14 +17,25 @@ from worker.backends.llama_loader import LoadOptions, extra_buffers_safe, load_l
 
 
 @contextmanager
-def started_backend(*, n_ctx: int, threads: int, slots: int) -> Iterator[LlamaBackend]:
+def started_backend(*, n_ctx: int, threads: int, slots: int, **config: Any) -> Iterator[LlamaBackend]:
     """The bundled model loaded once (for a module-scoped fixture; no event loop is kept)."""
-    backend = LlamaBackend(LlamaConfig(n_ctx=n_ctx, threads=threads, slots=slots))
+    backend = LlamaBackend(LlamaConfig(n_ctx=n_ctx, threads=threads, slots=slots, **config))
     anyio.run(backend.start)
     try:
         yield backend
     finally:
         anyio.run(backend.stop)
+
+
+@asynccontextmanager
+async def loaded_backend(*, n_ctx: int, threads: int, slots: int, **config: Any) -> AsyncIterator[LlamaBackend]:
+    """The bundled model loaded for one test (inside its event loop)."""
+    backend = LlamaBackend(LlamaConfig(n_ctx=n_ctx, threads=threads, slots=slots, **config))
+    await backend.start()
+    try:
+        yield backend
+    finally:
+        await backend.stop()
 
 
 @contextmanager
@@ -39,7 +50,9 @@ def direct_llama(*, n_ctx: int, threads: int) -> Iterator[Llama]:
 
 
 def direct_chat(llama: Llama, messages: list[dict[str, str]], **params: Any) -> str:
-    """`create_chat_completion` from a clean KV cache, as a fresh `Llama` would answer."""
+    """`create_chat_completion` from a clean KV cache, as a fresh `Llama` would answer (a
+    `cache_prompt` meant for the mesh is not llama-cpp-python's: it is dropped)."""
+    params.pop("cache_prompt", None)
     llama.reset()  # type: ignore[no-untyped-call]
     reply: Any = llama.create_chat_completion(messages=messages, **params)  # type: ignore[arg-type]
     return str(reply["choices"][0]["message"]["content"])

@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 N_CTX = 512
 THREADS = 1
-GREEDY = {"temperature": 0.0, "seed": 7, "repeat_penalty": 1.1}
+# Reproducible (README "Requests"): greedy, and the prompt read whole, not from the cache.
+GREEDY = {"temperature": 0.0, "seed": 7, "repeat_penalty": 1.1, "cache_prompt": False}
 
 
 backend, direct = llama_fixtures(n_ctx=N_CTX, threads=THREADS)

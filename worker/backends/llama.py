@@ -1,38 +1,44 @@
-"""The llama.cpp backend (llama-cpp-python): one `Llama` per slot, each generation in a thread.
+"""The llama.cpp backend: one context, every slot a sequence of it, continuous batching.
 
-A `Llama` is not thread-safe, so each slot owns one (the weights are memory-mapped, so the
-model's memory is shared; each slot has its own KV cache). A generation takes a free `Llama`,
-runs in a thread of its own (`threaded.ThreadedRun`) and gives the `Llama` back only once that
-thread has ended, so a cancelled generation never overlaps the next one.
+The model is loaded once and served by a `BatchEngine` (`llama_engine`) in a thread of its own:
+`--slots N` sequences share one llama.cpp context, one decode a step carries the next token of
+every generating sequence and prompt chunks of the new ones, and a prompt reuses the longest
+prefix a free sequence already holds (`cache_prompt`, on by default as in llama-server; off for
+a task with `params.cache_prompt: false`, or for every task with `--no-cache-prompt`). The event
+loop only renders and tokenizes prompts and reads what the engine emits.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
+import queue
+import secrets
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
-from functools import partial
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import anyio
-from llama_cpp import Llama
+import llama_cpp
+from llama_cpp._internals import LlamaModel
 
+from kanbanmesh.board.prefix import MAX_DIGEST_ENTRIES, prefix_hashes
 from kanbanmesh.board.schema import ChatMessage, TaskParams
 from kanbanmesh.errors import BackendError
-from worker.backends.base import GenerationEvent, GenerationRequest, TextChunk
-from worker.backends.chat_format import ChatFormat, resolve_chat_format
-from worker.backends.llama_generate import decoding_for, run_generation
-from worker.backends.llama_loader import (
-    LoadOptions,
-    extra_buffers_safe,
-    load_llama,
-    read_vocabulary,
-)
+from worker.backends.base import Finished, GenerationEvent, GenerationRequest, TextChunk
+from worker.backends.chat_format import ChatFormat, Prompt, resolve_chat_format
+from worker.backends.feed import Feed
+from worker.backends.llama_engine import BatchEngine, EngineConfig, Job
+from worker.backends.llama_generate import Decoding, decoding_for
+from worker.backends.llama_loader import extra_buffers_safe, read_vocabulary
+from worker.backends.llama_pool import Slot
 from worker.backends.models import ModelFile, resolve_model
 from worker.backends.sampling import sampling_from
-from worker.backends.threaded import ThreadedRun
+from worker.backends.text_stream import TextStream
 
 ENGINE = "llama.cpp"
+_RANDOM_SEED = 0xFFFFFFFF  # llama.cpp's "pick a random seed"; seeds stay below it
 
 
 @dataclass(frozen=True)
@@ -42,8 +48,10 @@ class LlamaConfig:
     model: str = ""  # a GGUF path; "" = the bundled default
     chat_format: str = ""  # "" = the GGUF's template
     n_ctx: int = 2048  # tokens per slot, prompt and answer together
-    threads: int = 0  # llama.cpp threads per slot; 0 = `default_threads(slots)`
-    slots: int = 1
+    threads: int = 0  # llama.cpp threads of the worker's context; 0 = `default_threads()`
+    slots: int = 1  # sequences served at once, in one context
+    cache_prompt: bool = True  # reuse cached prefixes (a task may still turn it off)
+    cache_ram_mb: int = 0  # host memory for prefixes evicted from their sequence
 
 
 def usable_cores() -> int:
@@ -53,29 +61,41 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def default_threads(slots: int) -> int:
-    """llama.cpp threads per slot when not given: the usable cores but one, shared by the slots.
+def default_threads(slots: int = 1) -> int:
+    """llama.cpp threads when not given: the usable cores but one (all slots share them).
 
     llama.cpp's threads wait for each other after every operation, so one of them preempted by
     another thread stalls the whole step. The worker's event loop, the server and the clients
     wake up for every streamed token; with every core given to llama.cpp, 2 threads on 2 cores
     streamed at 0.45 to 0.66 of the direct rate, 1 thread at par (docs/benchmarks.md).
     """
-    return max(1, (usable_cores() - 1) // slots)
+    del slots  # one context serves every slot
+    return max(1, usable_cores() - 1)
+
+
+def kv_cache_bytes(model: Any, tokens: int) -> int:
+    """The KV cache `tokens` cells take for `model` (f16 keys and values, every layer)."""
+    n_layer = llama_cpp.llama_model_n_layer(model)
+    n_embd = llama_cpp.llama_model_n_embd(model)
+    n_head = max(1, llama_cpp.llama_model_n_head(model))
+    n_head_kv = llama_cpp.llama_model_n_head_kv(model)
+    per_token = 2 * 2 * n_layer * (n_embd // n_head) * n_head_kv  # K and V, 2 bytes each
+    return int(per_token * tokens)
 
 
 class LlamaBackend:
-    """Serves one GGUF model on `slots` llama.cpp contexts."""
+    """Serves one GGUF model on one llama.cpp context of `slots` sequences."""
 
     def __init__(self, config: LlamaConfig) -> None:
-        if config.slots < 1 or config.n_ctx < 16 or config.threads < 0:
-            raise BackendError("bad_config", "slots must be >= 1, n_ctx >= 16 and threads >= 0")
+        if config.slots < 1 or config.n_ctx < 16 or config.threads < 0 or config.cache_ram_mb < 0:
+            raise BackendError("bad_config", "slots must be >= 1, n_ctx >= 16, threads and cache-ram >= 0")
         self._config = config
         self._file: ModelFile = resolve_model(config.model)  # fails fast on a missing file
         self._threads = config.threads or default_threads(config.slots)
-        self._free: list[Llama] = []
-        self._loaded: list[Llama] = []
+        self._model: LlamaModel | None = None
+        self._engine: BatchEngine | None = None
         self._format: ChatFormat | None = None
+        self.memory_note = ""  # what the context holds, said at start
 
     @property
     def engine(self) -> str:
@@ -94,46 +114,105 @@ class LlamaBackend:
     def threads(self) -> int:
         return self._threads
 
-    async def start(self) -> None:
-        """Load the model into every slot and warm it up; a second call does nothing."""
-        if self._loaded:
-            return
-        self._loaded = await anyio.to_thread.run_sync(self._load)
-        self._free = list(self._loaded)
+    @property
+    def slots(self) -> int:
+        return self._config.slots
 
-    def _load(self) -> list[Llama]:
+    async def start(self) -> None:
+        """Load the model, make the context and warm it up; a second call does nothing."""
+        if self._engine is not None:
+            return
+        await anyio.to_thread.run_sync(self._load)
+
+    def _load(self) -> None:
+        # llama.cpp logs every step of loading to its callback, which llama-cpp-python routes
+        # to this logger and prints unless told otherwise (as `Llama(verbose=False)` tells it).
+        logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
         # The chat format first: a model without one is refused before its weights load.
         self._format = _chat_format(self._file, self._config.chat_format)
-        options = LoadOptions(self._config.n_ctx, self._threads, extra_buffers_safe())
-        loaded: list[Llama] = []
+        params = llama_cpp.llama_model_default_params()
+        params.use_extra_bufts = extra_buffers_safe()  # never AMX's extra buffers (they crash)
         try:
-            for _ in range(self._config.slots):
-                loaded.append(load_llama(self._file.path, options))
-                _warm_up(loaded[-1])
+            model = LlamaModel(path_model=str(self._file.path), params=params, verbose=False)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise BackendError("model_load_failed", f"cannot load {self._file.path.name} as a GGUF model: {exc}") from exc
+        config = self._config
+        try:
+            engine = BatchEngine(model.model, model.vocab, EngineConfig(
+                n_ctx=config.n_ctx, slots=config.slots, threads=self._threads,
+                cache_ram_bytes=config.cache_ram_mb << 20,
+            ))
         except BaseException:
-            for llama in loaded:
-                llama.close()
+            model.close()  # type: ignore[no-untyped-call]
             raise
-        return loaded
+        self._model, self._engine = model, engine
+        engine.start()
+        kv = kv_cache_bytes(model.model, config.n_ctx * config.slots)
+        self.memory_note = (
+            f"KV cache {kv / 2**20:.0f} MiB ({config.slots} sequence(s) x {config.n_ctx} tokens)"
+            + (f", prompt cache in RAM up to {config.cache_ram_mb} MiB" if config.cache_ram_mb else "")
+        )
+        self._warm_up(engine)
+
+    def _warm_up(self, engine: BatchEngine) -> None:
+        # The first decode of a fresh context is several times slower than the next ones
+        # (allocations, page faults on the mapped weights): pay it here, not in the first task.
+        done: queue.SimpleQueue[object] = queue.SimpleQueue()
+        tokens = self._tokenize(Prompt("Hello", add_bos=True))
+        engine.submit(Job(tokens, Decoding(max_tokens=1, temperature=0.0), 0, TextStream(), frozenset(),
+                          done.put, reuse=False))
+        while not isinstance(done.get(), Finished | BaseException):
+            pass
+        engine.forget_all()
 
     async def stop(self) -> None:
-        loaded, self._loaded, self._free = self._loaded, [], []
-        for llama in loaded:
-            llama.close()
+        engine, self._engine = self._engine, None
+        model, self._model = self._model, None
+        if engine is not None:
+            await anyio.to_thread.run_sync(engine.close)
+        if model is not None:
+            model.close()  # type: ignore[no-untyped-call]
+
+    def _tokenize(self, prompt: Prompt) -> list[int]:
+        assert self._model is not None  # loaded
+        return list(self._model.tokenize(prompt.text.encode("utf-8"), add_bos=prompt.add_bos, special=True))
 
     def fits(self, messages: list[ChatMessage], params: TaskParams) -> bool:
         """Whether these turns leave room for an answer in a slot's context: up to `max_tokens`
         of it, but never less than half the context. The worker drops a conversation's oldest
         turns until they do. Called on the event loop: tokenizing reads only the vocabulary."""
-        if self._format is None or not self._loaded:
+        if self._format is None or self._model is None:
             return True
         try:
             prompt = self._format.render(GenerationRequest(messages=messages, prompt=None, params=params))
             answer = decoding_for(sampling_from(params)).max_tokens
         except BackendError:
             return True  # generate() reports the problem with the task
-        tokens = self._loaded[0].tokenize(prompt.text.encode("utf-8"), add_bos=prompt.add_bos, special=True)
-        return len(tokens) + min(answer, self._config.n_ctx // 2) <= self._config.n_ctx
+        return len(self._tokenize(prompt)) + min(answer, self._config.n_ctx // 2) <= self._config.n_ctx
+
+    def prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        """The tokens `request`'s prompt is read as (its chat format applied)."""
+        if self._format is None:
+            raise BackendError("not_ready", "the model is not loaded (start() was not called)")
+        return self._tokenize(self._format.render(request))
+
+    def sequences(self) -> list[int]:
+        """How many tokens each sequence of the context holds in its KV cells, by sequence."""
+        engine = self._engine
+        return [engine.sequence_tokens(i) for i in range(self._config.slots)] if engine is not None else []
+
+    def cache_digest(self) -> dict[str, int]:
+        """What the sequences hold, as prefix hashes of turns (kanbanmesh/board/prefix.py) and
+        the tokens each covers: advertised in awareness for the broker's routing."""
+        engine = self._engine
+        if engine is None:
+            return {}
+        return dict(itertools.islice(engine.digest.items(), MAX_DIGEST_ENTRIES))
+
+    def cache_stats(self) -> tuple[int, int]:
+        """Prompt tokens seen, and how many of them came from a cache."""
+        engine = self._engine
+        return (engine.prompt_tokens, engine.cached_tokens) if engine is not None else (0, 0)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         if request.model and request.model not in self._file.names:
@@ -142,27 +221,75 @@ class LlamaBackend:
                 f"this worker serves {', '.join(self._file.names)}, not {request.model!r}",
             )
         decoding = decoding_for(sampling_from(request.params))
-        if self._format is None:
+        engine = self._engine
+        if self._format is None or engine is None:
             raise BackendError("not_ready", "the model is not loaded (start() was not called)")
         prompt = self._format.render(request)
-        if not self._free:  # the worker never runs more tasks than slots
-            raise BackendError("busy", f"all {self._config.slots} slot(s) are busy")
-        llama = self._free.pop()
-        run = ThreadedRun(partial(run_generation, llama, prompt, decoding))
+        tokens = self._tokenize(prompt)
+        if len(tokens) >= self._config.n_ctx:
+            raise BackendError(
+                "context_overflow",
+                f"the prompt is {len(tokens)} tokens but this worker's context holds {self._config.n_ctx} "
+                "(answer included); shorten the prompt or start the worker with a larger --n-ctx",
+            )
+        feed: Feed[str | Finished | BaseException] = Feed()
+        seed = decoding.seed if decoding.seed is not None else secrets.randbelow(_RANDOM_SEED)
+        job = Job(
+            tokens, decoding, seed, TextStream(decoding.stops + prompt.stops), prompt.stop_token_ids,
+            feed.put, reuse=self._config.cache_prompt and decoding.cache_prompt,
+            on_done=_remember(request.turns, len(tokens)),
+        )
+        engine.submit(job)
+        finished = False
         try:
-            run.start()
             while True:
-                batch = await run.take()
-                if batch.texts:
-                    yield TextChunk("".join(batch.texts), tokens=len(batch.texts))
-                if batch.error is not None:
-                    _reraise(batch.error)
-                if batch.finished is not None:
-                    yield batch.finished
+                texts, end = await _take(feed)
+                if texts:
+                    yield TextChunk("".join(texts), tokens=len(texts))
+                if isinstance(end, BaseException):
+                    finished = True
+                    _reraise(end)
+                if end is not None:
+                    finished = True
+                    yield end
                     return
         finally:
-            await run.stop()  # within one token; the Llama is free again only after this
-            self._free.append(llama)
+            if not finished:  # closed early: the slot is free again once the engine says so
+                engine.cancel(job)
+                with anyio.CancelScope(shield=True):
+                    while True:
+                        _, end = await _take(feed)
+                        if end is not None:
+                            break
+
+
+def _remember(turns: tuple[tuple[str, str], ...], prompt_tokens: int) -> Any:
+    """What a finished job leaves its sequence holding, named as the broker names prefixes:
+    the first turn, the prompt's turns, and those with the answer, each with the tokens it
+    covers (the first turn's estimated by its share of the prompt's characters)."""
+
+    def on_done(slot: Slot, job: Job) -> None:
+        if not turns:
+            slot.prefixes = []
+            return
+        hashes = prefix_hashes([*turns, ("assistant", job.text)])
+        chars = sum(len(content) for _, content in turns) or 1
+        first = max(1, prompt_tokens * len(turns[0][1]) // chars)
+        slot.prefixes = [(hashes[0], min(first, prompt_tokens)), (hashes[-2], prompt_tokens),
+                         (hashes[-1], len(slot.cached))]
+
+    return on_done
+
+
+async def _take(feed: Feed[str | Finished | BaseException]) -> tuple[list[str], Finished | BaseException | None]:
+    """Everything the engine emitted for a job since the last look (at least one item): its
+    text pieces, and its end if it came."""
+    texts: list[str] = []
+    for item in await feed.take():
+        if not isinstance(item, str):
+            return texts, item  # a job's end is its last item
+        texts.append(item)
+    return texts, None
 
 
 def inspect_model(config: LlamaConfig) -> str:
@@ -176,13 +303,6 @@ def inspect_model(config: LlamaConfig) -> str:
 def _chat_format(file: ModelFile, requested: str) -> ChatFormat:
     metadata, special = read_vocabulary(file.path)
     return resolve_chat_format(metadata, special, requested, model=file.path.name)
-
-
-def _warm_up(llama: Llama) -> None:
-    # The first decode of a fresh context is several times slower than the next ones
-    # (allocations, page faults on the mapped weights): pay it here, not in the first task.
-    llama.eval(llama.tokenize(b"Hello", add_bos=True, special=False))
-    llama.reset()  # type: ignore[no-untyped-call]
 
 
 def _reraise(error: BaseException) -> NoReturn:

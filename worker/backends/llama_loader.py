@@ -14,8 +14,6 @@ arguments. The flag has to be set on `llama_model_params` before the model is lo
 from __future__ import annotations
 
 import platform
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,22 +100,3 @@ def _specials(model: LlamaModel) -> Specials:
         eos_text=model.token_get_text(eos) if eos != -1 else "",
         eos_id=eos,
     )
-
-
-@contextmanager
-def abort_when(llama: Llama, should_abort: Callable[[], bool]) -> Iterator[None]:
-    """Inside, llama.cpp calls `should_abort` between graph operations and a decode stops
-    (with a RuntimeError from llama-cpp-python) as soon as it returns True."""
-    callback = llama_cpp.ggml_abort_callback(lambda _data: bool(should_abort()))
-    llama_cpp.llama_set_abort_callback(llama.ctx, callback, None)
-    try:
-        yield
-    finally:
-        llama_cpp.llama_set_abort_callback(llama.ctx, _NO_ABORT, None)
-
-
-_NO_ABORT = llama_cpp.ggml_abort_callback()  # a NULL function pointer: no callback
-
-
-def is_end_of_generation(llama: Llama, token: int) -> bool:
-    return bool(llama_cpp.llama_vocab_is_eog(llama._model.vocab, token))

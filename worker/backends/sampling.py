@@ -15,8 +15,8 @@ from kanbanmesh.board.schema import TaskParams
 from kanbanmesh.errors import BackendError
 
 # Beyond the schema's five fields: the sampling knobs llama.cpp and most OpenAI-compatible
-# servers (llama.cpp server, vLLM) understand.
-EXTRA_KEYS = ("top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty")
+# servers (llama.cpp server, vLLM) understand, and llama-server's `cache_prompt`.
+EXTRA_KEYS = ("top_k", "min_p", "repeat_penalty", "presence_penalty", "frequency_penalty", "cache_prompt")
 
 
 class Sampling(BaseModel):
@@ -34,10 +34,14 @@ class Sampling(BaseModel):
     repeat_penalty: float | None = Field(default=None, gt=0.0)
     presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
     frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    # Reuse a cached prefix of the prompt (llama-server's; on by default). Off, the prompt is
+    # read from an empty sequence: what the answer may depend on is the request alone.
+    cache_prompt: bool | None = None
 
     def given(self) -> dict[str, Any]:
-        """The fields the client set (for forwarding to another server as they are)."""
-        fields = self.model_dump(exclude_none=True)
+        """The fields the client set (for forwarding to another server as they are; not
+        `cache_prompt`, which the engine serving them decides)."""
+        fields = self.model_dump(exclude_none=True, exclude={"cache_prompt"})
         if not self.stop:
             fields.pop("stop", None)
         else:
