@@ -120,7 +120,7 @@ def resolve_model(key: str) -> Model:
 
 
 def cpu_has_amx() -> bool:
-    """llama.cpp's AMX kernels fault here (DESIGN.md); the mesh's worker then loads without
+    """llama.cpp's AMX kernels fault here (README.md, "AMX"); the mesh's worker then loads without
     extra buffer types, and so do llama-server (`--no-repack`) and the direct `Llama`."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False

@@ -13,7 +13,7 @@
 # - GGML_NATIVE=OFF with SSE4.2/AVX/AVX2/FMA/F16C/BMI2 on: the same instruction sets that the
 #   project's llama-cpp-python reports (`llama_print_system_info()`), so the two engines run
 #   the same kernels; and no AMX (GGML_AMX_*=OFF): llama.cpp's AMX kernels fault at the first
-#   decode on this project's machines (docs: DESIGN.md, "llama.cpp on these machines").
+#   decode on this project's machines (README.md, "AMX").
 # - web UI off and no prebuilt-UI download, OpenSSL off (curl is gone from llama.cpp's build):
 #   nothing is fetched during the build.
 # - static libraries: one self-contained binary.

@@ -5,12 +5,15 @@ Errors from websockets, pycrdt, sqlite and backends are translated at the bounda
 
     KanbanMeshError
     ├── ConfigurationError        a setting or flag is invalid
+    │   └── TooManyBoardsError    a new board would pass the server's board limit
+    ├── AuthError                 a token is missing, malformed, expired or forged
     ├── BoardError                the board model was asked for something impossible
     │   ├── IllegalMoveError      a transition not in the table of legal moves
     │   ├── InvalidTaskError      a task entry fails its schema or the value bounds
     │   │   └── TaskTooLargeError a task's request or entry is over its size limit
     │   └── TaskNotFoundError     no task with that id on the board (or in the archive)
     ├── TransportError            talking to the server failed
+    │   ├── BoardRotatedError     the board moved to a new generation while a write was in flight
     │   ├── ConnectError          could not connect (server down, bad URL)
     │   ├── ConnectionClosedError the server closed the connection; `code` and `reason` say why
     │   │   ├── UpdateRefusedError    the server refused one of our writes
@@ -23,6 +26,10 @@ Errors from websockets, pycrdt, sqlite and backends are translated at the bounda
     ├── MiddlewareError           a pre-inference middleware could not enrich a task
     ├── RagError                  ingesting, indexing or searching a collection failed
     └── StoreError                persistence failed
+
+`AuthError` lives with the tokens (`kanbanmesh/auth.py`) and `TooManyBoardsError` with the
+server's boards; every other class is defined here. `tests/test_docs.py` holds this tree equal
+to the classes.
 """
 
 from __future__ import annotations
@@ -61,10 +68,10 @@ class TransportError(KanbanMeshError):
     """Raised when talking to the server fails."""
 
 
-
 class BoardRotatedError(TransportError):
     """The board moved to a new generation of its document while a write of ours was in
     flight: the write may be lost and must be made again on the new replica."""
+
 
 class ConnectError(TransportError):
     """Raised when a connection to the server cannot be opened."""

@@ -98,7 +98,7 @@ CLOSE_FORBIDDEN: Final = 4403  # a write this connection's role may not make
 CLOSE_TOKEN_EXPIRED: Final = 4401  # the connection's token expired: reconnect with a fresh one
 CLOSE_TOO_MANY: Final = 4429  # a per-owner limit (open tasks, submissions a minute)
 
-# What a peer does after each close code (docs/protocol.md section 1, "Close codes"); the
+# What a peer does after each close code (docs/protocol.md section 3, "Close codes"); the
 # JavaScript library (web/src/errors.js) holds the same two lists, and a test holds them equal.
 # A write of the peer's was refused: its replica holds that write, so it starts a new, empty
 # replica (dropping the write) and reconnects; whoever made the write learns why.

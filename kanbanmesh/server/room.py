@@ -1,7 +1,7 @@
 """A board room: one pycrdt document, its connections, its awareness and its persistence.
 
 Built on pycrdt's document and the y-websocket protocol, not on pycrdt-websocket's `YRoom`,
-whose behaviours DESIGN.md lists as things to fix: it never loads from its store, echoes each
+whose behaviours would not do here: it never loads from its store, echoes each
 update to its sender, drops updates when its fan-out buffer is full, does not send existing
 awareness to a peer that joins, keeps a closed peer's awareness for 30 s and shows its own
 empty state as a phantom peer. Here every update is persisted and fanned out from one

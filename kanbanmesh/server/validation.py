@@ -85,10 +85,10 @@ _DELETE_SET_READ_BYTES = 128
 
 
 def _refuse_pending(update: bytes, state: bytes, after: dict[int, int]) -> None:
-    """Refuse an update that leaves anything pending on the twin (DESIGN.md): structs whose
-    origin, neighbour, parent or preceding clocks the board does not have, or deletions of what
-    it does not have. Yrs keeps those and integrates them later, inside somebody else's update,
-    where the check would take them for that writer's.
+    """Refuse an update that leaves anything pending on the twin (docs/protocol.md section
+    10): structs whose origin, neighbour, parent or preceding clocks the board does not have,
+    or deletions of what it does not have. Yrs keeps those and integrates them later, inside
+    somebody else's update, where the check would take them for that writer's.
 
     `state` is the twin's state vector after applying the update (`after`, decoded). A state
     vector counts the clocks a document holds, each client's from 0 without a gap, so a struct

@@ -228,7 +228,7 @@ async def test_black_holed_worker_loses_its_task_and_writes_nothing_over_the_res
 async def test_an_update_sent_ahead_of_what_it_builds_on_is_refused(mesh: Mesh) -> None:
     # A replica's three updates: create, assign, start, the last sent alone. Taken as it is,
     # pycrdt would show the entry at once, the broker would act on it, and a move of it made
-    # before the rest arrived can erase the task on every replica (DESIGN.md: refuse them).
+    # before the rest arrived can erase the task on every replica (docs/protocol.md section 10: refused).
     doc: Doc[Any] = Doc()
     board = BoardDoc(doc)
     updates: list[bytes] = []

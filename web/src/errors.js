@@ -7,7 +7,7 @@
 //   └── RefusedError           the server closed the connection over a write it refused
 //                              (REFUSAL_CLOSE_CODES), or for good (FATAL_CLOSE_CODES)
 
-// What a client does after each close code (docs/protocol.md section 1, "Close codes"): the
+// What a client does after each close code (docs/protocol.md section 3, "Close codes"): the
 // same two lists as kanbanmesh/board/constants.py (a test holds them equal).
 /** A write was refused: start over with a new document (dropping it), reconnect. */
 export const REFUSAL_CLOSE_CODES = Object.freeze([1009, 4400, 4403, 4413, 4422, 4429])
