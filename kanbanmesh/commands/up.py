@@ -31,6 +31,8 @@ def worker_command(settings: Settings, url: str, index: int) -> list[str]:
         "--url", url, "--board", settings.board,
         "--backend", settings.backend, "--slots", str(settings.slots),
         "--name", f"{settings.backend}-{index + 1}",
+        "--heartbeat-seconds", str(settings.heartbeat_s),
+        "--drain-timeout", str(settings.drain_timeout_s),
     ]
     if settings.backend == "echo":
         command += ["--echo-delay", str(settings.echo_delay_ms)]
