@@ -39,7 +39,7 @@ def _as_the_worker_reads_it(command: list[str]) -> Settings:
 def test_the_workers_get_what_up_was_given(given: dict[str, object], monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("KANBANMESH_HEARTBEAT_S", "KANBANMESH_DRAIN_TIMEOUT_S"):
         monkeypatch.delenv(name, raising=False)
-    settings = Settings(**given)
+    settings = Settings.model_validate(given)
     seen = _as_the_worker_reads_it(worker_command(settings, "ws://127.0.0.1:1", 0))
     for field in WORKER_FIELDS + BACKEND_FIELDS[settings.backend]:
         assert getattr(seen, field) == getattr(settings, field), field
