@@ -6,7 +6,7 @@ from broker.election import leader_id
 from broker.repair import RetryPolicy
 from broker.scheduler import QueuedTask, TodoQueue, plan
 from broker.service import Broker, BrokerSettings, BrokerStats
-from broker.view import BoardView, PeerView, RoomView
+from broker.view import BoardView, PeerView
 
 __all__ = [
     "BoardView",
@@ -16,7 +16,6 @@ __all__ = [
     "PeerView",
     "QueuedTask",
     "RetryPolicy",
-    "RoomView",
     "TodoQueue",
     "leader_id",
     "plan",

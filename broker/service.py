@@ -57,7 +57,6 @@ from kanbanmesh.board.transitions import Column, Writer
 from kanbanmesh.errors import InvalidTaskError
 from kanbanmesh.notify import ChangeSignal
 from kanbanmesh.peer import peer_id
-from kanbanmesh.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -87,17 +86,6 @@ class BrokerSettings:
     orphan_grace_s: float = 5.0  # after start, how long workers unknown to us may reconnect
     renew_s: float = 10.0  # awareness renewal (peers drop states older than 30 s)
     name: str = "broker"
-
-    @classmethod
-    def from_settings(cls, settings: Settings, name: str) -> BrokerSettings:
-        return cls(
-            retry=RetryPolicy(max_attempts=settings.max_attempts, backoff_s=settings.retry_backoff_s),
-            lease_s=settings.lease_s,
-            start_timeout_s=settings.start_timeout_s,
-            reconnect_grace_s=settings.reconnect_grace_s,
-            orphan_grace_s=settings.orphan_grace_s,
-            name=name,
-        )
 
 
 @dataclass

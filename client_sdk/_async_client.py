@@ -33,8 +33,8 @@ from kanbanmesh.errors import (
 )
 from kanbanmesh.notify import ChangeSignal
 from kanbanmesh.peer import BoardPeer, TokenSource, http_base
-from kanbanmesh.server.conversations import ConversationSummary, Turn
-from kanbanmesh.server.kpis import BoardKpis
+from kanbanmesh.wire.conversations import ConversationSummary, Turn
+from kanbanmesh.wire.kpis import BoardKpis
 
 
 def new_task_id() -> str:

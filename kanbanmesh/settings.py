@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -17,7 +17,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from kanbanmesh.board import constants as c
 from kanbanmesh.errors import ConfigurationError
 
-BOARD_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+if TYPE_CHECKING:
+    from broker.service import BrokerSettings
 
 
 def default_data_dir() -> Path:
@@ -32,7 +33,7 @@ class Settings(BaseSettings):
 
     # Where clients connect (every client command).
     url: str = "ws://127.0.0.1:8765"
-    board: str = Field(default=c.DEFAULT_BOARD, pattern=BOARD_NAME_PATTERN)
+    board: str = Field(default=c.DEFAULT_BOARD, pattern=c.BOARD_NAME_PATTERN)
     token: str | None = None
     owner: str = ""
 
@@ -119,6 +120,21 @@ class Settings(BaseSettings):
         if self.max_request_bytes is not None:
             return self.max_request_bytes
         return 2 * self.max_task_bytes + (64 << 10)
+
+    def broker_settings(self, name: str) -> BrokerSettings:
+        """The broker's settings, for the broker called `name` ("embedded", "standalone")."""
+        # Imported here: the commands that run no broker need not load it.
+        from broker.repair import RetryPolicy
+        from broker.service import BrokerSettings
+
+        return BrokerSettings(
+            retry=RetryPolicy(max_attempts=self.max_attempts, backoff_s=self.retry_backoff_s),
+            lease_s=self.lease_s,
+            start_timeout_s=self.start_timeout_s,
+            reconnect_grace_s=self.reconnect_grace_s,
+            orphan_grace_s=self.orphan_grace_s,
+            name=name,
+        )
 
     def http_url(self) -> str:
         """The server's HTTP base URL (same host and port as the websocket)."""

@@ -23,9 +23,8 @@ import re
 import threading
 from pathlib import Path
 
-from kanbanmesh.board.constants import DEFAULT_BOARD
+from kanbanmesh.board.constants import BOARD_NAME_PATTERN, DEFAULT_BOARD
 from kanbanmesh.errors import RagError
-from kanbanmesh.settings import BOARD_NAME_PATTERN
 from rag.collection import (
     COLLECTION_NAME_PATTERN,
     Collection,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kanbanmesh.errors import RagError, StoreError
-from kanbanmesh.server.sqlite_file import open_sqlite
+from kanbanmesh.sqlite_file import open_sqlite
 from rag.chunking import Chunk
 from rag.embedding import Vectors
 from rag.index import Ids

@@ -9,6 +9,8 @@ from __future__ import annotations
 from typing import Final
 
 DEFAULT_BOARD: Final = "default"
+# What a board may be called (the server, the CLI and retrieval collections check it).
+BOARD_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 # Root maps of a board document, in the order a task moves through them.
 TODO: Final = "todo"

@@ -14,7 +14,7 @@ import signal
 import anyio
 import click
 
-from broker.service import Broker, BrokerSettings
+from broker.service import Broker
 from broker.view import PeerView
 from kanbanmesh.errors import ConnectError, ConnectionClosedError, KanbanMeshError
 from kanbanmesh.peer import BoardPeer
@@ -40,7 +40,7 @@ async def _serve_once(settings: Settings) -> None:
                      max_message_bytes=settings.max_message_bytes, reconnect=False)
     async with anyio.create_task_group() as tg:
         await tg.start(peer.start)
-        broker = Broker(PeerView(peer), BrokerSettings.from_settings(settings, "standalone"))
+        broker = Broker(PeerView(peer), settings.broker_settings("standalone"))
         await tg.start(broker.run)
         click.echo(f"broker {broker.id} serving {settings.url}/{settings.board}", err=True)
         tg.start_soon(_fail_with_peer, peer)

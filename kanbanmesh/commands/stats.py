@@ -12,8 +12,8 @@ from rich.table import Table
 from client_sdk import AsyncClient
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import ConfigurationError
-from kanbanmesh.server.kpis import BoardKpis
 from kanbanmesh.settings import Settings
+from kanbanmesh.wire.kpis import BoardKpis
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import anyio.to_thread
 
 from kanbanmesh.board import constants as c
 from kanbanmesh.errors import MiddlewareError, StoreError
 from kanbanmesh.pipeline.base import FieldReader, PendingTask
-from kanbanmesh.server.conversations import ConversationStore
+from kanbanmesh.wire.conversations import Turn
+
+
+class ConversationHistory(Protocol):
+    """Where the turns come from: the server's `ConversationStore`."""
+
+    def history(self, board: str, owner: str, conversation: str) -> list[Turn]:
+        """The turns to send with a new task (blocking: called in a thread); raises
+        `StoreError` when they cannot be read."""
+        ...
 
 
 class HistoryMiddleware:
@@ -18,7 +27,7 @@ class HistoryMiddleware:
 
     name = "history"
 
-    def __init__(self, store: ConversationStore) -> None:
+    def __init__(self, store: ConversationHistory) -> None:
         self._store = store
 
     def applies(self, entry: FieldReader) -> bool:

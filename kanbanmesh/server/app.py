@@ -23,11 +23,11 @@ from kanbanmesh.errors import InvalidTaskError, RagError, TaskNotFoundError
 from kanbanmesh.server.channel import StarletteChannel
 from kanbanmesh.server.direct_ws import DirectChannel
 from kanbanmesh.server.hub import Hub, TooManyBoardsError
-from kanbanmesh.server.kpis import kpis
 from kanbanmesh.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kanbanmesh.server.metrics import MeshMetrics
 from kanbanmesh.server.openai_api import DEFAULT_MAX_REQUEST_BYTES, openai_routes
 from kanbanmesh.server.web import web_routes
+from kanbanmesh.wire.kpis import kpis
 from rag.collections import Collections
 
 log = logging.getLogger(__name__)

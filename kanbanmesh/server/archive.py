@@ -18,7 +18,7 @@ from typing import Any
 import anyio.to_thread
 
 from kanbanmesh.errors import StoreError
-from kanbanmesh.server.sqlite_file import open_sqlite
+from kanbanmesh.sqlite_file import open_sqlite
 
 _SCHEMA = (
     (

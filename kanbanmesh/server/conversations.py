@@ -21,12 +21,12 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from pydantic import BaseModel
 
 from kanbanmesh.errors import StoreError
+from kanbanmesh.sqlite_file import open_sqlite
+from kanbanmesh.wire.conversations import ConversationSummary, Turn
 
 log = logging.getLogger(__name__)
-from kanbanmesh.server.sqlite_file import open_sqlite
 
 _SCHEMA = (
     (
@@ -36,17 +36,6 @@ _SCHEMA = (
     ),
     "CREATE INDEX IF NOT EXISTS turns_by_conversation ON turns (board, owner, conversation, seq)",
 )
-
-
-class Turn(BaseModel):
-    role: str
-    content: str
-
-
-class ConversationSummary(BaseModel):
-    conversation: str
-    turns: int
-    updated_at: float  # ms
 
 
 class ConversationStore:

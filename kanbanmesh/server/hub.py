@@ -12,15 +12,15 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from broker.service import Broker, BrokerSettings
-from broker.view import RoomView
+from kanbanmesh.board.constants import BOARD_NAME_PATTERN
 from kanbanmesh.errors import ConfigurationError
 from kanbanmesh.pipeline.base import Middleware
 from kanbanmesh.server.archive import TaskArchive
 from kanbanmesh.server.conversations import ConversationStore
 from kanbanmesh.server.enrichment import Enricher
 from kanbanmesh.server.room import BoardRoom, RoomSettings
+from kanbanmesh.server.room_view import RoomView
 from kanbanmesh.server.store import BoardStore
-from kanbanmesh.settings import BOARD_NAME_PATTERN
 
 log = logging.getLogger(__name__)
 

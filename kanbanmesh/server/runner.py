@@ -21,7 +21,6 @@ import anyio.to_thread
 import uvicorn
 from anyio.abc import TaskStatus
 
-from broker.service import BrokerSettings
 from kanbanmesh.auth import AuthError, check_secret
 from kanbanmesh.board.limits import EntryLimits
 from kanbanmesh.errors import ConfigurationError
@@ -73,7 +72,7 @@ def hub_settings(settings: Settings) -> HubSettings:
                 max_submissions_per_minute=settings.max_submissions_per_minute,
             ),
         ),
-        broker=replace(BrokerSettings.from_settings(settings, "embedded"), always_lead=True)
+        broker=replace(settings.broker_settings("embedded"), always_lead=True)
         if settings.embedded_broker
         else None,
         middleware_timeout_s=settings.middleware_timeout_s,

@@ -21,7 +21,7 @@ PUBLIC_API = {
     },
     "broker": {
         "BoardView", "Broker", "BrokerSettings", "BrokerStats", "PeerView", "QueuedTask",
-        "RetryPolicy", "RoomView", "TodoQueue", "leader_id", "plan",
+        "RetryPolicy", "TodoQueue", "leader_id", "plan",
     },
     "worker": {"Worker", "WorkerSettings"},
     "awareness": {
@@ -36,6 +36,7 @@ PUBLIC_API = {
         "load_questions", "read_document",
     },
     "kanbanmesh.pipeline": {"FieldReader", "HistoryMiddleware", "Middleware", "PendingTask"},
+    "kanbanmesh.wire": {"BoardKpis", "ConversationSummary", "Distribution", "PromptCache", "Turn", "kpis"},
 }
 
 

@@ -11,9 +11,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from client_sdk import AsyncClient, Column
-from kanbanmesh.server.kpis import kpis
 from kanbanmesh.server.runner import serve
 from kanbanmesh.settings import Settings
+from kanbanmesh.wire.kpis import kpis
 from tests.conftest import WorkerPool, cli
 
 pytestmark = pytest.mark.anyio

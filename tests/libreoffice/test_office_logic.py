@@ -26,8 +26,8 @@ from kanbanmesh_office import (
 )
 from kanbanmesh_office.settings import BOARD_NAME_PATTERN as OFFICE_BOARD_PATTERN
 
+from kanbanmesh.board.constants import BOARD_NAME_PATTERN
 from kanbanmesh.errors import BackendError
-from kanbanmesh.settings import BOARD_NAME_PATTERN
 from tests.conftest import WorkerPool, free_port
 from tests.e2e.backend_workers import running_worker
 from tests.libreoffice.conftest import EXAMPLE
@@ -54,7 +54,7 @@ def test_instructions() -> None:
 
 
 def test_settings_are_checked_before_anything_is_sent() -> None:
-    assert OFFICE_BOARD_PATTERN == BOARD_NAME_PATTERN  # the extension cannot import the server's
+    assert OFFICE_BOARD_PATTERN == BOARD_NAME_PATTERN  # the extension keeps its own copy
     fixed = OfficeSettings(url=" ws://host:8765/ ", board=" team ", model=" ").validated()
     assert (fixed.url, fixed.board, fixed.model) == ("ws://host:8765", "team", "")
     for bad, message in [

@@ -8,7 +8,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from kanbanmesh.server.conversations import ConversationStore, Turn
+from kanbanmesh.server.conversations import ConversationStore
+from kanbanmesh.wire.conversations import Turn
 
 pytestmark = pytest.mark.anyio
 

@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 from kanbanmesh_office.errors import SettingsError
 
-# The server's own rule (kanbanmesh.settings.BOARD_NAME_PATTERN; that module is not shipped in
-# the extension: it needs pydantic-settings). tests/libreoffice pins that the two agree.
+# The server's own rule (kanbanmesh.board.constants.BOARD_NAME_PATTERN), copied so that this
+# module imports nothing of the SDK. tests/libreoffice pins that the two agree.
 BOARD_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 MAX_TOKENS_LIMIT = 1_000_000  # the task schema's bound on params.max_tokens
 

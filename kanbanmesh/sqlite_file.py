@@ -1,4 +1,5 @@
-"""Opening the server's small SQLite files (archive, conversations) the same way."""
+"""Opening the small SQLite files (the server's archive and conversations, a collection's
+chunk store) the same way."""
 
 from __future__ import annotations
 
