@@ -119,7 +119,3 @@ class Settings(BaseSettings):
         if self.max_request_bytes is not None:
             return self.max_request_bytes
         return 2 * self.max_task_bytes + (64 << 10)
-
-    def http_url(self) -> str:
-        """The server's HTTP base URL (same host and port as the websocket)."""
-        return "http" + self.url[2:]
