@@ -118,7 +118,9 @@ class BoardDoc:
     def _put(self, column: Column, task_id: str, fields: Mapping[str, Any]) -> Map[Any]:
         """`self.maps[column][task_id] = Map(fields)` in half the time: pycrdt's `Map(fields)`
         opens a transaction and type-checks per field; plain values here go straight into
-        the integrated map (same structs, same order). Every create and move passes here."""
+        the integrated map (same structs, same order). Every create and move passes here.
+        Below pycrdt's public API, as `kanbanmesh.board.reads`: tests/board/test_model.py
+        holds it to `Map(fields)`."""
         with self.doc.transaction() as txn:
             entry: Map[Any] = Map()
             self.maps[column][task_id] = entry

@@ -6,6 +6,9 @@ every generating sequence and prompt chunks of the new ones, and a prompt reuses
 prefix a free sequence already holds (`cache_prompt`, on by default as in llama-server; off for
 a task with `params.cache_prompt: false`, or for every task with `--no-cache-prompt`). The event
 loop only renders and tokenizes prompts and reads what the engine emits.
+
+`llama_cpp._internals.LlamaModel` is no public API: llama-cpp-python is pinned to one version
+in pyproject.toml, and tests/test_library_internals.py names what is used of it.
 """
 
 from __future__ import annotations
