@@ -100,11 +100,6 @@ class AwarenessRegistry:
             frozenset(str(s.get(c.A_NAME)) for s in states if s.get(c.A_NAME)),
         )
 
-    def owner_of(self, client_id: int) -> Hashable | None:
-        """The connection a present client id belongs to (None: nobody's)."""
-        peer = self._peers.get(client_id)
-        return peer.owner if peer is not None and peer.state is not None else None
-
     def apply(
         self, owner: Hashable, update: bytes, *, subject: str | None = None,
         admit: Callable[[AwarenessEntry], None] | None = None,

@@ -86,9 +86,7 @@ class RoomSettings:
 class RoomStats:
     updates_applied: int = 0
     updates_refused: int = 0
-    connections_total: int = 0
     archived: int = 0
-    rotations: int = 0
 
 
 class BoardRoom:
@@ -322,7 +320,6 @@ class BoardRoom:
             self._store.compact(self.name, fresh.get_update())
             await self._store.flush()
         self._left_since_rotation = 0
-        self.stats.rotations += 1
         log.info("board %s: generation %d", self.name, self.generation)
         self._reset_listeners.notify()
         for signal in self._task_signals.values():
@@ -428,7 +425,6 @@ class BoardRoom:
                 identity, lambda: self.board, lambda: self.awareness.announced_by(conn), self._writers
             )
         self._connections.add(conn)
-        self.stats.connections_total += 1
         conn.enqueue_message(codec.sync_step1(self.doc.get_state()))
         existing = self.awareness.full_update()
         if existing is not None:

@@ -212,11 +212,6 @@ class LlamaBackend:
             return {}
         return dict(itertools.islice(engine.digest.items(), MAX_DIGEST_ENTRIES))
 
-    def cache_stats(self) -> tuple[int, int]:
-        """Prompt tokens seen, and how many of them came from a cache."""
-        engine = self._engine
-        return (engine.prompt_tokens, engine.cached_tokens) if engine is not None else (0, 0)
-
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         if request.model and request.model not in self._file.names:
             raise BackendError(
