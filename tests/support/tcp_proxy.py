@@ -46,7 +46,6 @@ class TcpProxy:
         self._links: set[_Link] = set()
         self._flowing = anyio.Event()
         self._flowing.set()
-        self._accepted_changed = anyio.Event()
         self._exit_stack: AsyncExitStack | None = None  # holds the relay's task group while open
         self._listener: MultiListener[SocketStream]
 
@@ -118,15 +117,8 @@ class TcpProxy:
         """Forward again, starting with what was held."""
         self._flowing.set()
 
-    async def wait_accepted(self, count: int) -> None:
-        """Wait until `count` connections have been accepted since the proxy started."""
-        while self.accepted < count:
-            await self._accepted_changed.wait()
-
     async def _relay(self, client: SocketStream) -> None:
         self.accepted += 1
-        self._accepted_changed.set()
-        self._accepted_changed = anyio.Event()
         try:
             server = await anyio.connect_tcp(self.target_host, self.target_port)
         except OSError:
