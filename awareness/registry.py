@@ -16,6 +16,7 @@ from typing import Any
 
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.limits import EntryLimits, value_problem
+from kanbanmesh.notify import Listeners, Subscription
 from kanbanmesh.protocol.codec import AwarenessEntry, decode_awareness, encode_awareness
 
 # The subject of the states the server itself sets (no token names it: it holds no characters
@@ -65,12 +66,12 @@ class AwarenessRegistry:
         self._limits = limits or AwarenessLimits()
         self._peers: dict[int, _Peer] = {}
         self._removed: dict[int, _Peer] = {}  # oldest first (see `AwarenessLimits.max_removed`)
-        self._listeners: list[AwarenessListener] = []
+        self._listeners: Listeners[[list[int], list[int], list[int]]] = Listeners()
 
-    def subscribe(self, listener: AwarenessListener) -> Callable[[], None]:
-        """Call `listener(added, updated, removed)` on every change; returns an unsubscribe."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
+    def subscribe(self, listener: AwarenessListener) -> Subscription:
+        """Call `listener(added, updated, removed)` on every change; cancel the returned
+        `Subscription` to stop."""
+        return self._listeners.add(listener)
 
     def states(self) -> dict[int, dict[str, Any]]:
         """Current states of present peers (left peers excluded)."""
@@ -98,11 +99,6 @@ class AwarenessRegistry:
             frozenset(str(s.get(c.A_ID)) for s in states),
             frozenset(str(s.get(c.A_NAME)) for s in states if s.get(c.A_NAME)),
         )
-
-    def owner_of(self, client_id: int) -> Hashable | None:
-        """The connection a present client id belongs to (None: nobody's)."""
-        peer = self._peers.get(client_id)
-        return peer.owner if peer is not None and peer.state is not None else None
 
     def apply(
         self, owner: Hashable, update: bytes, *, subject: str | None = None,
@@ -230,5 +226,4 @@ class AwarenessRegistry:
 
     def _emit(self, added: list[int], updated: list[int], removed: list[int]) -> None:
         if added or updated or removed:
-            for listener in list(self._listeners):
-                listener(added, updated, removed)
+            self._listeners.notify(added, updated, removed)

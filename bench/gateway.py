@@ -26,6 +26,7 @@ import httpx
 
 from bench.dispatch import mesh
 from client_sdk import AsyncClient
+from kanbanmesh.peer import http_base
 
 MESSAGES = [{"role": "user", "content": "how fast is the gateway"}]
 
@@ -36,7 +37,7 @@ async def gateway_run(url: str, concurrency: int, total: int) -> tuple[float, li
     per_client = total // concurrency
 
     async def client() -> None:
-        async with httpx.AsyncClient(base_url="http" + url[2:], timeout=60) as http:
+        async with httpx.AsyncClient(base_url=http_base(url), timeout=60) as http:
             for _ in range(per_client):
                 start = time.perf_counter()
                 reply = await http.post("/v1/chat/completions", json={"model": "echo", "messages": MESSAGES})
@@ -54,7 +55,7 @@ async def added_latency(url: str, n: int) -> tuple[float, float]:
     """p50 of one request at a time through the endpoint and through the SDK, alternating."""
     through_api: list[float] = []
     through_sdk: list[float] = []
-    async with AsyncClient(url) as sdk, httpx.AsyncClient(base_url="http" + url[2:], timeout=60) as http:
+    async with AsyncClient(url) as sdk, httpx.AsyncClient(base_url=http_base(url), timeout=60) as http:
         for i in range(n + 10):
             start = time.perf_counter()
             (await http.post("/v1/chat/completions", json={"model": "echo", "messages": MESSAGES})).raise_for_status()

@@ -138,9 +138,10 @@ async def measure(tasks: int, rounds: int, *, store_on: bool, callgrind: bool) -
     """(room, client, worker) CPU ms per task, one triple per round."""
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        async with BoardStore(Path(tmp) / "boards.sqlite3") as store:
-            archive = TaskArchive(Path(tmp) / "archive.sqlite3")
-            archive.open()
+        async with (
+            BoardStore(Path(tmp) / "boards.sqlite3") as store,
+            TaskArchive(Path(tmp) / "archive.sqlite3") as archive,
+        ):
             hub = Hub(store if store_on else None, archive, HubSettings())
             async with anyio.create_task_group() as tg:
                 await tg.start(hub.start)
@@ -177,7 +178,6 @@ async def measure(tasks: int, rounds: int, *, store_on: bool, callgrind: bool) -
                     results.append(((total - client.cpu - worker.cpu) / tasks * 1e3,
                                     client.cpu / tasks * 1e3, worker.cpu / tasks * 1e3))
                 tg.cancel_scope.cancel()
-            archive.close()
     return results
 
 

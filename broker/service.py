@@ -91,10 +91,7 @@ class BrokerSettings:
 @dataclass
 class BrokerStats:
     assigned: int = 0
-    requeued: int = 0
-    failed: int = 0
-    cancelled: int = 0
-    deduplicated: int = 0
+    failed: int = 0  # tasks finished failed by a repair (out of attempts)
     start_timeouts: int = 0  # tasks requeued because their worker did not start them
     invalid: int = 0  # tasks failed for an entry the broker could not act on
     passes: int = 0
@@ -119,7 +116,6 @@ class Broker:
         self._tracker = self._new_tracker()
         self._started_at = 0.0
         self._running = False
-        self._leading = False
         # Workers seen present during the orphan grace (emptied once it is over).
         self._seen_workers: set[str] = set()
         self._workers: list[WorkerPresence] | None = None  # parsed presence, until it changes
@@ -146,11 +142,6 @@ class Broker:
     @property
     def board(self) -> BoardDoc:
         return self._view.board
-
-    @property
-    def leading(self) -> bool:
-        """Whether this broker led the board at its last pass."""
-        return self._leading
 
     @property
     def health(self) -> WorkerHealth:
@@ -269,8 +260,8 @@ class Broker:
         for worker in self._tracker.take_started():
             self._health.started(worker)
         presence = self._view.presence()
-        self._leading = self._settings.always_lead or leader_id(self.id, self.since, presence.values()) == self.id
-        if not self._leading:
+        leading = self._settings.always_lead or leader_id(self.id, self.since, presence.values()) == self.id
+        if not leading:
             return
         self.stats.passes += 1
         if self._workers is None:
@@ -350,9 +341,7 @@ class Broker:
         for task_id in suspects:
             if task_id in self._given_up:
                 continue
-            dropped = self._guarded(task_id, partial(drop_duplicates, self.board, task_id))
-            if dropped:
-                self.stats.deduplicated += 1
+            self._guarded(task_id, partial(drop_duplicates, self.board, task_id))
 
     def _fail_invalid_entries(self) -> None:
         """Fail the entries the tracker could not index, unless they were fixed meanwhile."""
@@ -439,11 +428,7 @@ class Broker:
         self._guarded(task_id, requeue)
 
     def _count(self, outcome: TaskStatus | None) -> None:
-        if outcome is None:
-            self.stats.requeued += 1
-        elif outcome is TaskStatus.CANCELLED:
-            self.stats.cancelled += 1
-        else:
+        if outcome is TaskStatus.FAILED:
             self.stats.failed += 1
 
     def _cancel_queued(self) -> None:
@@ -462,7 +447,6 @@ class Broker:
                 if entry is not None and entry.cancel:
                     self._handled.add(task_id)
                     finish(self.board, task_id, column, TaskStatus.CANCELLED, None, output=entry.output)
-                    self.stats.cancelled += 1
 
             self._guarded(task_id, cancel)
 

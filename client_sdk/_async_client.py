@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncGenerator, Sequence
+from contextlib import AsyncExitStack
 from typing import Any, Self
 from urllib.parse import quote
 
 import anyio
 import httpx
-from pycrdt import Map, Text
+from pycrdt import Map
 from pydantic import ValidationError
 
 from awareness.states import PeerPresence, Role, WorkerPresence, workers_from_states
 from client_sdk._models import BoardSnapshot
 from kanbanmesh.board import constants as c
-from kanbanmesh.board.document import entry_from_fields, entry_from_map, request_from_fields
+from kanbanmesh.board.document import (
+    entry_from_fields,
+    entry_from_map,
+    request_from_fields,
+    visible_text,
+)
 from kanbanmesh.board.events import ColumnWatch, event_keys
 from kanbanmesh.board.limits import EntryLimits, check_fields
 from kanbanmesh.board.reads import read_field
@@ -98,7 +104,7 @@ class AsyncClient:
             connect_timeout_s=connect_timeout_s,
         )
         self.owner = owner or self._peer.subject or ""
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._exit_stack: AsyncExitStack | None = None  # holds the peer's task group while connected
         # Tasks someone waits on to finish, each with its signal and how many wait on it: a
         # change of the `done` column wakes only the waits on the tasks it touched, so many
         # waits at once (a batch gathered) cost one look each per change of their own task,
@@ -126,20 +132,20 @@ class AsyncClient:
         Raises:
             ConnectError: the server cannot be reached or refused the connection.
         """
-        tg = anyio.create_task_group()
-        await tg.__aenter__()
+        stack = AsyncExitStack()
+        tg = await stack.enter_async_context(anyio.create_task_group())
         try:
             with anyio.fail_after(self._connect_timeout_s + 5):
                 await tg.start(self._peer.start)
         except BaseException as exc:
             tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
+            await stack.aclose()  # the error is raised as it is, not in an exception group
             if isinstance(exc, BaseExceptionGroup):
                 inner = [e for e in exc.exceptions if isinstance(e, KanbanMeshError)]
                 if inner:
                     raise inner[0] from None
             raise
-        self._tg = tg
+        self._exit_stack = stack
         self._done_watch.start()
         self._peer.set_presence({c.A_ROLE: Role.CLIENT.value, c.A_ID: self.id, c.A_NAME: self.owner})
 
@@ -147,12 +153,12 @@ class AsyncClient:
         if self._http is not None:
             http, self._http = self._http, None
             await http.aclose()
-        if self._tg is None:
+        if self._exit_stack is None:
             return
-        tg, self._tg = self._tg, None
+        stack, self._exit_stack = self._exit_stack, None
         self._done_watch.stop()  # or the replica stays alive (ColumnWatch)
         await self._peer.flush_presence_and_stop()
-        await tg.__aexit__(None, None, None)
+        await stack.aclose()
 
     def _on_new_replica(self) -> None:
         self._done_watch.restart()
@@ -413,7 +419,7 @@ class TaskHandle:
             if found is not None:
                 column, ymap = found
                 if column in (Column.DOING, Column.DONE):
-                    text = _text_of(ymap, column)
+                    text = visible_text(ymap, column)
                     if text.startswith(delivered):
                         if len(text) > len(delivered):
                             piece, delivered = text[len(delivered) :], text
@@ -484,11 +490,3 @@ class TaskHandle:
                     ymap[c.F_CANCEL] = True
                 await self._client.wait_changed(1.0)
 
-
-def _text_of(ymap: Map[Any], column: Column) -> str:
-    if column is Column.DONE and read_field(ymap, c.F_STATUS) == TaskStatus.SUCCEEDED.value:
-        result = read_field(ymap, c.F_RESULT)
-        if isinstance(result, str):
-            return result
-    output = read_field(ymap, c.F_OUTPUT)
-    return str(output) if isinstance(output, Text) else ""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any, Self
 from urllib.parse import quote
 
@@ -40,7 +41,7 @@ from kanbanmesh.errors import (
     TransportError,
     UpdateRefusedError,
 )
-from kanbanmesh.notify import ChangeSignal
+from kanbanmesh.notify import ChangeSignal, Listeners, Subscription
 from kanbanmesh.protocol import codec
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,10 @@ def board_url(url: str, board: str, token: str | None = None) -> str:
 
 
 class BoardPeer:
-    """Keeps `doc` in sync with one board on a kanbanmesh server."""
+    """Keeps `doc` in sync with one board on a kanbanmesh server.
+
+    The `on_*` methods and `before_send` return a `Subscription`: cancel it to remove the
+    listener again."""
 
     def __init__(
         self,
@@ -111,9 +115,9 @@ class BoardPeer:
         self.awareness.set_local_state(None)  # nobody until someone says who we are
         # How many times the replica was replaced by a new generation of the board.
         self.resets = 0
-        self._reset_listeners: list[Callable[[], None]] = []
-        self._presence_listeners: list[Callable[[], None]] = []
-        self._stop_listeners: list[Callable[[], None]] = []
+        self._reset_listeners: Listeners[[]] = Listeners()
+        self._presence_listeners: Listeners[[]] = Listeners()
+        self._stop_listeners: Listeners[[]] = Listeners()
         self.changed = ChangeSignal()
         self.presence_changed = ChangeSignal()
         self.error: KanbanMeshError | None = None
@@ -132,7 +136,7 @@ class BoardPeer:
         # Refusals of our writes (REFUSAL_CLOSE_CODES): each starts a new replica.
         self.refusals = 0
         self.last_refusal: ConnectionClosedError | None = None
-        self._refusal_listeners: list[Callable[[ConnectionClosedError], None]] = []
+        self._refusal_listeners: Listeners[[ConnectionClosedError]] = Listeners()
         self._max_message_bytes = max_message_bytes
         self._connect_timeout_s = connect_timeout_s
         self._reconnect = reconnect
@@ -150,8 +154,8 @@ class BoardPeer:
         self._connected = False
         self._stopped = anyio.Event()
         self._tg: TaskGroup | None = None
-        self._listeners: list[Callable[[], None]] = []
-        self._send_hooks: list[Callable[[], None]] = []
+        self._listeners: Listeners[[]] = Listeners()
+        self._send_hooks: Listeners[[]] = Listeners()
         # Held to unobserve when the peer stops: Yrs keeps the callback, the callback this
         # peer, this peer the document, a cycle Python's collector cannot see, so a client
         # closed without it would keep its whole replica alive for good.
@@ -168,33 +172,33 @@ class BoardPeer:
     def synced(self) -> bool:
         return self._synced.is_set()
 
-    def on_remote_change(self, listener: Callable[[], None]) -> None:
+    def on_remote_change(self, listener: Callable[[], None]) -> Subscription:
         """Call `listener()` after each update received from the server."""
-        self._listeners.append(listener)
+        return self._listeners.add(listener)
 
-    def on_presence_change(self, listener: Callable[[], None]) -> None:
+    def on_presence_change(self, listener: Callable[[], None]) -> Subscription:
         """Call `listener()` after each change of the peers' awareness states."""
-        self._presence_listeners.append(listener)
+        return self._presence_listeners.add(listener)
 
-    def before_send(self, hook: Callable[[], None]) -> None:
+    def before_send(self, hook: Callable[[], None]) -> Subscription:
         """Call `hook()` each time the writer wakes, before it takes what waits to be sent:
         the last moment to write into the document and have it go out in this message."""
-        self._send_hooks.append(hook)
+        return self._send_hooks.add(hook)
 
     def flush_soon(self) -> None:
         """Wake the writer once the running task yields (it calls the `before_send` hooks)."""
         self._wakeup.set()
 
-    def on_stop(self, listener: Callable[[], None]) -> None:
+    def on_stop(self, listener: Callable[[], None]) -> Subscription:
         """Call `listener()` when the peer stops for good with an `error` (refused, or the
         connection lost without reconnecting), as `changed` is notified."""
-        self._stop_listeners.append(listener)
+        return self._stop_listeners.add(listener)
 
-    def on_refused(self, listener: Callable[[ConnectionClosedError], None]) -> None:
+    def on_refused(self, listener: Callable[[ConnectionClosedError], None]) -> Subscription:
         """Call `listener(error)` when the server refused a write of ours: the peer then has a
         new replica (`on_reset` listeners ran) and reconnects; writes made before are gone
         unless the server had them."""
-        self._refusal_listeners.append(listener)
+        return self._refusal_listeners.add(listener)
 
     @property
     def current_token(self) -> str | None:
@@ -206,10 +210,10 @@ class BoardPeer:
         """The subject of the peer's token (None without one): see `token_subject`."""
         return token_subject(self._current_token)
 
-    def on_reset(self, listener: Callable[[], None]) -> None:
+    def on_reset(self, listener: Callable[[], None]) -> Subscription:
         """Call `listener()` after the replica was replaced (the board moved to a new
         generation): `doc`, `board` and `awareness` are new objects from then on."""
-        self._reset_listeners.append(listener)
+        return self._reset_listeners.add(listener)
 
     def set_presence(self, state: dict[str, Any] | None) -> None:
         """Set this peer's awareness state (None: not present)."""
@@ -302,19 +306,20 @@ class BoardPeer:
             self._tg.cancel_scope.cancel()
 
     async def __aenter__(self) -> Self:
-        self._exit_tg = anyio.create_task_group()
-        await self._exit_tg.__aenter__()
+        stack = AsyncExitStack()
+        tg = await stack.enter_async_context(anyio.create_task_group())
         try:
-            await self._exit_tg.start(self.start)
+            await tg.start(self.start)
         except BaseException:
-            self._exit_tg.cancel_scope.cancel()
-            await self._exit_tg.__aexit__(None, None, None)
+            tg.cancel_scope.cancel()
+            await stack.aclose()  # the error is raised as it is, not in an exception group
             raise
+        self._exit_stack = stack
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.flush_presence_and_stop()
-        await self._exit_tg.__aexit__(None, None, None)
+        await self._exit_stack.aclose()
 
     async def flush_presence_and_stop(self) -> None:
         """Tell peers we are leaving, then stop."""
@@ -339,8 +344,7 @@ class BoardPeer:
             self._wakeup.set()
         elif topic == "change":
             self.presence_changed.notify()
-            for listener in self._presence_listeners:
-                listener()
+            self._presence_listeners.notify()
 
     def _new_replica(self) -> None:
         """Drop the replica of an old generation of the board for an empty one; what it held
@@ -361,8 +365,7 @@ class BoardPeer:
         if self._tg is not None:
             self._tg.start_soon(old_awareness.stop)
             self._tg.start_soon(self.awareness.start)
-        for listener in self._reset_listeners:
-            listener()
+        self._reset_listeners.notify()
         self.changed.notify()
         self.presence_changed.notify()
 
@@ -455,8 +458,7 @@ class BoardPeer:
         self.refusals += 1
         self.last_refusal = error
         self._new_replica()
-        for listener in self._refusal_listeners:
-            listener(error)
+        self._refusal_listeners.notify(error)
 
     def _fail(self, error: KanbanMeshError) -> None:
         """Stop for good with `error`, waking everyone who waits on the peer."""
@@ -467,8 +469,7 @@ class BoardPeer:
 
     def _stopped_for_good(self) -> None:
         self.changed.notify()
-        for listener in self._stop_listeners:
-            listener()
+        self._stop_listeners.notify()
 
     async def _session(self, ws: ClientConnection, task_status: TaskStatus[None] | None) -> None:
         self._connected = True
@@ -562,8 +563,7 @@ class BoardPeer:
             self._applying_remote = False
         self.remote_updates += 1
         self.changed.notify()
-        for listener in self._listeners:
-            listener()
+        self._listeners.notify()
 
     async def _writer(self, ws: ClientConnection) -> None:
         try:
@@ -575,8 +575,7 @@ class BoardPeer:
         while True:
             await self._wakeup.wait()
             self._wakeup = anyio.Event()
-            for hook in self._send_hooks:
-                hook()
+            self._send_hooks.notify()
             if self._handshaking:
                 continue  # the answer to the server's step 1 goes first (see _handle)
             if self._outbox:

@@ -136,6 +136,3 @@ class Settings(BaseSettings):
             name=name,
         )
 
-    def http_url(self) -> str:
-        """The server's HTTP base URL (same host and port as the websocket)."""
-        return "http" + self.url[2:]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import anyio
 import click
 
+from kanbanmesh.peer import http_base
 from kanbanmesh.server.runner import serve
 from kanbanmesh.server.web import BUILD_HINT, page_built
 from kanbanmesh.settings import Settings
 
 
 def describe_server(settings: Settings, url: str) -> str:
-    http = "http" + url[2:]
+    http = http_base(url)
     lines = [
         f"kanbanmesh server on {url}  (boards: {url}/<board>, default board: {url}/default)",
         f"  page    {http}/" + ("  (the live board)" if page_built() else f"  (not built: {BUILD_HINT})"),

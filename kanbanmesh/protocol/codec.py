@@ -277,8 +277,3 @@ def decode_state_vector(data: bytes) -> dict[int, int]:
     if len(numbers) < 1 + 2 * count:
         raise ProtocolError("message ends inside a number")
     return dict(zip(numbers[1 : 1 + 2 * count : 2], numbers[2 : 2 + 2 * count : 2], strict=True))
-
-
-def covers(state: dict[int, int], required: dict[int, int]) -> bool:
-    """True when `state` has integrated every clock `required` names."""
-    return all(state.get(client, 0) >= clock for client, clock in required.items())

@@ -13,7 +13,7 @@ import pathlib
 import sqlite3
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import anyio.to_thread
 
@@ -44,17 +44,28 @@ class ArchivedTask:
 
 
 class TaskArchive:
-    """Finished tasks by board and id; `path` None keeps them in memory (no persistence)."""
+    """Finished tasks by board and id; `path` None keeps them in memory (no persistence).
+
+    Opened by `async with TaskArchive(path) as archive:` (raises `StoreError` when the file
+    cannot be opened), closed when the block ends.
+    """
 
     def __init__(self, path: pathlib.Path | None) -> None:
         self._path = path
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
 
-    def open(self) -> None:
+    async def __aenter__(self) -> Self:
+        await anyio.to_thread.run_sync(self._open)
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._close()
+
+    def _open(self) -> None:
         self._conn = open_sqlite(self._path, _SCHEMA, "task archive")
 
-    def close(self) -> None:
+    def _close(self) -> None:
         with self._lock:
             if self._conn is not None:
                 self._conn.close()

@@ -17,7 +17,8 @@ import pathlib
 import sqlite3
 import threading
 import time
-from typing import Any
+from contextlib import AsyncExitStack
+from typing import Any, Self
 
 import anyio
 import anyio.to_thread
@@ -39,7 +40,12 @@ _SCHEMA = (
 
 
 class ConversationStore:
-    """Turns by (board, owner, conversation); `path` None keeps them in memory."""
+    """Turns by (board, owner, conversation); `path` None keeps them in memory.
+
+    Opened by `async with ConversationStore(path) as store:` (raises `StoreError` when the
+    file cannot be opened), which also writes recorded turns to SQLite in the background
+    until the block ends; then what is left is written and the file closed.
+    """
 
     def __init__(self, path: pathlib.Path | None, *, max_turns: int = 50, max_chars: int = 32_000) -> None:
         self._path = path
@@ -47,17 +53,33 @@ class ConversationStore:
         self.max_chars = max_chars
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
-        # Turns recorded on the event loop, not yet in SQLite: written in order by `run_writer`
+        # Turns recorded on the event loop, not yet in SQLite: written in order by `_run_writer`
         # in a thread, and by any read first (under the same lock), so a follow-up's history
         # always sees the turn before it.
         self._unwritten: list[tuple[str, str, str, str, list[Turn], float]] = []
         self._unwritten_lock = threading.Lock()  # held for an append or a swap only, never for I/O
-        self._recorded: anyio.Event | None = None  # made by run_writer, in the event loop
+        self._recorded: anyio.Event | None = None  # made by _run_writer, in the event loop
+        self._exit_stack: AsyncExitStack | None = None
 
-    def open(self) -> None:
+    async def __aenter__(self) -> Self:
+        await anyio.to_thread.run_sync(self._open)
+        async with AsyncExitStack() as stack:
+            stack.callback(self._close)  # last: writes what the writer left, then closes
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            tg.start_soon(self._run_writer)
+            stack.callback(tg.cancel_scope.cancel)  # on exit: the writer stops first
+            self._exit_stack = stack.pop_all()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        stack, self._exit_stack = self._exit_stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    def _open(self) -> None:
         self._conn = open_sqlite(self._path, _SCHEMA, "conversation store")
 
-    def close(self) -> None:
+    def _close(self) -> None:
         with self._lock:
             if self._conn is not None:
                 try:
@@ -74,7 +96,7 @@ class ConversationStore:
         if self._recorded is not None:
             self._recorded.set()
 
-    async def run_writer(self) -> None:
+    async def _run_writer(self) -> None:
         """Write recorded turns to SQLite, in order, off the event loop, until cancelled."""
         while True:
             self._recorded = recorded = anyio.Event()

@@ -12,6 +12,9 @@ Everything else stays uvicorn's: keepalive pings, close handshakes, the disconne
 on its queue, shutdown. Flow control too: reading pauses while more than `_READ_AHEAD`
 messages wait (uvicorn pauses after every one), and `send_now` refuses while the transport's
 buffer is above its high-water mark, so a slow peer's messages wait in the room, merged.
+
+uvicorn's protocol classes are no public API: uvicorn is pinned to one version in
+pyproject.toml, and tests/test_library_internals.py names what is used of it here.
 """
 
 from __future__ import annotations

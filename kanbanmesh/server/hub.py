@@ -14,6 +14,7 @@ from anyio.abc import TaskGroup, TaskStatus
 from broker.service import Broker, BrokerSettings
 from kanbanmesh.board.constants import BOARD_NAME_PATTERN
 from kanbanmesh.errors import ConfigurationError
+from kanbanmesh.notify import Listeners, Subscription
 from kanbanmesh.pipeline.base import Middleware
 from kanbanmesh.server.archive import TaskArchive
 from kanbanmesh.server.conversations import ConversationStore
@@ -69,12 +70,12 @@ class Hub:
         self._rooms: dict[str, _Loaded] = {}
         self._brokers: dict[str, Broker] = {}
         self._lock = anyio.Lock()
-        self._room_listeners: list[Callable[[BoardRoom], None]] = []
+        self._room_listeners: Listeners[[BoardRoom]] = Listeners()
         self._tg: TaskGroup | None = None
 
-    def on_room(self, listener: Callable[[BoardRoom], None]) -> None:
+    def on_room(self, listener: Callable[[BoardRoom], None]) -> Subscription:
         """Call `listener(room)` for each room created from now on."""
-        self._room_listeners.append(listener)
+        return self._room_listeners.add(listener)
 
     @staticmethod
     def valid_board(name: str) -> bool:
@@ -126,8 +127,7 @@ class Hub:
                     f"this server holds {self._settings.max_boards} boards, none of them idle"
                 )
             room = BoardRoom(name, self._store, self.archive, self._settings.room, self.conversations)
-            for listener in self._room_listeners:
-                listener(room)
+            self._room_listeners.notify(room)
             scope = await self._tg.start(self._run_room, room)
             self._rooms[name] = _Loaded(room, scope)
             return room

@@ -33,8 +33,8 @@ from awareness.states import WorkerState, workers_from_states
 from kanbanmesh.auth import ALL_BOARDS, AuthError, Identity
 from kanbanmesh.auth import Role as AccessRole
 from kanbanmesh.board import constants as c
-from kanbanmesh.board.document import BoardDoc, entry_from_map
-from kanbanmesh.board.schema import TaskEntry, TaskRequest, TaskStatus
+from kanbanmesh.board.document import BoardDoc, entry_from_map, visible_text
+from kanbanmesh.board.schema import TaskEntry, TaskRequest
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
 from kanbanmesh.server.http_io import ClientGone, check_declared_length, read_body, wait_disconnect
@@ -286,7 +286,7 @@ class _Follower:
                 if column is Column.TODO and now > queued_until:
                     raise ApiError(503, "no worker took the request in time; try again later",
                                    kind=SERVER_ERROR, code="no_worker")
-                text = _output(ymap, column)
+                text = visible_text(ymap, column)
                 if text != last:
                     last = text
                     yield text
@@ -323,15 +323,6 @@ class _Follower:
 def _cancel(board: BoardDoc, task_id: str) -> None:
     _, ymap = board.entry(task_id)
     ymap[c.F_CANCEL] = True
-
-
-def _output(ymap: Any, column: Column) -> str:
-    if column is Column.DONE and ymap.get(c.F_STATUS) == TaskStatus.SUCCEEDED.value:
-        result = ymap.get(c.F_RESULT)
-        if isinstance(result, str):
-            return result
-    output = ymap.get(c.F_OUTPUT)
-    return str(output) if output is not None else ""
 
 
 def _usage(entry: TaskEntry) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from kanbanmesh.board.reads import plain_fields, read_field
 from kanbanmesh.board.schema import TaskRequest
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import ConnectionClosedError, InvalidTaskError, ProtocolError
-from kanbanmesh.notify import ChangeSignal
+from kanbanmesh.notify import ChangeSignal, Listeners, Subscription
 from kanbanmesh.protocol import codec
 from kanbanmesh.protocol.channel import Channel
 from kanbanmesh.server.archive import ArchivedTask, TaskArchive
@@ -86,9 +86,7 @@ class RoomSettings:
 class RoomStats:
     updates_applied: int = 0
     updates_refused: int = 0
-    connections_total: int = 0
     archived: int = 0
-    rotations: int = 0
 
 
 class BoardRoom:
@@ -110,7 +108,7 @@ class BoardRoom:
         self._retention = RetentionIndex(self.board, settings.retention_s)
         self._quota = OwnerQuota(settings.quota)
         self._subs: list[tuple[Any, Any]] = []
-        self._reset_listeners: list[Callable[[], None]] = []
+        self._reset_listeners: Listeners[[]] = Listeners()
         self._retired: set[int] = set()  # client ids of earlier generations
         self._left_since_rotation = 0
         self._epoch = 0  # +1 per rotation; a connection made before it may no longer write
@@ -127,7 +125,7 @@ class BoardRoom:
         self._first_in_turn = False  # the message being handled is the loop turn's first
         self._validator: UpdateValidator | None = None
         self._ready = anyio.Event()
-        self._update_listeners: list[Callable[[], None]] = []
+        self._update_listeners: Listeners[[]] = Listeners()
         # Set by the hub: marks the tasks just created that pre-inference middlewares (history,
         # retrieval) must enrich before any broker may assign them, and queues them.
         self.admit: Callable[[Iterable[str]], None] | None = None
@@ -135,7 +133,7 @@ class BoardRoom:
         # One signal per task somebody in this process follows (the HTTP API's requests): woken
         # only by updates that touch that task, so N open requests do not all wake per update.
         self._task_signals: dict[str, ChangeSignal] = {}
-        self._finished_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._finished_listeners: Listeners[[dict[str, Any]]] = Listeners()
         # What the update being applied does, for its fan-out: the tasks it touches, the
         # tasks it assigns (to which worker), the tasks it finishes. A peer gets it at once
         # if it follows one of the touched tasks, else with its next batch.
@@ -171,14 +169,14 @@ class BoardRoom:
             await self._store.flush()
         self._detach()
 
-    def on_change(self, listener: Callable[[], None]) -> None:
+    def on_change(self, listener: Callable[[], None]) -> Subscription:
         """Call `listener()` after each update from a peer is applied to the board.
 
         It runs at once, outside the update's transaction and before anything is sent, so
         what it writes (the embedded broker's assignment) goes out in the same message as
         the update that caused it.
         """
-        self._update_listeners.append(listener)
+        return self._update_listeners.add(listener)
 
     @contextmanager
     def following(self, task_id: str) -> Iterator[ChangeSignal]:
@@ -190,14 +188,14 @@ class BoardRoom:
         finally:
             self._task_signals.pop(task_id, None)
 
-    def on_finished(self, listener: Callable[[dict[str, Any]], None]) -> None:
+    def on_finished(self, listener: Callable[[dict[str, Any]], None]) -> Subscription:
         """Call `listener(fields)` with each entry that enters `done` (metrics), once the
         messages its update caused have gone out."""
-        self._finished_listeners.append(listener)
+        return self._finished_listeners.add(listener)
 
-    def on_reset(self, listener: Callable[[], None]) -> None:
+    def on_reset(self, listener: Callable[[], None]) -> Subscription:
         """Call `listener()` after the room moved to a new generation of its document."""
-        self._reset_listeners.append(listener)
+        return self._reset_listeners.add(listener)
 
     @property
     def generation(self) -> int:
@@ -322,10 +320,8 @@ class BoardRoom:
             self._store.compact(self.name, fresh.get_update())
             await self._store.flush()
         self._left_since_rotation = 0
-        self.stats.rotations += 1
         log.info("board %s: generation %d", self.name, self.generation)
-        for listener in self._reset_listeners:
-            listener()
+        self._reset_listeners.notify()
         for signal in self._task_signals.values():
             signal.notify()
         reason = f"board rotated to generation {self.generation}: reconnect with a new Y.Doc"
@@ -429,7 +425,6 @@ class BoardRoom:
                 identity, lambda: self.board, lambda: self.awareness.announced_by(conn), self._writers
             )
         self._connections.add(conn)
-        self.stats.connections_total += 1
         conn.enqueue_message(codec.sync_step1(self.doc.get_state()))
         existing = self.awareness.full_update()
         if existing is not None:
@@ -623,8 +618,7 @@ class BoardRoom:
     def _record_finished(self, fields: dict[str, Any]) -> None:
         """A task entered `done`: its conversation turns and the finished listeners (metrics)."""
         self._record_turns(fields)
-        for listener in self._finished_listeners:
-            listener(fields)
+        self._finished_listeners.notify(fields)
 
     def _record_turns(self, fields: dict[str, Any]) -> None:
         conversation = fields.get(c.F_CONVERSATION)

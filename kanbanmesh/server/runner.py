@@ -17,7 +17,6 @@ from contextlib import AsyncExitStack, contextmanager
 from dataclasses import replace
 
 import anyio
-import anyio.to_thread
 import uvicorn
 from anyio.abc import TaskStatus
 
@@ -120,14 +119,12 @@ async def serve(
             store = await stack.enter_async_context(
                 BoardStore(settings.data_dir / "boards.sqlite3")
             )
-        archive = TaskArchive(settings.data_dir / "archive.sqlite3" if settings.persist else None)
-        await anyio.to_thread.run_sync(archive.open)
-        stack.callback(archive.close)
-        conversations = ConversationStore(
-            settings.data_dir / "conversations.sqlite3" if settings.persist else None
+        archive = await stack.enter_async_context(
+            TaskArchive(settings.data_dir / "archive.sqlite3" if settings.persist else None)
         )
-        await anyio.to_thread.run_sync(conversations.open)
-        stack.callback(conversations.close)
+        conversations = await stack.enter_async_context(
+            ConversationStore(settings.data_dir / "conversations.sqlite3" if settings.persist else None)
+        )
         # One thread for embedding questions: the other core stays with the event loop and
         # the workers (a question embeds in ~13 ms on one thread; two oversubscribe 2 cores).
         collections = Collections(settings.data_dir / "rag", rag_models or ModelCache(threads=1))
@@ -149,7 +146,6 @@ async def serve(
         server = _Server(config)
         async with anyio.create_task_group() as tg:
             await tg.start(hub.start)
-            tg.start_soon(conversations.run_writer)
             if handle_signals:
                 tg.start_soon(_stop_on_signal, server)
             log.info("serving %s", url)

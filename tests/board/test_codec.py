@@ -32,12 +32,11 @@ def test_awareness_codec_matches_pycrdt() -> None:
     assert again.states[awareness.client_id] == entry.state
 
 
-def test_state_vector_and_covers() -> None:
+def test_state_vector() -> None:
     doc = Doc()
     doc.get("todo", type=Map)["x"] = 1
     vector = codec.decode_state_vector(doc.get_state())
     assert vector == {doc.client_id: 1}
-    assert codec.covers(vector, {doc.client_id: 1}) and not codec.covers(vector, {doc.client_id: 2})
 
 
 def test_state_vectors_of_many_writers_decode_as_yrs_encodes_them() -> None:

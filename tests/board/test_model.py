@@ -97,6 +97,22 @@ def test_move_copies_fields_and_output_in_one_update() -> None:
     assert board.counts() == {Column.TODO: 0, Column.PREPARED: 0, Column.DOING: 0, Column.DONE: 1}
 
 
+def test_an_entry_is_written_as_pycrdt_writes_a_map_of_its_fields() -> None:
+    """`BoardDoc` writes plain fields below pycrdt's API: the update is the one pycrdt's
+    `column[key] = Map(fields)` makes, byte for byte."""
+
+    def fields() -> dict[str, object]:
+        # One key per object: Yrs encodes an object's keys in hash order, not the same each time.
+        return {"id": "t1", "prompt": "hi", "params": {"stop": ["x", 2]}, "priority": 0,
+                "created_at": 1.5, "cancel": False, "none": None, c.F_OUTPUT: Text("so far")}
+
+    ours: Doc = Doc(client_id=7)
+    BoardDoc(ours).put_fields(Column.TODO, "t1", fields())
+    pycrdts: Doc = Doc(client_id=7)
+    pycrdts.get(c.TODO, type=Map)["t1"] = Map(fields())
+    assert ours.get_update() == pycrdts.get_update()
+
+
 def test_illegal_move_leaves_the_document_untouched() -> None:
     board = BoardDoc(Doc())
     board.create(TaskRequest(id="t1", prompt="hello"))

@@ -1,11 +1,12 @@
-"""`ChangeSignal`: every waiter wakes on the next notification, none on an earlier one."""
+"""`ChangeSignal`: every waiter wakes on the next notification, none on an earlier one.
+`Listeners`: each listener is called until its subscription is cancelled."""
 
 from __future__ import annotations
 
 import anyio
 import pytest
 
-from kanbanmesh.notify import ChangeSignal
+from kanbanmesh.notify import ChangeSignal, Listeners
 
 pytestmark = pytest.mark.anyio
 
@@ -38,3 +39,32 @@ async def test_an_upcoming_event_taken_before_a_notify_is_set_by_it() -> None:
     assert later is not upcoming and not later.is_set()
     with anyio.fail_after(1):
         await upcoming.wait()  # set: returns at once
+
+
+def test_listeners_are_called_in_order_until_cancelled() -> None:
+    listeners: Listeners[[str]] = Listeners()
+    calls: list[tuple[str, str]] = []
+    first = listeners.add(lambda x: calls.append(("first", x)))
+    with listeners.add(lambda x: calls.append(("second", x))):
+        listeners.notify("a")
+    listeners.notify("b")  # the second left with its block
+    first.cancel()
+    first.cancel()  # a second cancel does nothing
+    listeners.notify("c")
+    assert calls == [("first", "a"), ("second", "a"), ("first", "b")]
+    assert len(listeners) == 0
+
+
+def test_a_listener_cancelled_during_a_notify_is_called_no_more_from_the_next() -> None:
+    listeners: Listeners[[]] = Listeners()
+    calls: list[str] = []
+
+    def cancel_other() -> None:
+        calls.append("canceller")
+        other.cancel()
+
+    listeners.add(cancel_other)
+    other = listeners.add(lambda: calls.append("other"))
+    listeners.notify()
+    listeners.notify()
+    assert calls == ["canceller", "other", "canceller"]

@@ -15,6 +15,7 @@ from pycrdt import Map, Text
 from broker import Broker, BrokerSettings, PeerView
 from client_sdk import AsyncClient, Column, TaskStatus
 from kanbanmesh.board import constants as c
+from kanbanmesh.board.document import now_ms
 from kanbanmesh.board.events import event_keys, observe_events
 from kanbanmesh.peer import BoardPeer
 from kanbanmesh.server.runner import serve
@@ -53,15 +54,18 @@ async def test_an_answer_complete_without_yielding_goes_prepared_to_done_in_one_
         )
         await client.wait_for_workers(1, timeout_s=10)
         with anyio.fail_after(10):
+            before = now_ms()
             handle = await client.submit("one write")
             pieces = [piece async for piece in handle.stream()]
             entry = await handle.result()
+            after = now_ms()
         doing.unobserve(subscription)
     assert started == [], "the worker wrote a `doing` copy it did not need"
     assert "".join(pieces) == entry.result == "echo: one write"
     assert entry.status is TaskStatus.SUCCEEDED
-    assert entry.started_at is not None and entry.started_at <= (entry.finished_at or 0)
-    assert entry.timings is not None and entry.timings.total_ms >= 0
+    assert entry.started_at is not None and entry.finished_at is not None and entry.timings is not None
+    assert before <= entry.started_at <= entry.finished_at <= after  # one machine, one clock
+    assert entry.timings.total_ms == entry.finished_at - entry.started_at
 
 
 async def test_the_start_is_written_when_the_worker_yields_with_the_text_so_far(server_url: str) -> None:

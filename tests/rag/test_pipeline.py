@@ -51,10 +51,8 @@ class Gate:
 @asynccontextmanager
 async def hub_room(middlewares: Sequence[Middleware], store: BoardStore | None = None,
                    timeout_s: float = 30.0) -> AsyncIterator[BoardRoom]:
-    archive = TaskArchive(None)
-    archive.open()
-    hub = Hub(store, archive, HubSettings(middleware_timeout_s=timeout_s), middlewares=middlewares)
-    async with anyio.create_task_group() as tg:
+    async with TaskArchive(None) as archive, anyio.create_task_group() as tg:
+        hub = Hub(store, archive, HubSettings(middleware_timeout_s=timeout_s), middlewares=middlewares)
         await tg.start(hub.start)
         room = await hub.room("b")
         # A worker with two free slots, as the embedded broker sees presence.
@@ -62,7 +60,6 @@ async def hub_room(middlewares: Sequence[Middleware], store: BoardStore | None =
                                                 c.A_SLOTS: 2, c.A_STATE: "ready"})
         yield room
         tg.cancel_scope.cancel()
-    archive.close()
 
 
 def submit(room: BoardRoom, task_id: str, **fields: Any) -> None:

@@ -9,7 +9,7 @@ merged with whatever else is pending. Nothing is ever dropped.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 import anyio
@@ -35,6 +35,13 @@ WORKER_LAZY_S = 1.0  # a worker's batches: other tasks' news only keeps its repl
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+async def archive() -> AsyncIterator[TaskArchive]:
+    """An archive in memory, for a room."""
+    async with TaskArchive(None) as archive:
+        yield archive
 
 
 class MemoryChannel:
@@ -198,9 +205,9 @@ async def _run_lazy_scenario(channel: MemoryChannel, conn: Connection) -> None:
 
 
 @CHANNELS
-async def test_each_peer_gets_at_once_only_the_news_of_its_own_tasks(channel_kind: type[MemoryChannel]) -> None:
-    archive = TaskArchive(None)
-    archive.open()
+async def test_each_peer_gets_at_once_only_the_news_of_its_own_tasks(
+    channel_kind: type[MemoryChannel], archive: TaskArchive
+) -> None:
     room = BoardRoom("test", None, archive, RoomSettings(lazy_s=LAZY_S, worker_lazy_s=WORKER_LAZY_S))
     peers = client, broker, worker, other_worker = [Peer(channel_kind) for _ in range(4)]
     try:
@@ -208,7 +215,6 @@ async def test_each_peer_gets_at_once_only_the_news_of_its_own_tasks(channel_kin
     finally:
         for peer in peers:
             peer.channel.dispose()
-        archive.close()
 
 
 async def _run_ownership_scenario(
@@ -277,13 +283,11 @@ async def _run_ownership_scenario(
 
 @CHANNELS
 async def test_a_worker_back_on_a_new_connection_hears_at_once_of_the_tasks_it_holds(
-    channel_kind: type[MemoryChannel],
+    channel_kind: type[MemoryChannel], archive: TaskArchive
 ) -> None:
     """After a reconnect (or a server restart) a worker's new connection follows the tasks the
     board says it holds: their requeue reaches it at once, not with its batch, or it would run
     on a stale attempt whose writes the worker fence refuses."""
-    archive = TaskArchive(None)
-    archive.open()
     room = BoardRoom("test", None, archive, RoomSettings(lazy_s=LAZY_S, worker_lazy_s=WORKER_LAZY_S))
     broker, worker = Peer(channel_kind), Peer(channel_kind)
     try:
@@ -316,7 +320,6 @@ async def test_a_worker_back_on_a_new_connection_hears_at_once_of_the_tasks_it_h
     finally:
         for peer in (broker, worker):
             peer.channel.dispose()
-        archive.close()
 
 
 async def test_a_direct_channel_gets_urgent_news_when_the_batch_is_released_and_all_of_it() -> None:
@@ -410,11 +413,9 @@ async def test_a_direct_channel_that_is_not_writable_leaves_it_to_the_sender_tas
         channel.dispose()
 
 
-async def test_messages_handled_in_one_turn_reach_a_direct_peer_as_one() -> None:
+async def test_messages_handled_in_one_turn_reach_a_direct_peer_as_one(archive: TaskArchive) -> None:
     """Under load: two peers' updates that arrive together go to a third peer (a broker, which
     wants everything at once) in one message, not one each."""
-    archive = TaskArchive(None)
-    archive.open()
     room = BoardRoom("test", None, archive, RoomSettings(lazy_s=LAZY_S, worker_lazy_s=WORKER_LAZY_S))
     first, second, broker = (Peer(DirectMemoryChannel) for _ in range(3))
     try:
@@ -439,7 +440,6 @@ async def test_messages_handled_in_one_turn_reach_a_direct_peer_as_one() -> None
     finally:
         for peer in (first, second, broker):
             peer.channel.dispose()
-        archive.close()
 
 
 async def test_work_after_a_batch_runs_once_its_sends_are_out() -> None:
@@ -467,11 +467,9 @@ async def test_work_after_a_batch_runs_once_its_sends_are_out() -> None:
         channel.dispose()
 
 
-async def test_finished_listeners_get_each_entry_after_the_send() -> None:
+async def test_finished_listeners_get_each_entry_after_the_send(archive: TaskArchive) -> None:
     """Two tasks entering `done` in one write: each listener call gets its own task's fields,
     and only once the messages the write caused are out (metrics must not delay an answer)."""
-    archive = TaskArchive(None)
-    archive.open()
     room = BoardRoom("test", None, archive, RoomSettings(lazy_s=LAZY_S, worker_lazy_s=WORKER_LAZY_S))
     finished: list[dict[str, Any]] = []
     got_both = anyio.Event()
@@ -482,30 +480,25 @@ async def test_finished_listeners_get_each_entry_after_the_send() -> None:
             got_both.set()
 
     room.on_finished(listener)
-    try:
-        async with anyio.create_task_group() as tg:
-            await tg.start(room.start)
+    async with anyio.create_task_group() as tg:
+        await tg.start(room.start)
 
-            def finish_both(board: Any) -> None:
-                for task_id in ("t1", "t2"):
-                    board.column_map(Column.DONE)[task_id] = Map(task_fields(task_id, status="succeeded"))
+        def finish_both(board: Any) -> None:
+            for task_id in ("t1", "t2"):
+                board.column_map(Column.DONE)[task_id] = Map(task_fields(task_id, status="succeeded"))
 
-            room.server_write(finish_both)
-            assert finished == [], "listeners ran inside the write, before its messages left"
-            with anyio.fail_after(5):
-                await got_both.wait()
-            assert sorted(f["id"] for f in finished) == ["t1", "t2"]
-            tg.cancel_scope.cancel()
-    finally:
-        archive.close()
+        room.server_write(finish_both)
+        assert finished == [], "listeners ran inside the write, before its messages left"
+        with anyio.fail_after(5):
+            await got_both.wait()
+        assert sorted(f["id"] for f in finished) == ["t1", "t2"]
+        tg.cancel_scope.cancel()
 
 
-async def test_a_workers_answer_reaches_its_owner_before_the_board_applies_it_and_once() -> None:
+async def test_a_workers_answer_reaches_its_owner_before_the_board_applies_it_and_once(archive: TaskArchive) -> None:
     """A worker's checked update goes to the task's owner at once, ahead of the board's apply,
     its observers and whatever the server writes because of it; the board's own copy of the
     update is not sent to the owner again."""
-    archive = TaskArchive(None)
-    archive.open()
     room = BoardRoom("test", None, archive, RoomSettings(lazy_s=LAZY_S, worker_lazy_s=WORKER_LAZY_S))
     client, broker, worker = (Peer(DirectMemoryChannel) for _ in range(3))
     owner_channel = client.channel
@@ -548,4 +541,3 @@ async def test_a_workers_answer_reaches_its_owner_before_the_board_applies_it_an
     finally:
         for peer in (client, broker, worker):
             peer.channel.dispose()
-        archive.close()

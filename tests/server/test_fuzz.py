@@ -77,11 +77,6 @@ DOCUMENTED_CLOSES = frozenset({
     c.CLOSE_INVALID_TASK, c.CLOSE_TOO_MANY, c.CLOSE_TRY_AGAIN_LATER,
 })
 
-# Properties a known core bug still breaks, each pinned by a strict xfail test: the fuzzer
-# counts these violations (see the summary) instead of failing. Remove an entry once its
-# test passes.
-KNOWN_BUGS: dict[str, str] = {}
-
 WAIT_S = 15.0  # the longest any single wait may take before the server counts as hung
 
 
@@ -345,7 +340,7 @@ def deliver(updates: list[bytes], how: str) -> list[bytes]:
 
 # Client ids nobody else writes with. Not drawn by Hypothesis: it replays examples, and a
 # replayed id would write under an earlier example's; what that does is pinned by
-# test_a_connection_cannot_write_under_another_connections_client_id (xfail).
+# test_a_connection_cannot_write_under_another_connections_client_id.
 _fresh_client_ids = itertools.count((1 << 52) + int.from_bytes(os.urandom(6), "big"))
 
 
@@ -641,7 +636,6 @@ class FuzzMesh:
     data_dir: Path
     auth: bool
     outcomes: Counter[str] = field(default_factory=Counter)
-    known_bugs: Counter[str] = field(default_factory=Counter)
     examples: int = 0
     bystander_tasks: int = 0
     url: str = ""
@@ -732,7 +726,7 @@ class FuzzMesh:
         assert health.status_code == 200 and health.json()["status"] == "ok", health.text
         assert await self._observer.resync(WAIT_S), "the observer could not resync"
         if outcome.open and (pending := left_pending(messages, self._observer.doc.get_state())):
-            self._violated("accepted update left pending", "; ".join(pending))
+            raise AssertionError(f"accepted update left pending: {'; '.join(pending)}")
         problems = board_problems(self._observer.doc)
         assert not problems, f"board corrupted: {problems}"
         if self.auth:
@@ -784,10 +778,6 @@ class FuzzMesh:
     async def _board_update(self) -> bytes:
         return self._observer.doc.get_update()
 
-    def _violated(self, prop: str, detail: str) -> None:
-        assert prop in KNOWN_BUGS, f"{prop}: {detail}"
-        self.known_bugs[prop] += 1
-
     async def final_check(self) -> list[str]:
         """A fresh client syncs the whole board; what is wrong with it."""
         async with AsyncClient(self.url, token=self.token(Role.CLIENT, "latecomer")) as fresh:
@@ -796,8 +786,6 @@ class FuzzMesh:
     def summary(self) -> str:
         lines = [f"{self.examples} examples, {self.bystander_tasks} bystander tasks completed"]
         lines += [f"  {label}: {count}" for label, count in sorted(self.outcomes.items())]
-        lines += [f"  known bug, {prop} ({KNOWN_BUGS[prop]}): {count}"
-                  for prop, count in sorted(self.known_bugs.items())]
         return "\n".join(lines)
 
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import socket
 import struct
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
 import anyio
-from anyio.abc import SocketAttribute, SocketStream, TaskGroup
+from anyio.abc import SocketAttribute, SocketStream
 from anyio.streams.stapled import MultiListener
 
 # SO_LINGER on, zero seconds: close() then sends RST instead of FIN.
@@ -45,8 +46,7 @@ class TcpProxy:
         self._links: set[_Link] = set()
         self._flowing = anyio.Event()
         self._flowing.set()
-        self._accepted_changed = anyio.Event()
-        self._tg: TaskGroup | None = None
+        self._exit_stack: AsyncExitStack | None = None  # holds the relay's task group while open
         self._listener: MultiListener[SocketStream]
 
     @classmethod
@@ -72,9 +72,11 @@ class TcpProxy:
     async def __aenter__(self) -> Self:
         self._listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
         self.port = self._listener.extra(SocketAttribute.local_port)
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._listener.serve, self._relay)
+        stack = AsyncExitStack()
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        tg.start_soon(self._listener.serve, self._relay)
+        stack.callback(tg.cancel_scope.cancel)  # on close: the listener stops first
+        self._exit_stack = stack
         return self
 
     async def __aexit__(
@@ -83,13 +85,12 @@ class TcpProxy:
         await self.close()
 
     async def close(self) -> None:
-        if self._tg is None:
+        if self._exit_stack is None:
             return
-        tg, self._tg = self._tg, None
+        stack, self._exit_stack = self._exit_stack, None
         self.resume()
         await self.cut()
-        tg.cancel_scope.cancel()
-        await tg.__aexit__(None, None, None)
+        await stack.aclose()
         await self._listener.aclose()
 
     async def cut(self) -> None:
@@ -116,15 +117,8 @@ class TcpProxy:
         """Forward again, starting with what was held."""
         self._flowing.set()
 
-    async def wait_accepted(self, count: int) -> None:
-        """Wait until `count` connections have been accepted since the proxy started."""
-        while self.accepted < count:
-            await self._accepted_changed.wait()
-
     async def _relay(self, client: SocketStream) -> None:
         self.accepted += 1
-        self._accepted_changed.set()
-        self._accepted_changed = anyio.Event()
         try:
             server = await anyio.connect_tcp(self.target_host, self.target_port)
         except OSError:

@@ -6,6 +6,9 @@ every generating sequence and prompt chunks of the new ones, and a prompt reuses
 prefix a free sequence already holds (`cache_prompt`, on by default as in llama-server; off for
 a task with `params.cache_prompt: false`, or for every task with `--no-cache-prompt`). The event
 loop only renders and tokenizes prompts and reads what the engine emits.
+
+`llama_cpp._internals.LlamaModel` is no public API: llama-cpp-python is pinned to one version
+in pyproject.toml, and tests/test_library_internals.py names what is used of it.
 """
 
 from __future__ import annotations
@@ -208,11 +211,6 @@ class LlamaBackend:
         if engine is None:
             return {}
         return dict(itertools.islice(engine.digest.items(), MAX_DIGEST_ENTRIES))
-
-    def cache_stats(self) -> tuple[int, int]:
-        """Prompt tokens seen, and how many of them came from a cache."""
-        engine = self._engine
-        return (engine.prompt_tokens, engine.cached_tokens) if engine is not None else (0, 0)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         if request.model and request.model not in self._file.names:

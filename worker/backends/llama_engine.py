@@ -132,8 +132,6 @@ class BatchEngine:
         self._abort = False
         self._abort_callback = llama_cpp.ggml_abort_callback(lambda _data: self._abort)
         self._piece = ctypes.create_string_buffer(256)
-        self.prompt_tokens = 0  # every prompt token of every job, for the hit rate
-        self.cached_tokens = 0  # of which came from a cache
         self.digest: dict[str, int] = {}  # what the sequences hold (`SequencePool.digest`)
 
     # -- the caller's side (any thread) --------------------------------------------------
@@ -170,11 +168,6 @@ class BatchEngine:
             slot.cached = []
             slot.prefixes = []
         self.digest = self.pool.digest()
-
-    def memory_bytes(self) -> int:
-        """The context's state size with every sequence full: what `slots` sequences of
-        `n_ctx` tokens hold (KV cells and logits), for the worker to say at start."""
-        return int(llama_cpp.llama_state_get_size(self._ctx))
 
     def sequence_tokens(self, seq_id: int) -> int:
         """How many positions sequence `seq_id` holds in the KV cache (0 when empty)."""
@@ -250,8 +243,6 @@ class BatchEngine:
         job.evaluated = job.cached = reused
         job.sampler = SamplerChain(job.decoding, job.seed, self._n_vocab)
         job.admitted_at = time.perf_counter()
-        self.prompt_tokens += len(job.tokens)
-        self.cached_tokens += reused
         self._active.append(job)
 
     def _save_to_host(self, slot: Slot) -> None:

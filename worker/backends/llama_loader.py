@@ -9,6 +9,9 @@ speed-up, so it is turned off only where the CPU advertises AMX.
 `Llama(use_extra_bufts=False)` does NOT do that: the constructor swallows unknown keyword
 arguments. The flag has to be set on `llama_model_params` before the model is loaded, which
 `_NoExtraBuffersLlama` does.
+
+`llama_cpp._internals.LlamaModel` is no public API: llama-cpp-python is pinned to one version
+in pyproject.toml, and tests/test_library_internals.py names what is used of it.
 """
 
 from __future__ import annotations

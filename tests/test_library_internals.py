@@ -1,0 +1,114 @@
+"""What kanbanmesh uses of its libraries below their public API, pinned.
+
+uvicorn's websockets-sansio protocol (kanbanmesh/server/direct_ws.py), pycrdt's transactions
+and integrated types (kanbanmesh/board/reads.py, document.py, events.py) and
+llama-cpp-python's `_internals.LlamaModel` (worker/backends/llama.py, llama_loader.py) are no
+public API. Each of these libraries is pinned to one version in pyproject.toml, and these
+tests name what kanbanmesh reaches into: a new version that moves any of it fails here, by
+name, rather than somewhere deep in the server or a worker. Move a pin only with this file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+import tomllib
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+
+
+def pinned(distribution: str) -> str:
+    """The version pyproject.toml pins `distribution` to (`name==X.Y.Z`), extras included."""
+    project = tomllib.loads(PYPROJECT.read_text(encoding="utf-8"))["project"]
+    requirements = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        requirements += extra
+    for requirement in requirements:
+        name, _, version = requirement.partition("==")
+        if re.sub(r"[-_.]+", "-", name.strip()).lower() == distribution:
+            assert version and not re.search(r"[,<>=!~*]", version), f"{requirement}: not one version"
+            return version.strip()
+    raise AssertionError(f"{distribution} is not pinned with == in pyproject.toml")
+
+
+def parameters(function: Any) -> list[str]:
+    return list(inspect.signature(function).parameters)
+
+
+@pytest.mark.parametrize("distribution", ["uvicorn", "pycrdt", "llama-cpp-python"])
+def test_the_installed_version_is_the_pinned_one(distribution: str) -> None:
+    version = pinned(distribution)
+    try:
+        installed = metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        pytest.skip(f"{distribution} is not installed (an optional extra)")
+    assert installed == version, f"{distribution} {installed} installed, pyproject.toml pins {version}"
+
+
+def test_uvicorn_websockets_sansio_has_what_the_direct_path_uses() -> None:
+    import uvicorn
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+    from uvicorn.server import ServerState
+    from websockets.server import ServerProtocol
+
+    from kanbanmesh.server.direct_ws import DirectWebSocketProtocol
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("not called")
+
+    # The hooks DirectWebSocketProtocol overrides, called by uvicorn as they are declared.
+    assert parameters(WebSocketsSansIOProtocol.__init__) == ["self", "config", "server_state", "app_state", "_loop"]
+    assert parameters(WebSocketsSansIOProtocol.handle_connect) == ["self", "event"]
+    assert parameters(WebSocketsSansIOProtocol.send_receive_event_to_app) == ["self"]
+    loop = asyncio.new_event_loop()
+    try:
+        config = uvicorn.Config(app=app, ws=DirectWebSocketProtocol, log_config=None)
+        config.load()
+        protocol = DirectWebSocketProtocol(config, ServerState(), {}, _loop=loop)
+        # The state DirectWebSocketProtocol and DirectChannel read and write.
+        assert protocol.frames == [] and protocol.close_sent is False and protocol.disconnected is False
+        assert protocol.read_paused is False and protocol.close_timer is None and protocol.loop is loop
+        assert isinstance(protocol.queue, asyncio.Queue) and isinstance(protocol.writable, asyncio.Event)
+        assert isinstance(protocol.close_timeout, float) and hasattr(protocol, "transport")
+        assert isinstance(protocol.conn, ServerProtocol)
+        for method in ("send_binary", "send_close", "data_to_send"):
+            assert callable(getattr(protocol.conn, method)), method
+    finally:
+        loop.close()
+
+
+def test_pycrdt_has_what_the_board_reads_and_writes_use() -> None:
+    from pycrdt import Doc, Map, Text
+    from pycrdt._base import process_event
+    from pycrdt._pycrdt import Map as YrsMap
+    from pycrdt._pycrdt import MapEvent as YrsMapEvent
+    from pycrdt._pycrdt import Text as YrsText
+
+    assert callable(process_event) and isinstance(YrsMapEvent, type)
+    doc: Doc[Any] = Doc()
+    column = doc.get("todo", type=Map)
+    column["t"] = Map({"output": Text("x")})
+    entry = column["t"]
+    assert isinstance(entry.integrated, YrsMap) and isinstance(entry["output"].integrated, YrsText)
+    for name in ("has", "get", "insert", "keys", "to_json", "observe", "observe_deep"):
+        assert callable(getattr(entry.integrated, name)), name
+    assert callable(entry._maybe_as_type_or_doc) and isinstance(entry._subscriptions, list)
+    assert isinstance(doc._exceptions, list) and callable(doc._read_transaction)
+    with doc.transaction() as txn:
+        assert txn._txn is not None
+        assert isinstance(doc._doc.roots(txn._txn), dict | list)
+
+
+def test_llama_cpp_model_has_what_the_llama_backend_uses() -> None:
+    internals = pytest.importorskip("llama_cpp._internals")
+    model = internals.LlamaModel
+    assert parameters(model.__init__)[:4] == ["self", "path_model", "params", "verbose"]
+    for name in ("metadata", "token_eos", "token_bos", "token_get_text", "tokenize", "close"):
+        assert callable(getattr(model, name)), name
+    assert parameters(model.tokenize) == ["self", "text", "add_bos", "special"]
