@@ -24,12 +24,12 @@ from pycrdt import Doc, Map, TransactionEvent
 
 from awareness.registry import AwarenessConflictError, AwarenessRegistry
 from kanbanmesh.auth import OPEN_ACCESS, Identity
-from kanbanmesh.auth import Role as AccessRole
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms
 from kanbanmesh.board.events import change_value, event_keys, observe_events
 from kanbanmesh.board.limits import EntryLimits
 from kanbanmesh.board.reads import plain_fields, read_field
+from kanbanmesh.board.roles import ANNOUNCEABLE, PeerRole, TokenRole
 from kanbanmesh.board.schema import TaskRequest
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import ConnectionClosedError, InvalidTaskError, ProtocolError
@@ -55,8 +55,10 @@ from kanbanmesh.server.validation import (
 
 log = logging.getLogger(__name__)
 
-# Peers that act on any task get every update at once; others only their own tasks'.
-_EAGER_ROLES = frozenset({"broker", "admin"})
+# Peers that act on any task get every update at once; others only their own tasks'. Also a
+# peer announcing role "admin": no `PeerRole`, and no peer of the mesh announces it, but an admin
+# token (or anybody on an open server) may announce anything, and such a tool was served so.
+_EAGER_ROLES = frozenset({PeerRole.BROKER.value, "admin"})
 
 
 @dataclass(frozen=True)
@@ -538,7 +540,7 @@ class BoardRoom:
                 # already holds: their requeue must reach it at once, or it runs on a stale
                 # attempt whose writes the worker fence refuses.
                 conn.interests.update(self._held_by(conn.worker_ids - announced))
-            only_workers = bool(conn.worker_ids) and roles <= {"worker"}
+            only_workers = bool(conn.worker_ids) and roles <= {PeerRole.WORKER.value}
             conn.lazy_s = self._settings.worker_lazy_s if only_workers else self._settings.lazy_s
             if update is not None:
                 # Echoed to the sender too: y-websocket counts it as a sign of life.
@@ -585,7 +587,7 @@ class BoardRoom:
         return frozenset(forwarded)
 
     def _worker_fence(self, conn: Connection) -> WriteRules:
-        identity = Identity(subject=f"worker-connection-{id(conn)}", role=AccessRole.WORKER,
+        identity = Identity(subject=f"worker-connection-{id(conn)}", role=TokenRole.WORKER,
                             boards=[self.name])
         # Its own binding table: without tokens there is no subject to bind client ids to.
         return WriteRules(identity, lambda: self.board, lambda: self.awareness.announced_by(conn), {})
@@ -601,7 +603,7 @@ class BoardRoom:
         check_new_task(fields, self._settings.limits)
         if self.board.locate(request.id) is not None:
             raise UpdateRefused(c.CLOSE_FORBIDDEN, f"forbidden: task {request.id[:24]!r} exists already")
-        if identity.role is AccessRole.CLIENT:
+        if identity.role is TokenRole.CLIENT:
             self._quota.admit_new({request.owner: 1}, anyio.current_time())
         self.server_write(lambda board: board.put_fields(Column.TODO, request.id, fields), created=(request.id,))
 
@@ -660,7 +662,7 @@ class BoardRoom:
                     conn.fence = self._worker_fence(conn)
                 rules = conn.fence
             # Limits are per owner, and an owner is only somebody when a token says so.
-            limited = conn.identity.role is AccessRole.CLIENT
+            limited = conn.identity.role is TokenRole.CLIENT
 
             def authorize(changes: UpdateChanges) -> None:
                 if rules is not None:
@@ -690,29 +692,19 @@ class BoardRoom:
         self._run_listeners()
 
 
-# The awareness roles each token role may announce (None: no role at all, as a stock client's
-# first state, `{}`, announces none).
-_ANNOUNCEABLE: dict[AccessRole, frozenset[object]] = {
-    AccessRole.CLIENT: frozenset({None, "client"}),
-    AccessRole.WORKER: frozenset({None, "worker"}),
-    AccessRole.BROKER: frozenset({None, "broker"}),
-    AccessRole.METRICS: frozenset({None}),
-}
-
-
 def _admit_announcement(identity: Identity, entry: codec.AwarenessEntry) -> None:
     """Refuse a state this connection's token may not announce (`AwarenessConflictError`,
     closed with 1008): a client may not pose as a worker or a broker (nor a worker as a
     broker), and with auth on the id of a worker or a broker is bound to the token's subject:
     `<subject>/<name>`, so that no token can act as another subject's worker."""
-    allowed = _ANNOUNCEABLE.get(identity.role)
+    allowed = ANNOUNCEABLE.get(identity.role)
     if allowed is None:
         return  # admin (or an open server, where everybody is)
     state = entry.state or {}
     role = state.get(c.A_ROLE)
     if role not in allowed:
         raise AwarenessConflictError(f"a {identity.role.value} may not announce role {role!r}")
-    if role in ("worker", "broker"):
+    if role in (PeerRole.WORKER, PeerRole.BROKER):
         peer_id = state.get(c.A_ID)
         if not isinstance(peer_id, str) or peer_id.rpartition("/")[0] != identity.subject:
             raise AwarenessConflictError(
