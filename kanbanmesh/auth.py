@@ -2,8 +2,8 @@
 
 A token is a JWT signed with HMAC-SHA256 (PyJWT) under the server's secret, with claims `sub`
 (the subject), `role` (a `TokenRole`: `kanbanmesh/board/roles.py`), `boards` (board names, or
-`*` for every board), `iat` and `exp`. The server checks it before a websocket is accepted; what the
-connection may then write is decided per role (`kanbanmesh/server/authz.py`).
+`*` for every board), `iat` and `exp`. The server checks it before a websocket is accepted;
+what the connection may then write is decided per role (`kanbanmesh/server/authz.py`).
 """
 
 from __future__ import annotations
