@@ -81,7 +81,7 @@ class BoardChanges:
 
         def observe(event: Any) -> None:
             for key, change in event_keys(event).items():
-                fanout.note_touched((key,))
+                fanout.note_touched(key)
                 if change.get("action") == "delete":
                     continue
                 entry = change_value(change, ymap)

@@ -207,14 +207,14 @@ class Connection:
         """Hold what this peer writes to `rules` (its token's: set once, when it connects)."""
         self._rules = rules
 
-    def write_rules(self, fence: Callable[[], Rules]) -> Rules | None:
+    def write_rules(self, fence: Callable[[Connection], Rules]) -> Rules | None:
         """The rules this peer's next update is held to (None: none). Its token's; without a
         token, a connection that announced only workers is still held to the worker's rules,
-        `fence()` (made once): this fences a stale attempt (a worker cut off past its lease whose
-        late writes arrive after its task went to another worker)."""
+        `fence(self)` (made once): this fences a stale attempt (a worker cut off past its lease
+        whose late writes arrive after its task went to another worker)."""
         if self._rules is None and self._worker_ids and not self._eager:
             if self._fence is None:
-                self._fence = fence()
+                self._fence = fence(self)
             return self._fence
         return self._rules
 

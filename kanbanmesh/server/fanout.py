@@ -13,9 +13,8 @@ tasks that enter or leave a column (`note_*`), the update check the tasks it cha
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
-from contextlib import contextmanager
 
 from kanbanmesh.server.connection import Connection, SendBatch, SharedMerges
 
@@ -57,29 +56,31 @@ class FanOut:
         """Whether the message being handled is the first of its event loop turn."""
         return self._first_in_turn
 
-    @contextmanager
-    def handling(self) -> Iterator[None]:
-        """While the room handles one peer's message: urgent sends to direct channels are held
-        until it is over, so what the server writes because of a peer's update leaves in the
-        same message."""
+    # Pairs of calls rather than context managers: they run for every message of every peer.
+
+    def message_begins(self) -> None:
+        """The room starts handling one peer's message: urgent sends to direct channels are
+        held until `message_ends`, so what the server writes because of a peer's update leaves
+        in the same message."""
         self._first_in_turn = not self.batch.open  # open: others came in the same turn
         self.batch.open = True
-        try:
-            yield
-        finally:
-            self.batch.release_soon()
 
-    @contextmanager
-    def applying(self, origin: Connection) -> Iterator[None]:
-        """While `origin`'s update is applied to the board: it is not sent back to `origin`."""
+    def message_ends(self) -> None:
+        self.batch.release_soon()
+
+    def apply_begins(self, origin: Connection) -> None:
+        """`origin`'s update is being applied to the board (until `apply_ends`): it is not
+        sent back to `origin`."""
         self._origin = origin
-        try:
-            yield
-        finally:
-            self._origin = None
-            self._forwarded = frozenset()
 
-    def note_touched(self, task_ids: Iterable[str]) -> None:
+    def apply_ends(self) -> None:
+        self._origin = None
+        self._forwarded = frozenset()
+
+    def note_touched(self, task_id: str) -> None:
+        self._touched.add(task_id)
+
+    def note_all_touched(self, task_ids: Iterable[str]) -> None:
         self._touched.update(task_ids)
 
     def note_assigned(self, task_id: str, worker: str) -> None:

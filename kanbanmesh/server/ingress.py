@@ -62,9 +62,12 @@ class Ingress:
 
     def handle(self, conn: Connection, data: bytes) -> int | None:
         """Handle one message, with urgent sends to direct channels held until it is over (see
-        `FanOut.handling`); returns the token of a durability request to acknowledge."""
-        with self._fanout.handling():
+        `FanOut.message_begins`); returns the token of a durability request to acknowledge."""
+        self._fanout.message_begins()
+        try:
             return self._handle(conn, data)
+        finally:
+            self._fanout.message_ends()
 
     def _handle(self, conn: Connection, data: bytes) -> int | None:
         message = codec.parse_message(data)
@@ -104,7 +107,7 @@ class Ingress:
                                 "reconnect with a new Y.Doc")
         validator = document.validator
         if validator is not None:
-            rules = conn.write_rules(partial(self._worker_fence, conn))
+            rules = conn.write_rules(self._worker_fence)
             # Limits are per owner, and an owner is only somebody when a token says so.
             limited = conn.identity.role is TokenRole.CLIENT
 
@@ -115,7 +118,7 @@ class Ingress:
                     document.quota.admit(changes, anyio.current_time())
 
             validator.check(update, authorize)
-            self._fanout.note_touched(validator.touched)
+            self._fanout.note_all_touched(validator.touched)
             conn.follow(validator.created)
             if self._fanout.first_in_turn and conn.worker_ids and not conn.eager:
                 changes = validator.changes
@@ -123,15 +126,17 @@ class Ingress:
                     (key for _, key in changes.written), (key for _, key in changes.removed)
                 )
                 self._fanout.forward_early(conn, update, news)
-        with self._fanout.applying(conn):
-            try:
-                document.doc.apply_update(update)
-            except BaseException as exc:
-                if validator is not None:
-                    validator.reset()  # it took what the board did not
-                if isinstance(exc, Exception):
-                    raise UpdateRefused(
-                        c.CLOSE_INVALID_UPDATE, f"update could not be applied ({type(exc).__name__})"
-                    ) from exc
-                raise
+        self._fanout.apply_begins(conn)
+        try:
+            document.doc.apply_update(update)
+        except BaseException as exc:
+            if validator is not None:
+                validator.reset()  # it took what the board did not
+            if isinstance(exc, Exception):
+                raise UpdateRefused(
+                    c.CLOSE_INVALID_UPDATE, f"update could not be applied ({type(exc).__name__})"
+                ) from exc
+            raise
+        finally:
+            self._fanout.apply_ends()
         self._after_write(validator.created if validator is not None else ())
