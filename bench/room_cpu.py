@@ -103,7 +103,7 @@ class SimulatedPeer:
 
 
 async def _run_worker(worker: SimulatedPeer) -> None:
-    presence = {c.A_ROLE: "worker", c.A_ID: WORKER_ID, c.A_NAME: "bench", c.A_MODELS: [""],
+    presence = {c.A_ROLE: PeerRole.WORKER.value, c.A_ID: WORKER_ID, c.A_NAME: "bench", c.A_MODELS: [""],
                 c.A_SLOTS: 1, c.A_STATE: "ready"}
     entry = codec.AwarenessEntry(worker.doc.client_id, 1, presence)
     worker.channel.to_room.send_nowait(codec.awareness_message(codec.encode_awareness([entry])))

@@ -39,14 +39,16 @@ _SERVER_WRITER = "\x00server"
 
 
 class RoomDocument:
-    """The live document of one board and what is kept in step with it."""
+    """The live document of one board and what is kept in step with it. Its attributes are
+    for the room's other parts to read; only its own methods change them (`writers` excepted:
+    the write rules bind client ids in it)."""
 
     def __init__(
         self, name: str, store: BoardStore | None, archive: TaskArchive, settings: RoomSettings,
     ) -> None:
         self.name = name
-        self.store = store
-        self.archive = archive
+        self._store = store
+        self._archive = archive
         self._settings = settings
         self._column_observer: Callable[[Column], Callable[[Any], None]] | None = None
         self._on_update: Callable[[TransactionEvent], None] | None = None
@@ -78,11 +80,11 @@ class RoomDocument:
 
     async def load(self) -> None:
         """Load the board from the store, then watch it."""
-        if self.store is not None:
-            for update in await self.store.load(self.name):
+        if self._store is not None:
+            for update in await self._store.load(self.name):
                 self.doc.apply_update(update)
         self._prepare_loaded()
-        self.retired = await self.archive.retired(self.name)
+        self.retired = await self._archive.retired(self.name)
         self._attach(self.doc)
 
     def _prepare_loaded(self) -> None:
@@ -97,8 +99,8 @@ class RoomDocument:
         meta = self.doc.get(c.META, type=Map)
         if meta.get(c.M_LIMITS) != limits:
             meta[c.M_LIMITS] = limits
-        if self.store is not None and self.doc.get_state() != before:
-            self.store.append(self.name, self.doc.get_update(before))
+        if self._store is not None and self.doc.get_state() != before:
+            self._store.append(self.name, self.doc.get_update(before))
 
     def _attach(self, doc: Doc[Any]) -> None:
         self.doc = doc
@@ -126,13 +128,13 @@ class RoomDocument:
             self.validator.close()  # or its twin and the old document stay alive for good
 
     def persist(self, update: bytes) -> None:
-        if self.store is not None:
-            self.store.append(self.name, update)
+        if self._store is not None:
+            self._store.append(self.name, update)
 
     async def flush(self) -> None:
         """Return once what was persisted so far is on disk."""
-        if self.store is not None:
-            await self.store.flush()
+        if self._store is not None:
+            await self._store.flush()
 
     def held_by(self, worker_ids: frozenset[str]) -> set[str]:
         """The tasks in `prepared` and `doing` assigned to one of `worker_ids`."""
@@ -165,7 +167,7 @@ class RoomDocument:
                 ))
         if not tasks:
             return 0
-        await self.archive.put(self.name, tasks)
+        await self._archive.put(self.name, tasks)
         with self.doc.transaction():
             for task in tasks:
                 if task.id in done:
@@ -188,18 +190,18 @@ class RoomDocument:
         longer write from the first line on (`epoch`), the room closes them."""
         self.epoch += 1
         old_writers = set(codec.decode_state_vector(self.doc.get_state()))
-        await self.archive.retire(self.name, old_writers)
+        await self._archive.retire(self.name, old_writers)
         self.retired |= old_writers
         fresh = next_generation(self.board, self._settings.default_max_attempts)
         self.detach()
         self._attach(fresh)
-        if self.store is not None:
-            self.store.compact(self.name, fresh.get_update())
-            await self.store.flush()
+        if self._store is not None:
+            self._store.compact(self.name, fresh.get_update())
+            await self._store.flush()
         self._left_since_rotation = 0
 
     def maybe_compact(self) -> None:
         """Squash the board's stored rows once there are many. Outside the observe callback:
         a snapshot cannot be taken mid-transaction."""
-        if self.store is not None and self.store.pending_rows(self.name) > self._settings.compact_every:
-            self.store.compact(self.name, self.doc.get_update())
+        if self._store is not None and self._store.pending_rows(self.name) > self._settings.compact_every:
+            self._store.compact(self.name, self.doc.get_update())
