@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from awareness.registry import AwarenessConflictError, AwarenessRegistry
-from awareness.states import PeerPresence, Role, WorkerPresence, WorkerState, workers_from_states
+from awareness.states import PeerPresence, WorkerPresence, WorkerState, workers_from_states
+from kanbanmesh.board.roles import PeerRole
 
 __all__ = [
     "AwarenessConflictError",
     "AwarenessRegistry",
     "PeerPresence",
-    "Role",
+    "PeerRole",
     "WorkerPresence",
     "WorkerState",
     "workers_from_states",

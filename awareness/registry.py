@@ -16,6 +16,7 @@ from typing import Any
 
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.limits import EntryLimits, value_problem
+from kanbanmesh.board.roles import PeerRole
 from kanbanmesh.notify import Listeners, Subscription
 from kanbanmesh.protocol.codec import AwarenessEntry, decode_awareness, encode_awareness
 
@@ -86,14 +87,14 @@ class AwarenessRegistry:
         """The roles `owner`'s states announce, and the worker ids among them."""
         states = [p.state for p in self._peers.values() if p.owner is owner and p.state is not None]
         roles = frozenset(str(s.get(c.A_ROLE)) for s in states)
-        workers = frozenset(str(s.get(c.A_ID)) for s in states if s.get(c.A_ROLE) == "worker")
+        workers = frozenset(str(s.get(c.A_ID)) for s in states if s.get(c.A_ROLE) == PeerRole.WORKER)
         return roles, workers
 
     def announced_by(self, owner: Hashable) -> tuple[frozenset[str], frozenset[str]]:
         """The ids and names of the workers `owner` announced."""
         states = [
             p.state for p in self._peers.values()
-            if p.owner is owner and p.state is not None and p.state.get(c.A_ROLE) == "worker"
+            if p.owner is owner and p.state is not None and p.state.get(c.A_ROLE) == PeerRole.WORKER
         ]
         return (
             frozenset(str(s.get(c.A_ID)) for s in states),

@@ -17,6 +17,7 @@ from pydantic import (
 
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.prefix import HASH_CHARS, MAX_DIGEST_ENTRIES
+from kanbanmesh.board.roles import PeerRole
 
 # Bounds on what a worker may announce. Awareness is open to any peer (a stock y-websocket
 # client announces whatever it likes), and the broker plans with these values on every pass:
@@ -33,14 +34,6 @@ _Name = Annotated[str, StringConstraints(max_length=MAX_NAME)]
 _TaskId = Annotated[str, StringConstraints(max_length=MAX_TASK_ID)]
 
 
-class Role(str, Enum):
-    """What a peer is; the `role` field of its awareness state."""
-
-    WORKER = "worker"  # runs tasks assigned to it
-    BROKER = "broker"  # assigns and repairs
-    CLIENT = "client"  # submits and watches tasks
-
-
 class WorkerState(str, Enum):
     """A worker's availability, as it announces it."""
 
@@ -54,7 +47,7 @@ class WorkerPresence(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    role: Role = Role.WORKER
+    role: PeerRole = PeerRole.WORKER
     id: str = Field(min_length=1, max_length=MAX_ID)
     name: _Name = ""
     models: list[_Name] = Field(default_factory=list, max_length=MAX_MODELS)
@@ -100,7 +93,7 @@ class PeerPresence(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    role: Role
+    role: PeerRole
     id: str = ""
     name: str = ""
 
@@ -136,7 +129,7 @@ class WorkerStates:
 
 
 def _worker(state: Any) -> WorkerPresence | None:
-    if not isinstance(state, dict) or state.get(c.A_ROLE) != Role.WORKER.value:
+    if not isinstance(state, dict) or state.get(c.A_ROLE) != PeerRole.WORKER.value:
         return None
     try:
         return WorkerPresence.model_validate(state)

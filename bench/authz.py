@@ -41,12 +41,13 @@ from pycrdt import Doc, Map
 from bench import dispatch
 from bench.baselines import BenchResult
 from client_sdk import AsyncClient
-from kanbanmesh.auth import Identity, Role, create_token
+from kanbanmesh.auth import Identity, create_token
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms
 from kanbanmesh.board.limits import EntryLimits
+from kanbanmesh.board.roles import PeerRole, TokenRole
 from kanbanmesh.board.schema import TaskRequest
-from kanbanmesh.board.transitions import Column, Writer
+from kanbanmesh.board.transitions import Column
 from kanbanmesh.peer import BoardPeer
 from kanbanmesh.server.authz import WriteRules
 from kanbanmesh.server.quota import OwnerQuota, QuotaLimits
@@ -57,7 +58,7 @@ _YEAR_S = 365 * 24 * 3600.0
 _NO_LIMIT = str(1 << 30)
 
 
-def _token(role: Role, subject: str) -> str:
+def _token(role: TokenRole, subject: str) -> str:
     return create_token(_SECRET, Identity(subject=subject, role=role, boards=["*"]), 24 * 3600)
 
 
@@ -158,9 +159,9 @@ def checking_work(board_tasks: int, tasks: int, chunks: int = 4) -> tuple[float,
     peers = (client, worker)
     writers: dict[int, str] = {}
     quota = OwnerQuota(QuotaLimits(1 << 30, 1 << 30))
-    client_rules = WriteRules(Identity(subject="bench-client", role=Role.CLIENT, boards=["*"]),
+    client_rules = WriteRules(Identity(subject="bench-client", role=TokenRole.CLIENT, boards=["*"]),
                               lambda: board, lambda: (frozenset(), frozenset()), writers)
-    worker_rules = WriteRules(Identity(subject="bench-worker", role=Role.WORKER, boards=["*"]),
+    worker_rules = WriteRules(Identity(subject="bench-worker", role=TokenRole.WORKER, boards=["*"]),
                               lambda: board, lambda: (frozenset({"w-1"}), frozenset({"bench"})), writers)
 
     def as_client(changes: UpdateChanges) -> None:
@@ -190,13 +191,13 @@ def checking_work(board_tasks: int, tasks: int, chunks: int = 4) -> tuple[float,
         request = TaskRequest(id=task_id, owner="bench-client", prompt="a task", created_at=now_ms())
         deliver(client.write(lambda b: b.create(request)), as_client, client)
         before = server.get_state()
-        board.move(task_id, Column.TODO, Column.PREPARED, Writer.BROKER,
+        board.move(task_id, Column.TODO, Column.PREPARED, PeerRole.BROKER,
                    set_fields={c.F_WORKER: "w-1", c.F_ATTEMPT: 1, c.F_ASSIGNED_AT: now_ms()})
         assigned = server.get_update(before)
         validator.mirror(assigned)
         for peer in peers:
             peer.doc.apply_update(assigned)
-        deliver(worker.write(lambda b: b.move(task_id, Column.PREPARED, Column.DOING, Writer.WORKER,
+        deliver(worker.write(lambda b: b.move(task_id, Column.PREPARED, Column.DOING, PeerRole.WORKER,
                                               set_fields={c.F_STARTED_AT: now_ms()}, new_output=True)),
                 worker_rules, worker)
 
@@ -207,7 +208,7 @@ def checking_work(board_tasks: int, tasks: int, chunks: int = 4) -> tuple[float,
         for _ in range(chunks):
             deliver(worker.write(append), worker_rules, worker)
         finished = {c.F_STATUS: "succeeded", c.F_RESULT: "done", c.F_FINISHED_AT: now_ms(), c.F_TOKENS: chunks}
-        deliver(worker.write(lambda b: b.move(task_id, Column.DOING, Column.DONE, Writer.WORKER,
+        deliver(worker.write(lambda b: b.move(task_id, Column.DOING, Column.DONE, PeerRole.WORKER,
                                               set_fields=finished)),
                 worker_rules, worker)
 
@@ -219,9 +220,9 @@ def checking_work(board_tasks: int, tasks: int, chunks: int = 4) -> tuple[float,
 def run_config(auth: bool, args: argparse.Namespace) -> BenchResult:
     """One round of one configuration: a fresh mesh, the board filled, latency, throughput."""
     with authz_mesh(auth, args.workers) as url:
-        anyio.run(prefill, url, _token(Role.ADMIN, "bench-admin") if auth else None, args.board_tasks)
+        anyio.run(prefill, url, _token(TokenRole.ADMIN, "bench-admin") if auth else None, args.board_tasks)
         # dispatch's helpers open plain AsyncClients: with auth on, hand them a client token.
-        client = functools.partial(AsyncClient, token=_token(Role.CLIENT, "bench-client")) if auth else AsyncClient
+        client = functools.partial(AsyncClient, token=_token(TokenRole.CLIENT, "bench-client")) if auth else AsyncClient
         with mock.patch.object(dispatch, "AsyncClient", client):
             samples = anyio.run(dispatch._latency, url, args.latency_tasks, args.workers)
             tps = anyio.run(dispatch._throughput, url, args.throughput_tasks, args.clients)

@@ -53,11 +53,11 @@ from typing import Any
 import anyio
 import httpx
 
-from awareness.states import Role
 from bench.dispatch import _free_port, _kanbanmesh
 from client_sdk import AsyncClient, Column
 from client_sdk._async_client import new_task_id
 from kanbanmesh.board import constants as c
+from kanbanmesh.board.roles import PeerRole
 from kanbanmesh.errors import KanbanMeshError
 from kanbanmesh.peer import BoardPeer
 from tests.support.ledger import OBSERVER_PRESENCE, DoneLedger
@@ -191,14 +191,14 @@ class Observer:
         self.peer = peer
         self.ledger = DoneLedger(peer.board)
 
-    def present(self, role: Role) -> list[dict[str, Any]]:
+    def present(self, role: PeerRole) -> list[dict[str, Any]]:
         return [s for s in self.peer.peers().values() if s.get(c.A_ROLE) == role.value]
 
     def worker_id(self, name: str) -> str | None:
-        return next((s.get(c.A_ID) for s in self.present(Role.WORKER) if s.get(c.A_NAME) == name), None)
+        return next((s.get(c.A_ID) for s in self.present(PeerRole.WORKER) if s.get(c.A_NAME) == name), None)
 
     def leader_broker_id(self) -> str | None:
-        brokers = [(float(s.get(c.A_SINCE) or 0), str(s.get(c.A_ID))) for s in self.present(Role.BROKER)]
+        brokers = [(float(s.get(c.A_SINCE) or 0), str(s.get(c.A_ID))) for s in self.present(PeerRole.BROKER)]
         return min(brokers)[1] if brokers else None
 
     def held_by(self, worker_id: str) -> set[str]:
@@ -311,8 +311,8 @@ async def run_chaos(args: argparse.Namespace) -> tuple[Run, Observer, list[DoneL
             peer.set_presence(OBSERVER_PRESENCE)
             observer = Observer(peer)
             ready = await _wait_until(
-                lambda: len(observer.present(Role.WORKER)) >= args.workers
-                and len(observer.present(Role.BROKER)) >= 2, peer, 60)
+                lambda: len(observer.present(PeerRole.WORKER)) >= args.workers
+                and len(observer.present(PeerRole.BROKER)) >= 2, peer, 60)
             if not ready:
                 raise RuntimeError(f"the mesh did not come up; logs in {data_dir}")
             clients = [await stack.enter_async_context(AsyncClient(fleet.url)) for _ in range(args.clients)]

@@ -33,7 +33,8 @@ from pycrdt import Doc, Map, Text, merge_updates
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms, request_from_fields
 from kanbanmesh.board.reads import read_field, read_items
-from kanbanmesh.board.transitions import Column, Writer
+from kanbanmesh.board.roles import PeerRole
+from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import ConnectionClosedError
 from kanbanmesh.protocol import codec
 from kanbanmesh.server.archive import TaskArchive
@@ -102,7 +103,7 @@ class SimulatedPeer:
 
 
 async def _run_worker(worker: SimulatedPeer) -> None:
-    presence = {c.A_ROLE: "worker", c.A_ID: WORKER_ID, c.A_NAME: "bench", c.A_MODELS: [""],
+    presence = {c.A_ROLE: PeerRole.WORKER.value, c.A_ID: WORKER_ID, c.A_NAME: "bench", c.A_MODELS: [""],
                 c.A_SLOTS: 1, c.A_STATE: "ready"}
     entry = codec.AwarenessEntry(worker.doc.client_id, 1, presence)
     worker.channel.to_room.send_nowait(codec.awareness_message(codec.encode_awareness([entry])))
@@ -113,13 +114,13 @@ async def _run_worker(worker: SimulatedPeer) -> None:
         for task_id, value in read_items(prepared):
             if not isinstance(value, Map) or read_field(value, c.F_WORKER) != WORKER_ID:
                 continue
-            worker.board.move(task_id, Column.PREPARED, Column.DOING, Writer.WORKER,
+            worker.board.move(task_id, Column.PREPARED, Column.DOING, PeerRole.WORKER,
                               set_fields={c.F_STARTED_AT: now_ms()}, new_output=True)
             output = worker.board.column_map(Column.DOING)[task_id][c.F_OUTPUT]
             assert isinstance(output, Text)
             for word in ("echo ", "of ", "the ", "prompt "):
                 output += word
-            worker.board.move(task_id, Column.DOING, Column.DONE, Writer.WORKER, set_fields={
+            worker.board.move(task_id, Column.DOING, Column.DONE, PeerRole.WORKER, set_fields={
                 c.F_STATUS: "succeeded", c.F_RESULT: "echo of the prompt ", c.F_FINISHED_AT: now_ms(),
                 c.F_TOKENS: 4, c.F_FINISH_REASON: "stop",
                 c.F_USAGE: {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},

@@ -12,15 +12,15 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-from awareness.states import Role
 from kanbanmesh.board import constants as c
+from kanbanmesh.board.roles import PeerRole
 
 
 def leader_id(own_id: str, own_since: float, states: Iterable[dict[str, Any]]) -> str:
     """The id of the leading broker among `states` and this one."""
     candidates = [(own_since, own_id)]
     for state in states:
-        if state.get(c.A_ROLE) != Role.BROKER.value or not isinstance(state.get(c.A_ID), str):
+        if state.get(c.A_ROLE) != PeerRole.BROKER.value or not isinstance(state.get(c.A_ID), str):
             continue
         since = state.get(c.A_SINCE)
         # A broker that does not say when it started never outranks one that does.

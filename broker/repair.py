@@ -19,8 +19,9 @@ from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, entry_from_map, now_ms
 from kanbanmesh.board.invalid import invalid_entry, is_task_id
 from kanbanmesh.board.reads import read_field
+from kanbanmesh.board.roles import PeerRole
 from kanbanmesh.board.schema import AttemptRecord, TaskEntry, TaskStatus
-from kanbanmesh.board.transitions import Column, Writer, winner
+from kanbanmesh.board.transitions import Column, winner
 from kanbanmesh.errors import InvalidTaskError
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def requeue_or_fail(
     retry_at = now_ms() if reason == START_TIMEOUT else now_ms() + 1000.0 * policy.delay_s(spent + 1)
     log.info("requeue %s after attempt %d: %s", task_id, attempt, message)
     board.move(
-        task_id, column, Column.TODO, Writer.BROKER,
+        task_id, column, Column.TODO, PeerRole.BROKER,
         set_fields={
             c.F_ATTEMPT: attempt + 1,
             c.F_ATTEMPTS: _bounded(history),
@@ -126,7 +127,7 @@ def finish(
     if error is not None:
         fields[c.F_ERROR] = error
     # A task cancelled while the server's middlewares enriched it: the marker means nothing in done.
-    board.move(task_id, column, Column.DONE, Writer.BROKER, set_fields=fields,
+    board.move(task_id, column, Column.DONE, PeerRole.BROKER, set_fields=fields,
                drop_fields=frozenset({c.F_ENRICHING}))
 
 

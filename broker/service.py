@@ -32,7 +32,7 @@ from anyio.abc import TaskStatus as StartStatus
 from pycrdt import Map
 
 import kanbanmesh
-from awareness.states import Role, WorkerPresence, WorkerStates
+from awareness.states import WorkerPresence, WorkerStates
 from broker.election import leader_id
 from broker.entries import broker_fields, checked_entry
 from broker.health import HealthPolicy, Standing, WorkerHealth
@@ -52,8 +52,9 @@ from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms
 from kanbanmesh.board.limits import EntryLimits
 from kanbanmesh.board.reads import read_entry, read_field
+from kanbanmesh.board.roles import PeerRole
 from kanbanmesh.board.schema import TaskEntry, TaskStatus
-from kanbanmesh.board.transitions import Column, Writer
+from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import InvalidTaskError
 from kanbanmesh.notify import ChangeSignal
 from kanbanmesh.peer import peer_id
@@ -243,7 +244,7 @@ class Broker:
 
     def _presence(self) -> dict[str, Any]:
         return {
-            c.A_ROLE: Role.BROKER.value,
+            c.A_ROLE: PeerRole.BROKER.value,
             c.A_ID: self.id,
             c.A_NAME: self._settings.name,
             c.A_SINCE: self.since,
@@ -270,7 +271,7 @@ class Broker:
         stale = {
             str(state.get(c.A_ID))
             for cid, state in presence.items()
-            if state.get(c.A_ROLE) == Role.WORKER.value and ages.get(cid, 0.0) >= self._settings.lease_s
+            if state.get(c.A_ROLE) == PeerRole.WORKER.value and ages.get(cid, 0.0) >= self._settings.lease_s
         }
         alive = [w for w in self._workers if w.id not in stale]
         present = {w.id for w in alive}
@@ -484,7 +485,7 @@ class Broker:
         queued = queue.get(task_id)
         if not fields.created_at and queued is not None:
             assignment[c.F_CREATED_AT] = queued.created_at
-        self.board.move(task_id, Column.TODO, Column.PREPARED, Writer.BROKER, set_fields=assignment)
+        self.board.move(task_id, Column.TODO, Column.PREPARED, PeerRole.BROKER, set_fields=assignment)
         self._handled.add(task_id)
         self.stats.assigned += 1
         return True

@@ -13,7 +13,7 @@ import httpx
 from pycrdt import Map
 from pydantic import ValidationError
 
-from awareness.states import PeerPresence, Role, WorkerPresence, workers_from_states
+from awareness.states import PeerPresence, WorkerPresence, workers_from_states
 from client_sdk._models import BoardSnapshot
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import (
@@ -25,6 +25,7 @@ from kanbanmesh.board.document import (
 from kanbanmesh.board.events import ColumnWatch, event_keys
 from kanbanmesh.board.limits import EntryLimits, check_fields
 from kanbanmesh.board.reads import read_field
+from kanbanmesh.board.roles import PeerRole
 from kanbanmesh.board.schema import ChatMessage, RagSpec, TaskEntry, TaskParams, TaskStatus
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import (
@@ -147,7 +148,7 @@ class AsyncClient:
             raise
         self._exit_stack = stack
         self._done_watch.start()
-        self._peer.set_presence({c.A_ROLE: Role.CLIENT.value, c.A_ID: self.id, c.A_NAME: self.owner})
+        self._peer.set_presence({c.A_ROLE: PeerRole.CLIENT.value, c.A_ID: self.id, c.A_NAME: self.owner})
 
     async def close(self) -> None:
         if self._http is not None:
@@ -346,7 +347,7 @@ class AsyncClient:
         """The board's four columns and who is connected, as of now."""
         snap = BoardSnapshot(board=self.board, workers=self.workers())
         for state in self._peer.peers().values():
-            if state.get(c.A_ROLE) in (Role.BROKER.value, Role.CLIENT.value):
+            if state.get(c.A_ROLE) in (PeerRole.BROKER.value, PeerRole.CLIENT.value):
                 try:
                     snap.peers.append(PeerPresence.model_validate(state))
                 except ValidationError:

@@ -1,20 +1,20 @@
 """Access tokens: who a connection is, in what role, on which boards.
 
 A token is a JWT signed with HMAC-SHA256 (PyJWT) under the server's secret, with claims `sub`
-(the subject), `role` (client | worker | broker | admin), `boards` (board names, or `*` for
-every board), `iat` and `exp`. The server checks it before a websocket is accepted; what the
-connection may then write is decided per role (`kanbanmesh/server/authz.py`).
+(the subject), `role` (a `TokenRole`: `kanbanmesh/board/roles.py`), `boards` (board names, or
+`*` for every board), `iat` and `exp`. The server checks it before a websocket is accepted;
+what the connection may then write is decided per role (`kanbanmesh/server/authz.py`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from enum import Enum
 
 import jwt
 from pydantic import BaseModel, Field, ValidationError
 
+from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.errors import KanbanMeshError
 
 _ALGORITHM = "HS256"
@@ -31,21 +31,11 @@ class AuthError(KanbanMeshError):
         self.status = status
 
 
-class Role(str, Enum):
-    """What a token lets its holder do (kanbanmesh/server/authz.py, docs/protocol.md section 10)."""
-
-    CLIENT = "client"  # submit tasks, cancel and acknowledge its own
-    WORKER = "worker"  # run the tasks assigned to its worker ids
-    BROKER = "broker"  # assign and repair
-    ADMIN = "admin"  # anything the schema allows
-    METRICS = "metrics"  # read `/metrics` (a Prometheus scraper), nothing else
-
-
 class Identity(BaseModel):
     """Who is on the other end of a connection."""
 
     subject: str = Field(min_length=1, max_length=200)
-    role: Role
+    role: TokenRole
     boards: list[str] = Field(min_length=1)
     # When the token stops being valid (seconds since the epoch); None: never (an open server).
     # The server closes a connection at that moment (4401), whatever it is doing.
@@ -56,7 +46,7 @@ class Identity(BaseModel):
 
 
 # Who may write anything: a server with no secret runs open (everyone is this).
-OPEN_ACCESS = Identity(subject="anonymous", role=Role.ADMIN, boards=[ALL_BOARDS])
+OPEN_ACCESS = Identity(subject="anonymous", role=TokenRole.ADMIN, boards=[ALL_BOARDS])
 
 
 def create_token(secret: str, identity: Identity, ttl_s: float) -> str:

@@ -14,6 +14,7 @@ import click
 from pydantic import ValidationError
 
 from kanbanmesh import __version__
+from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.errors import KanbanMeshError
 from kanbanmesh.settings import Settings
 
@@ -454,7 +455,7 @@ def token() -> None:
 
 
 @token.command("create")
-@click.option("--role", type=click.Choice(["client", "worker", "broker", "admin", "metrics"]), required=True,
+@click.option("--role", type=click.Choice([role.value for role in TokenRole]), required=True,
               help="What the token may do (metrics: read /metrics only).")
 @click.option("--subject", required=True, help="Who the token is for (a client's tasks are "
               "owned by its subject).")
@@ -467,14 +468,14 @@ def token() -> None:
 @friendly_errors
 def token_create(role: str, subject: str, boards: str, ttl_s: float, auth_secret_file: str | None) -> None:
     """Print a signed token (the same secret as the server's)."""
-    from kanbanmesh.auth import Identity, Role, create_token
+    from kanbanmesh.auth import Identity, create_token
 
     settings = build_settings(auth_secret_file=auth_secret_file)
     secret = settings.auth_secret_value()
     if secret is None:
         raise click.UsageError("no secret: pass --auth-secret-file or set KANBANMESH_AUTH_SECRET")
     identity = Identity(
-        subject=subject, role=Role(role), boards=[b.strip() for b in boards.split(",") if b.strip()]
+        subject=subject, role=TokenRole(role), boards=[b.strip() for b in boards.split(",") if b.strip()]
     )
     click.echo(create_token(secret, identity, ttl_s))
 

@@ -27,7 +27,7 @@ from anyio.abc import TaskStatus as StartStatus
 from pycrdt import Map, Text
 
 import kanbanmesh
-from awareness.states import Role, WorkerState, valid_digest
+from awareness.states import WorkerState, valid_digest
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_map, now_ms
 from kanbanmesh.board.events import ColumnWatch, event_keys
@@ -35,8 +35,9 @@ from kanbanmesh.board.invalid import invalid_entry
 from kanbanmesh.board.limits import EntryLimits, json_bytes
 from kanbanmesh.board.prefix import MAX_DIGEST_ENTRIES
 from kanbanmesh.board.reads import plain_fields, read_field, read_items
+from kanbanmesh.board.roles import PeerRole
 from kanbanmesh.board.schema import TaskEntry, TaskStatus, Timings, Usage
-from kanbanmesh.board.transitions import Column, Writer
+from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import BackendError, InvalidTaskError, KanbanMeshError
 from kanbanmesh.notify import ChangeSignal
 from kanbanmesh.peer import BoardPeer, peer_id
@@ -221,7 +222,7 @@ class Worker:
                     c.F_FINISHED_AT: now_ms(),
                 }
                 try:
-                    self._peer.board.move(task_id, column, Column.DONE, Writer.WORKER,
+                    self._peer.board.move(task_id, column, Column.DONE, PeerRole.WORKER,
                                           set_fields=fields, keep_output=False)
                 except KanbanMeshError:
                     log.exception("task %s: could not write its failure", task_id)
@@ -304,7 +305,7 @@ class Worker:
         else:
             state = WorkerState.READY
         presence: dict[str, Any] = {
-            c.A_ROLE: Role.WORKER.value,
+            c.A_ROLE: PeerRole.WORKER.value,
             c.A_ID: self.id,
             c.A_NAME: self.name,
             c.A_MODELS: self._backend.models,
@@ -495,7 +496,7 @@ class Worker:
                 run.scope.cancel()  # requeued or gone meanwhile: stop spending the backend
                 continue
             try:
-                entry = self._peer.board.move(task_id, Column.PREPARED, Column.DOING, Writer.WORKER,
+                entry = self._peer.board.move(task_id, Column.PREPARED, Column.DOING, PeerRole.WORKER,
                                               set_fields=start, new_output=True)
             except KanbanMeshError:  # not in `prepared` after all: nothing of it is ours
                 log.exception("task %s: could not write its start", task_id)
@@ -566,7 +567,7 @@ class Worker:
         if self._ours(Column.PREPARED, task_id, run) is None:
             return None
         started = {c.F_STARTED_AT: now_ms()}
-        entry = self._peer.board.move(task_id, Column.PREPARED, Column.DOING, Writer.WORKER,
+        entry = self._peer.board.move(task_id, Column.PREPARED, Column.DOING, PeerRole.WORKER,
                                       set_fields=started, new_output=True)
         output = read_field(entry, c.F_OUTPUT)
         if isinstance(output, Text) and run.written:
@@ -633,7 +634,7 @@ class Worker:
             fields.update(start)
             if not given_up:
                 fields[c.F_OUTPUT] = Text(outcome.text)
-        self._peer.board.move(task_id, source, Column.DONE, Writer.WORKER, set_fields=fields,
+        self._peer.board.move(task_id, source, Column.DONE, PeerRole.WORKER, set_fields=fields,
                               keep_output=not given_up)
         self.completed += 1
         self._finishes[task_id] = run.attempt

@@ -16,8 +16,9 @@ from pydantic import ValidationError
 
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.reads import PLAIN_TYPES, plain_fields, read_field, read_items
+from kanbanmesh.board.roles import PeerRole
 from kanbanmesh.board.schema import TaskEntry, TaskRequest, TaskStatus
-from kanbanmesh.board.transitions import Column, Writer, check_move, winner
+from kanbanmesh.board.transitions import Column, check_move, winner
 from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
 
 _ABSENT = object()  # a key a map does not hold (None is a value a map may hold)
@@ -84,7 +85,7 @@ class BoardDoc:
         task_id: str,
         src: Column,
         dst: Column,
-        writer: Writer,
+        writer: PeerRole,
         *,
         set_fields: Mapping[str, Any] | None = None,
         drop_fields: frozenset[str] = frozenset(),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from enum import Enum
 
 from kanbanmesh.board import constants as c
+from kanbanmesh.board.roles import PeerRole
 from kanbanmesh.errors import IllegalMoveError
 
 
@@ -17,30 +18,23 @@ class Column(str, Enum):
     DONE = c.DONE  # finished with a `status`; the end of the line
 
 
-class Writer(str, Enum):
-    """Who writes a transition (see the table in docs/protocol.md)."""
-
-    CLIENT = "client"
-    BROKER = "broker"
-    WORKER = "worker"
-
-
-LEGAL_MOVES: dict[tuple[Column, Column], frozenset[Writer]] = {
-    (Column.TODO, Column.PREPARED): frozenset({Writer.BROKER}),
-    (Column.PREPARED, Column.DOING): frozenset({Writer.WORKER}),
-    (Column.DOING, Column.DONE): frozenset({Writer.WORKER, Writer.BROKER}),
+# Who writes each move (see the table in docs/protocol.md).
+LEGAL_MOVES: dict[tuple[Column, Column], frozenset[PeerRole]] = {
+    (Column.TODO, Column.PREPARED): frozenset({PeerRole.BROKER}),
+    (Column.PREPARED, Column.DOING): frozenset({PeerRole.WORKER}),
+    (Column.DOING, Column.DONE): frozenset({PeerRole.WORKER, PeerRole.BROKER}),
     # requeue after a worker is gone or its lease ran out
-    (Column.PREPARED, Column.TODO): frozenset({Writer.BROKER}),
-    (Column.DOING, Column.TODO): frozenset({Writer.BROKER}),
+    (Column.PREPARED, Column.TODO): frozenset({PeerRole.BROKER}),
+    (Column.DOING, Column.TODO): frozenset({PeerRole.BROKER}),
     # cancelled before start, or failed after max attempts
-    (Column.TODO, Column.DONE): frozenset({Writer.BROKER}),
+    (Column.TODO, Column.DONE): frozenset({PeerRole.BROKER}),
     # the broker as above; a worker whose answer was complete before its start was sent
     # (peers would have seen both moves in one message anyway: see worker/service.py)
-    (Column.PREPARED, Column.DONE): frozenset({Writer.BROKER, Writer.WORKER}),
+    (Column.PREPARED, Column.DONE): frozenset({PeerRole.BROKER, PeerRole.WORKER}),
 }
 
 
-def check_move(src: Column, dst: Column, writer: Writer) -> None:
+def check_move(src: Column, dst: Column, writer: PeerRole) -> None:
     """Raise `IllegalMoveError` unless `writer` may move a task from `src` to `dst`."""
     allowed = LEGAL_MOVES.get((src, dst))
     if allowed is None:

@@ -16,7 +16,8 @@ import anyio
 import click
 from anyio.abc import Process
 
-from kanbanmesh.auth import Identity, Role, create_token
+from kanbanmesh.auth import Identity, create_token
+from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.commands.serve import describe_server
 from kanbanmesh.commands.worker import make_backend
 from kanbanmesh.server.runner import serve
@@ -68,7 +69,7 @@ def worker_env(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     secret = settings.auth_secret_value()
     if secret is not None:
-        identity = Identity(subject="kanbanmesh-up", role=Role.WORKER, boards=[settings.board])
+        identity = Identity(subject="kanbanmesh-up", role=TokenRole.WORKER, boards=[settings.board])
         env["KANBANMESH_TOKEN"] = create_token(secret, identity, ttl_s=365 * 86400)
     return env
 

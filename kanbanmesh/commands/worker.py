@@ -19,6 +19,7 @@ from pycrdt import Map
 
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import now_ms
+from kanbanmesh.board.roles import PeerRole
 from kanbanmesh.errors import ConfigurationError, ConnectError, ConnectionClosedError
 from kanbanmesh.peer import BoardPeer
 from kanbanmesh.settings import Settings
@@ -158,7 +159,7 @@ async def request_drain_async(settings: Settings, target: str, timeout_s: float)
     async with BoardPeer(settings.url, settings.board, token=settings.token) as peer:
         present = [
             s for s in peer.peers().values()
-            if s.get(c.A_ROLE) == "worker" and target in (s.get(c.A_ID), s.get(c.A_NAME))
+            if s.get(c.A_ROLE) == PeerRole.WORKER and target in (s.get(c.A_ID), s.get(c.A_NAME))
         ]
         if not present:
             raise ConfigurationError(f"no worker named or identified {target!r} on this board")
@@ -166,7 +167,7 @@ async def request_drain_async(settings: Settings, target: str, timeout_s: float)
         click.echo(f"asked {target} to drain; waiting for it to finish and leave ...", err=True)
         with anyio.fail_after(timeout_s):
             while any(
-                s.get(c.A_ROLE) == "worker" and target in (s.get(c.A_ID), s.get(c.A_NAME))
+                s.get(c.A_ROLE) == PeerRole.WORKER and target in (s.get(c.A_ID), s.get(c.A_NAME))
                 for s in peer.peers().values()
             ):
                 await peer.presence_changed.wait()

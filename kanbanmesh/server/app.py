@@ -15,9 +15,10 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 import kanbanmesh
-from kanbanmesh.auth import OPEN_ACCESS, AuthError, Identity, Role, verify_token
+from kanbanmesh.auth import OPEN_ACCESS, AuthError, Identity, verify_token
 from kanbanmesh.board.document import entry_from_fields, now_ms
 from kanbanmesh.board.reads import plain_fields
+from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import InvalidTaskError, RagError, TaskNotFoundError
 from kanbanmesh.server.channel import StarletteChannel
@@ -54,7 +55,7 @@ def create_app(
                 identity = token_identity(request)
             except AuthError as exc:
                 return JSONResponse({"error": str(exc)}, status_code=exc.status)
-            if identity.role not in (Role.ADMIN, Role.METRICS):
+            if identity.role not in (TokenRole.ADMIN, TokenRole.METRICS):
                 return JSONResponse({"error": "/metrics needs an admin or metrics token"}, status_code=403)
         return Response(metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
@@ -76,7 +77,7 @@ def create_app(
         if auth_secret is None:
             return OPEN_ACCESS
         identity = token_identity(connection)
-        if identity.role is Role.METRICS:
+        if identity.role is TokenRole.METRICS:
             raise AuthError("a metrics token reads /metrics, nothing else", status=403)
         if board is not None and not identity.may_open(board):
             raise AuthError(f"this token does not open board {board!r}", status=403)

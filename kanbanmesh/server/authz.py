@@ -21,10 +21,11 @@ from typing import Any
 
 from pycrdt import Map
 
-from kanbanmesh.auth import Identity, Role
+from kanbanmesh.auth import Identity
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc
 from kanbanmesh.board.reads import plain_fields, read_field
+from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.board.schema import (
     BROKER_FIELDS,
     CLIENT_FIELDS,
@@ -68,19 +69,19 @@ class WriteRules:
             if bound is not None and bound != self.identity.subject:
                 raise _forbid(f"client id {cid} writes for another subject")
         role = self.identity.role
-        if role is not Role.ADMIN:
+        if role is not TokenRole.ADMIN:
             self._check_role(role, changes)
         for cid in changes.writers:
             self._writers.setdefault(cid, self.identity.subject)
 
-    def _check_role(self, role: Role, changes: UpdateChanges) -> None:
+    def _check_role(self, role: TokenRole, changes: UpdateChanges) -> None:
         if changes.meta:
             raise _forbid("the meta map is the server's")
-        if role is Role.CLIENT:
+        if role is TokenRole.CLIENT:
             self._client(changes)
-        elif role is Role.WORKER:
+        elif role is TokenRole.WORKER:
             self._worker(changes)
-        elif role is Role.BROKER:
+        elif role is TokenRole.BROKER:
             self._broker(changes)
         else:  # a role that writes nothing (metrics), or one this code does not know
             raise _forbid(f"a {role.value} token writes nothing")

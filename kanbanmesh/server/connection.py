@@ -6,8 +6,8 @@ changes rather than by their number, and the peer gets one message instead of th
 
 An update can be queued as not urgent: it then waits up to `lazy_s` for company, and leaves
 with the next urgent message or when that time is up, whichever comes first. Peers get other
-people's tasks that way (see `BoardRoom`): on a small machine, waking every process on the
-board for every update of every task costs more than the work itself.
+people's tasks that way (see `kanbanmesh.server.fanout`): on a small machine, waking every
+process on the board for every update of every task costs more than the work itself.
 
 Peers that wait on the same updates (idle workers, watchers: their deadlines start with the
 same update) flush them in the same tick; `SharedMerges` merges such a batch once for all.
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol, runtime_checkable
 
 import anyio
@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 # Merge in place once this many updates wait, so a stalled peer costs memory in proportion
 # to what changed, not to how many updates it missed.
 _COMPACT_AT = 512
+
+# What a peer's writes are held to: raises `UpdateRefused` for an update it may not write.
+Rules = Callable[[UpdateChanges], None]
 
 
 @runtime_checkable
@@ -122,25 +125,29 @@ class SharedMerges:
 
 
 class Connection:
-    """A connected peer: `enqueue_*` never block; `run_sender` writes to the channel."""
+    """A connected peer: `enqueue_*` never block; `run_sender` writes to the channel.
+
+    It also keeps what the room knows of the peer (who it is, what it announced, the tasks it
+    follows); the room changes that through the methods below, never by setting fields."""
 
     def __init__(
         self, channel: Channel, *, keepalive_s: float, lazy_s: float = 0.05,
         merges: SharedMerges | None = None, batch: SendBatch | None = None,
+        identity: Identity = OPEN_ACCESS, epoch: int = 0,
     ) -> None:
-        self.channel = channel
+        self._channel = channel
         self._merges = merges if merges is not None else SharedMerges()
-        self.keepalive_s = keepalive_s
-        self.lazy_s = lazy_s
+        self._keepalive_s = keepalive_s
+        self._lazy_s = lazy_s
+        self._identity = identity
+        self._epoch = epoch  # the room's document generation this peer's replica belongs to
         # What the room knows of the peer: whether it wants every update at once (a broker),
         # the workers it announced, and the tasks it follows (its own, or assigned to it).
-        self.eager = False
-        self.worker_ids: frozenset[str] = frozenset()
-        self.interests: set[str] = set()
-        self.epoch = 0  # the room's document generation this peer's replica belongs to
-        self.identity: Identity = OPEN_ACCESS
-        self.rules: Callable[[UpdateChanges], None] | None = None  # None: may write anything
-        self.fence: Callable[[UpdateChanges], None] | None = None  # the room's worker fence, made once
+        self._eager = False
+        self._worker_ids: frozenset[str] = frozenset()
+        self._interests: set[str] = set()
+        self._rules: Rules | None = None  # its token's; None: may write anything
+        self._fence: Rules | None = None  # the room's worker fence, made once
         self._updates: list[bytes] = []
         self._other: list[bytes] = []
         self._wakeup = anyio.Event()
@@ -156,10 +163,65 @@ class Connection:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def channel(self) -> Channel:
+        return self._channel
+
+    @property
+    def identity(self) -> Identity:
+        """Who the peer is (its token's identity; `OPEN_ACCESS` on an open server)."""
+        return self._identity
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    @property
+    def eager(self) -> bool:
+        """Whether it gets every update at once (a broker)."""
+        return self._eager
+
+    @property
+    def worker_ids(self) -> frozenset[str]:
+        """The ids of the workers it announced."""
+        return self._worker_ids
+
+    def announced(self, worker_ids: frozenset[str], *, eager: bool, lazy_s: float) -> frozenset[str]:
+        """Record what the peer announces now (the room's reading of its awareness states):
+        its workers, whether it wants every update at once, how long other people's updates
+        may wait for it. Returns the worker ids it had not announced before."""
+        new = worker_ids - self._worker_ids
+        self._worker_ids = worker_ids
+        self._eager = eager
+        self._lazy_s = lazy_s
+        return new
+
+    def follow(self, task_ids: Iterable[str]) -> None:
+        """Count updates about `task_ids` as urgent for this peer from now on."""
+        self._interests.update(task_ids)
+
+    def unfollow(self, task_ids: Iterable[str]) -> None:
+        self._interests.difference_update(task_ids)
+
+    def hold_to(self, rules: Rules) -> None:
+        """Hold what this peer writes to `rules` (its token's: set once, when it connects)."""
+        self._rules = rules
+
+    def write_rules(self, fence: Callable[[Connection], Rules]) -> Rules | None:
+        """The rules this peer's next update is held to (None: none). Its token's; without a
+        token, a connection that announced only workers is still held to the worker's rules,
+        `fence(self)` (made once): this fences a stale attempt (a worker cut off past its lease
+        whose late writes arrive after its task went to another worker)."""
+        if self._rules is None and self._worker_ids and not self._eager:
+            if self._fence is None:
+                self._fence = fence(self)
+            return self._fence
+        return self._rules
+
     def wants_at_once(self, news: set[str]) -> bool:
         """Whether an update about the tasks `news` is urgent for this peer: it wants
         everything at once (a broker), or follows one of them."""
-        return self.eager or not self.interests.isdisjoint(news)
+        return self._eager or not self._interests.isdisjoint(news)
 
     def enqueue_update(self, update: bytes, *, urgent: bool = True) -> None:
         if self._closed:
@@ -174,7 +236,7 @@ class Connection:
             # A timer of the loop's, not the sender task's: waking the task to re-arm its own
             # timeout cost a task step on the path of the update that queued this one (it ran
             # before the batch went out), and another when the deadline passed for nothing.
-            self._lazy_timer = asyncio.get_running_loop().call_later(self.lazy_s, self._lazy_due)
+            self._lazy_timer = asyncio.get_running_loop().call_later(self._lazy_s, self._lazy_due)
 
     def _lazy_due(self) -> None:
         self._lazy_timer = None
@@ -246,7 +308,7 @@ class Connection:
     async def run_sender(self) -> None:
         """Drain the outbox until the channel closes; sends a keepalive when idle."""
         while not self._closed:
-            with anyio.move_on_after(self.keepalive_s) as idle:
+            with anyio.move_on_after(self._keepalive_s) as idle:
                 await self._wakeup.wait()
             self._wakeup = anyio.Event()
             if not (self._urgent or idle.cancelled_caught):
@@ -257,7 +319,7 @@ class Connection:
             self._sending = True
             try:
                 for message in messages:
-                    if not await self.channel.send(message):
+                    if not await self._channel.send(message):
                         self._closed = True
                         return
             finally:
@@ -269,4 +331,4 @@ class Connection:
         self._closed = True
         self._disarm_lazy_timer()  # it would keep the connection alive until it fires
         self._wakeup.set()
-        await self.channel.close(code, reason)
+        await self._channel.close(code, reason)

@@ -36,8 +36,9 @@ from pycrdt import Map
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms
 from kanbanmesh.board.reads import plain_fields, read_entry
+from kanbanmesh.board.roles import PeerRole
 from kanbanmesh.board.schema import TaskStatus as Status
-from kanbanmesh.board.transitions import Column, Writer
+from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import MiddlewareError
 from kanbanmesh.pipeline.base import Middleware, PendingTask
 from kanbanmesh.server.room import BoardRoom
@@ -158,7 +159,7 @@ class Enricher:
             return  # cancelled (the broker finished it) or replaced meanwhile
         if error is not None:
             self.failed += 1
-            board.move(task_id, Column.TODO, Column.DONE, Writer.BROKER, drop_fields=frozenset({c.F_ENRICHING}),
+            board.move(task_id, Column.TODO, Column.DONE, PeerRole.BROKER, drop_fields=frozenset({c.F_ENRICHING}),
                        set_fields={c.F_STATUS: Status.FAILED.value, c.F_ERROR: error, c.F_RESULT: "",
                                    c.F_FINISHED_AT: now_ms()})
             return

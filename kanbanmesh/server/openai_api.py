@@ -31,9 +31,9 @@ from starlette.types import Receive, Scope, Send
 
 from awareness.states import WorkerState, workers_from_states
 from kanbanmesh.auth import ALL_BOARDS, AuthError, Identity
-from kanbanmesh.auth import Role as AccessRole
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, entry_from_map, visible_text
+from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.board.schema import TaskEntry, TaskRequest
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
@@ -198,7 +198,7 @@ def _create(room: BoardRoom, task: TaskRequest, identity: Identity) -> None:
 def _task(identity: Identity, body: Sampling, conversation: str | None) -> TaskRequest:
     fields: dict[str, Any] = {
         "id": f"api-{uuid.uuid4().hex}",
-        "owner": identity.subject if identity.role is AccessRole.CLIENT else "",
+        "owner": identity.subject if identity.role is TokenRole.CLIENT else "",
         "model": body.model,
         "params": task_params(body),
         "conversation": conversation,

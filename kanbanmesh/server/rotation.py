@@ -12,7 +12,7 @@ closed with 4409 again.
 Tasks in `prepared` or `doing` cannot carry their worker's in-flight state into a new
 document, so the copy puts them back in `todo` for another attempt (reason `board_rotated`);
 the server rotates only when those columns are empty, unless tombstones pile up under
-constant load (see `BoardRoom`).
+constant load (`RoomDocument.rotation_due` in `kanbanmesh.server.lifecycle`).
 """
 
 from __future__ import annotations

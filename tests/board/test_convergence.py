@@ -28,8 +28,9 @@ from broker.repair import RetryPolicy, drop_duplicates, finish, requeue_or_fail
 from broker.tracker import BoardTracker
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms
+from kanbanmesh.board.roles import PeerRole
 from kanbanmesh.board.schema import TaskRequest, TaskStatus
-from kanbanmesh.board.transitions import Column, Writer
+from kanbanmesh.board.transitions import Column
 from tests.support.ledger import DoneLedger
 
 TASKS = ("t0", "t1", "t2")
@@ -149,7 +150,7 @@ class Mesh:
         if found is not None and found[0] not in self.replicas[r].board.column_map(Column.DONE):
             task_id, _, entry = found  # (the broker skips a queued copy of a finished task)
             self.replicas[r].board.move(
-                task_id, Column.TODO, Column.PREPARED, Writer.BROKER,
+                task_id, Column.TODO, Column.PREPARED, PeerRole.BROKER,
                 set_fields={c.F_WORKER: WORKERS[w], c.F_ATTEMPT: int(entry.get(c.F_ATTEMPT) or 1),
                             c.F_ASSIGNED_AT: now_ms()},
             )
@@ -167,7 +168,7 @@ class Mesh:
     def op_start(self, r: int, pick: int) -> None:  # worker
         found = self._pick(r, pick, (Column.PREPARED,))
         if found is not None:
-            self.replicas[r].board.move(found[0], Column.PREPARED, Column.DOING, Writer.WORKER,
+            self.replicas[r].board.move(found[0], Column.PREPARED, Column.DOING, PeerRole.WORKER,
                                         set_fields={c.F_STARTED_AT: now_ms()}, new_output=True)
 
     def op_append(self, r: int, pick: int, chunk: str) -> None:  # worker
@@ -182,7 +183,7 @@ class Mesh:
             task_id, _, entry = found
             status = TaskStatus.CANCELLED if entry.get(c.F_CANCEL) else TaskStatus.SUCCEEDED
             self.replicas[r].board.move(
-                task_id, Column.DOING, Column.DONE, Writer.WORKER,
+                task_id, Column.DOING, Column.DONE, PeerRole.WORKER,
                 set_fields={c.F_STATUS: status.value, c.F_RESULT: str(entry[c.F_OUTPUT]),
                             c.F_FINISHED_AT: now_ms()},
             )

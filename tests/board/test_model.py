@@ -7,8 +7,9 @@ from pycrdt import Doc, Map, Text
 
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, entry_from_map, request_from_fields
+from kanbanmesh.board.roles import PeerRole
 from kanbanmesh.board.schema import TaskRequest, TaskStatus
-from kanbanmesh.board.transitions import LEGAL_MOVES, Column, Writer, check_move, winner
+from kanbanmesh.board.transitions import LEGAL_MOVES, Column, check_move, winner
 from kanbanmesh.errors import IllegalMoveError, InvalidTaskError, TaskNotFoundError
 
 
@@ -51,9 +52,9 @@ def test_extra_fields_are_kept() -> None:
 
 @pytest.mark.parametrize("move, writers", sorted(LEGAL_MOVES.items()))
 def test_legal_moves_pass_for_their_writers_only(
-    move: tuple[Column, Column], writers: frozenset[Writer]
+    move: tuple[Column, Column], writers: frozenset[PeerRole]
 ) -> None:
-    for writer in Writer:
+    for writer in PeerRole:
         if writer in writers:
             check_move(*move, writer)
         else:
@@ -67,7 +68,7 @@ def test_legal_moves_pass_for_their_writers_only(
      (Column.TODO, Column.TODO), (Column.DOING, Column.PREPARED)],
 )
 def test_illegal_moves_raise_for_everyone(src: Column, dst: Column) -> None:
-    for writer in Writer:
+    for writer in PeerRole:
         with pytest.raises(IllegalMoveError):
             check_move(src, dst, writer)
 
@@ -82,15 +83,15 @@ def test_move_copies_fields_and_output_in_one_update() -> None:
     board = BoardDoc(doc)
     updates: list[bytes] = []
     board.create(TaskRequest(id="t1", prompt="hello"))
-    board.move("t1", Column.TODO, Column.PREPARED, Writer.BROKER, set_fields={c.F_WORKER: "w", c.F_ATTEMPT: 1})
+    board.move("t1", Column.TODO, Column.PREPARED, PeerRole.BROKER, set_fields={c.F_WORKER: "w", c.F_ATTEMPT: 1})
     doc.observe(lambda event: updates.append(event.update))
-    board.move("t1", Column.PREPARED, Column.DOING, Writer.WORKER, new_output=True)
+    board.move("t1", Column.PREPARED, Column.DOING, PeerRole.WORKER, new_output=True)
     assert len(updates) == 1
     column, ymap = board.entry("t1")
     out = ymap[c.F_OUTPUT]
     assert column is Column.DOING and isinstance(out, Text)
     out += "abc"
-    board.move("t1", Column.DOING, Column.DONE, Writer.WORKER, set_fields={c.F_STATUS: "succeeded", c.F_RESULT: "abc"})
+    board.move("t1", Column.DOING, Column.DONE, PeerRole.WORKER, set_fields={c.F_STATUS: "succeeded", c.F_RESULT: "abc"})
     column, entry = board.read("t1")
     assert column is Column.DONE
     assert entry.output == "abc" and entry.worker == "w" and entry.status is TaskStatus.SUCCEEDED
@@ -118,9 +119,9 @@ def test_illegal_move_leaves_the_document_untouched() -> None:
     board.create(TaskRequest(id="t1", prompt="hello"))
     before = board.doc.get_update()
     with pytest.raises(IllegalMoveError):
-        board.move("t1", Column.TODO, Column.DONE, Writer.CLIENT)
+        board.move("t1", Column.TODO, Column.DONE, PeerRole.CLIENT)
     with pytest.raises(TaskNotFoundError):
-        board.move("nope", Column.TODO, Column.PREPARED, Writer.BROKER)
+        board.move("nope", Column.TODO, Column.PREPARED, PeerRole.BROKER)
     assert board.doc.get_update() == before
 
 
@@ -130,8 +131,8 @@ def test_locate_resolves_duplicates_after_concurrent_moves() -> None:
     board_a.create(TaskRequest(id="t1", prompt="x"))
     b.apply_update(a.get_update())
     # a requeue racing a late finish, written on two replicas
-    board_a.move("t1", Column.TODO, Column.DONE, Writer.BROKER, set_fields={c.F_STATUS: "cancelled"})
-    board_b.move("t1", Column.TODO, Column.PREPARED, Writer.BROKER, set_fields={c.F_ATTEMPT: 2})
+    board_a.move("t1", Column.TODO, Column.DONE, PeerRole.BROKER, set_fields={c.F_STATUS: "cancelled"})
+    board_b.move("t1", Column.TODO, Column.PREPARED, PeerRole.BROKER, set_fields={c.F_ATTEMPT: 2})
     a.apply_update(b.get_update())
     b.apply_update(a.get_update())
     assert board_a.locate("t1") is Column.DONE and board_b.locate("t1") is Column.DONE

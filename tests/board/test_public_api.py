@@ -25,7 +25,7 @@ PUBLIC_API = {
     },
     "worker": {"Worker", "WorkerSettings"},
     "awareness": {
-        "AwarenessConflictError", "AwarenessRegistry", "PeerPresence", "Role", "WorkerPresence",
+        "AwarenessConflictError", "AwarenessRegistry", "PeerPresence", "PeerRole", "WorkerPresence",
         "WorkerState", "workers_from_states",
     },
     "kanbanmesh": {"__version__"},

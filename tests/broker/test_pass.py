@@ -18,7 +18,8 @@ from broker.repair import MAX_START_TIMEOUT_RECORDS, START_TIMEOUT
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc
 from kanbanmesh.board.reads import plain_fields, read_field
-from kanbanmesh.board.transitions import Column, Writer
+from kanbanmesh.board.roles import PeerRole
+from kanbanmesh.board.transitions import Column
 
 pytestmark = pytest.mark.anyio
 
@@ -113,7 +114,7 @@ def held_by(view: LocalView, worker: str, column: Column = Column.PREPARED) -> l
 
 def start(view: LocalView, task_id: str) -> None:
     """What a worker writes when it starts a task."""
-    view.board.move(task_id, Column.PREPARED, Column.DOING, Writer.WORKER, set_fields={"started_at": 1.0})
+    view.board.move(task_id, Column.PREPARED, Column.DOING, PeerRole.WORKER, set_fields={"started_at": 1.0})
 
 
 def fields(view: LocalView, column: Column, task_id: str) -> dict[str, Any]:
@@ -161,7 +162,7 @@ async def test_a_real_worker_proves_itself_by_starting_and_is_served_first(
     assert held_by(view, "real") == ["t2", "t3"]  # proven: its free slots count in full
     for task_id in ("t2", "t3"):
         start(view, task_id)
-    view.board.move("t1", Column.DOING, Column.DONE, Writer.WORKER, set_fields={"status": "succeeded"})
+    view.board.move("t1", Column.DOING, Column.DONE, PeerRole.WORKER, set_fields={"status": "succeeded"})
     broker.run_pass()
     assert held_by(view, "real") == ["t4"] and held_by(view, "zz-fake") == ["t0"]
     start(view, "t4")
@@ -170,7 +171,7 @@ async def test_a_real_worker_proves_itself_by_starting_and_is_served_first(
     # The fake's task went back to the queue, where it waits for the real worker (its 3 slots
     # busy), not for the fake (in backoff); then it goes first, the oldest.
     assert held_by(view, "zz-fake") == [] and "t0" in view.board.column_map(Column.TODO)
-    view.board.move("t2", Column.DOING, Column.DONE, Writer.WORKER, set_fields={"status": "succeeded"})
+    view.board.move("t2", Column.DOING, Column.DONE, PeerRole.WORKER, set_fields={"status": "succeeded"})
     broker.run_pass()
     assert held_by(view, "real") == ["t0"]
 
@@ -182,7 +183,7 @@ async def test_a_worker_answering_at_once_prepared_to_done_counts_as_a_start(
     submit(view, "a", "b", "c")
     broker.run_pass()
     assert held_by(view, "fast") == ["a"]
-    view.board.move("a", Column.PREPARED, Column.DONE, Writer.WORKER,
+    view.board.move("a", Column.PREPARED, Column.DONE, PeerRole.WORKER,
                     set_fields={"status": "succeeded", "started_at": 1.0})
     broker.run_pass()
     assert held_by(view, "fast") == ["b", "c"]

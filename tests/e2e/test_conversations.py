@@ -8,7 +8,8 @@ import anyio
 import pytest
 
 from client_sdk import AsyncClient
-from kanbanmesh.auth import Identity, Role, create_token
+from kanbanmesh.auth import Identity, create_token
+from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.peer import BoardPeer
 from kanbanmesh.server.runner import serve
 from kanbanmesh.settings import Settings
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.anyio
 SECRET = "c" * 40
 
 
-def token(role: Role, subject: str) -> str:
+def token(role: TokenRole, subject: str) -> str:
     return create_token(SECRET, Identity(subject=subject, role=role, boards=["default"]), 600)
 
 
@@ -28,20 +29,20 @@ async def test_three_turns_and_nobody_else_reads_them(tmp_path: Path) -> None:
     backend = RecordingBackend()
     async with anyio.create_task_group() as tg:
         url = await tg.start(serve, settings)
-        peer = BoardPeer(url, token=token(Role.WORKER, "host"))
+        peer = BoardPeer(url, token=token(TokenRole.WORKER, "host"))
         await tg.start(peer.start)
         await tg.start(Worker(peer, backend, WorkerSettings()).run)
-        async with AsyncClient(url, token=token(Role.CLIENT, "alice")) as alice:
+        async with AsyncClient(url, token=token(TokenRole.CLIENT, "alice")) as alice:
             with anyio.fail_after(20):
                 for text in ("my name is Ada", "I like tea", "what is my name?"):
                     await (await alice.submit(text, conversation="c1")).result()
                 turns = await alice.conversation("c1")
                 listed = await alice.conversations()
-        async with AsyncClient(url, token=token(Role.CLIENT, "mallory")) as mallory:
+        async with AsyncClient(url, token=token(TokenRole.CLIENT, "mallory")) as mallory:
             stolen = await mallory.conversation("c1")
             theirs = await mallory.conversations()
             deleted_by_other = await mallory.delete_conversation("c1")
-        async with AsyncClient(url, token=token(Role.CLIENT, "alice")) as alice:
+        async with AsyncClient(url, token=token(TokenRole.CLIENT, "alice")) as alice:
             deleted = await alice.delete_conversation("c1")
             after = await alice.conversation("c1")
         tg.cancel_scope.cancel()

@@ -15,8 +15,8 @@ import anyio
 import pytest
 
 from client_sdk import AsyncClient, TaskStatus
-from kanbanmesh.auth import Role
 from kanbanmesh.board import constants as c
+from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.board.transitions import Column
 from tests.conftest import WorkerPool
 from tests.e2e.test_js import node
@@ -59,11 +59,11 @@ async def test_forbidden_js_writes_are_refused_and_a_python_client_sees_none_of_
     secure_url: str, secure_worker: Worker, js_dir: Path,
     mode: str, extra: list[str], code: int, reason: str,
 ) -> None:
-    async with AsyncClient(secure_url, token=token(Role.CLIENT, "py-bob")) as bob:
+    async with AsyncClient(secure_url, token=token(TokenRole.CLIENT, "py-bob")) as bob:
         before = await (await bob.submit("before")).result(timeout_s=20)
         status, events = await node(
             js_dir, "garbage.mjs", "--url", secure_url, "--mode", mode,
-            "--token", token(Role.CLIENT, JS_SUBJECT), "--owner", JS_SUBJECT,
+            "--token", token(TokenRole.CLIENT, JS_SUBJECT), "--owner", JS_SUBJECT,
             "--model", NO_WORKER_MODEL, "--expect-close", str(code), "--expect-reason", reason, *extra,
         )
         assert status == 0, events
@@ -95,7 +95,7 @@ async def test_a_stock_js_client_is_not_closed_for_relaying_awareness(
     stock y-websocket provider does, as its own."""
     code, events = await node(
         js_dir, "garbage.mjs", "--url", secure_url, "--mode", "connect-only",
-        "--token", token(Role.CLIENT, JS_SUBJECT), "--timeout-ms", "2000",
+        "--token", token(TokenRole.CLIENT, JS_SUBJECT), "--timeout-ms", "2000",
     )
     assert code == 3 and events == [{"event": "timeout", "mode": "connect-only", "connected": True}], events
 
@@ -105,7 +105,7 @@ async def test_a_stock_js_client_is_not_closed_for_relaying_awareness(
     [
         (lambda: None, 401),
         (lambda: "not-a-jwt", 401),
-        (lambda: token(Role.CLIENT, JS_SUBJECT, boards=("another-board",)), 403),
+        (lambda: token(TokenRole.CLIENT, JS_SUBJECT, boards=("another-board",)), 403),
     ],
     ids=["no-token", "bad-token", "wrong-board"],
 )
@@ -126,7 +126,7 @@ async def test_js_with_a_client_token_submits_and_streams(
     secure_url: str, secure_worker: Worker, js_dir: Path
 ) -> None:
     code, events = await node(
-        js_dir, "submit.mjs", "--url", secure_url, "--token", token(Role.CLIENT, JS_SUBJECT),
+        js_dir, "submit.mjs", "--url", secure_url, "--token", token(TokenRole.CLIENT, JS_SUBJECT),
         "--owner", JS_SUBJECT, "--prompt", "hello from a token holder",
     )
     assert code == 0, events
@@ -135,7 +135,7 @@ async def test_js_with_a_client_token_submits_and_streams(
     assert done["event"] == "done" and done["status"] == "succeeded", done
     assert done["result"] == "echo: hello from a token holder" == done["streamed"] == "".join(map(str, chunks))
     assert len(chunks) > 1 and done["worker"] == secure_worker.id
-    async with AsyncClient(secure_url, token=token(Role.CLIENT, "py-bob")) as bob:
+    async with AsyncClient(secure_url, token=token(TokenRole.CLIENT, "py-bob")) as bob:
         with anyio.fail_after(10):
             entry = await bob.task(str(done["id"])).result()
     assert entry.owner == JS_SUBJECT and entry.result == done["result"]
@@ -151,11 +151,11 @@ async def test_a_deep_js_task_is_refused_every_time_it_is_sent(
     url = secure_url if auth else server_url
     if not auth:
         await workers.start()
-    client_token = token(Role.CLIENT, "py-bob") if auth else None
+    client_token = token(TokenRole.CLIENT, "py-bob") if auth else None
     async with AsyncClient(url, token=client_token) as bob:
         status, events = await node(
             js_dir, "garbage.mjs", "--url", url, "--mode", "deep-task", "--depth", "1000",
-            *(["--token", token(Role.CLIENT, JS_SUBJECT), "--owner", JS_SUBJECT] if auth else []),
+            *(["--token", token(TokenRole.CLIENT, JS_SUBJECT), "--owner", JS_SUBJECT] if auth else []),
             "--expect-close", str(c.CLOSE_INVALID_TASK), "--resends", "2",
         )
         assert status == 0, events
@@ -171,7 +171,7 @@ async def test_a_js_worker_cannot_announce_another_workers_id(
 ) -> None:
     """Every worker's id is public (awareness): a worker token may still announce only ids of
     its own subject, so it can never write as another subject's worker."""
-    mallory = token(Role.WORKER, "js-mallory")
+    mallory = token(TokenRole.WORKER, "js-mallory")
     status, events = await node(
         js_dir, "garbage.mjs", "--url", secure_url, "--mode", "pose-as-worker", "--token", mallory,
         "--worker-id", secure_worker.id, "--expect-close", str(c.CLOSE_POLICY_VIOLATION),
@@ -185,6 +185,6 @@ async def test_a_js_worker_cannot_announce_another_workers_id(
         "--worker-id", "js-mallory/worker-1", "--timeout-ms", "2000",
     )
     assert status == 3 and events[-1]["event"] == "timeout", events
-    async with AsyncClient(secure_url, token=token(Role.CLIENT, "py-bob")) as bob:
+    async with AsyncClient(secure_url, token=token(TokenRole.CLIENT, "py-bob")) as bob:
         entry = await (await bob.submit("still the real worker's")).result(timeout_s=20)
     assert entry.worker == secure_worker.id and entry.result == "echo: still the real worker's"

@@ -24,11 +24,12 @@ from websockets.asyncio.server import serve as ws_serve
 from websockets.exceptions import ConnectionClosed
 
 from client_sdk import AsyncClient, TaskStatus
-from kanbanmesh.auth import Identity, Role, create_token
+from kanbanmesh.auth import Identity, create_token
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc
+from kanbanmesh.board.roles import PeerRole, TokenRole
 from kanbanmesh.board.schema import TaskRequest
-from kanbanmesh.board.transitions import Column, Writer
+from kanbanmesh.board.transitions import Column
 from kanbanmesh.peer import BoardPeer
 from kanbanmesh.protocol import codec
 from kanbanmesh.server.runner import serve
@@ -58,7 +59,7 @@ class Mesh:
     tg: TaskGroup
     auth: bool
 
-    def token(self, role: Role, subject: str) -> str | None:
+    def token(self, role: TokenRole, subject: str) -> str | None:
         """A token for `role` if the server checks them, else None."""
         if not self.auth:
             return None
@@ -66,14 +67,14 @@ class Mesh:
 
     async def worker(self, url: str, *, delay_ms: float, heartbeat_s: float = 10.0) -> tuple[Worker, BoardPeer]:
         """An in-process echo worker connected to `url` (the server's or the proxy's)."""
-        peer = BoardPeer(url, "default", token=self.token(Role.WORKER, "workers"))
+        peer = BoardPeer(url, "default", token=self.token(TokenRole.WORKER, "workers"))
         worker = Worker(peer, EchoBackend(delay_ms=delay_ms), WorkerSettings(heartbeat_s=heartbeat_s))
         await self.tg.start(peer.start)
         await self.tg.start(worker.run)
         return worker, peer
 
     def client(self, url: str) -> AsyncClient:
-        return AsyncClient(url, token=self.token(Role.CLIENT, "alice"), owner="alice" if self.auth else "")
+        return AsyncClient(url, token=self.token(TokenRole.CLIENT, "alice"), owner="alice" if self.auth else "")
 
     async def until(self, condition: Callable[[], bool], timeout_s: float = 15.0) -> None:
         """Wait until `condition()` holds, re-checking after each update the ledger sees."""
@@ -101,7 +102,7 @@ async def mesh(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[
     settings = Settings(port=0, data_dir=tmp_path, **{**defaults, **overrides})
     async with anyio.create_task_group() as tg:
         url = await tg.start(serve, settings)
-        admin = create_token(SECRET, Identity(subject="ledger", role=Role.ADMIN, boards=["*"]), 600) if auth else None
+        admin = create_token(SECRET, Identity(subject="ledger", role=TokenRole.ADMIN, boards=["*"]), 600) if auth else None
         async with TcpProxy.to_url(url) as proxy, BoardPeer(url, "default", token=admin) as ledger_peer:
             ledger_peer.set_presence(OBSERVER_PRESENCE)
             ledger = DoneLedger(ledger_peer.board)
@@ -234,8 +235,8 @@ async def test_an_update_sent_ahead_of_what_it_builds_on_is_refused(mesh: Mesh) 
     updates: list[bytes] = []
     doc.observe(lambda event: updates.append(event.update))
     board.create(TaskRequest(id="t", prompt="x"))
-    board.move("t", Column.TODO, Column.PREPARED, Writer.BROKER, set_fields={c.F_WORKER: "w", c.F_ATTEMPT: 1})
-    board.move("t", Column.PREPARED, Column.DOING, Writer.WORKER, new_output=True)
+    board.move("t", Column.TODO, Column.PREPARED, PeerRole.BROKER, set_fields={c.F_WORKER: "w", c.F_ATTEMPT: 1})
+    board.move("t", Column.PREPARED, Column.DOING, PeerRole.WORKER, new_output=True)
     refused = False
     with anyio.fail_after(10):
         async with connect(mesh.url + "/default") as ws:

@@ -11,7 +11,8 @@ import openai
 import pytest
 
 from client_sdk import AsyncClient, Column, TaskStatus
-from kanbanmesh.auth import Identity, Role, create_token
+from kanbanmesh.auth import Identity, create_token
+from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.server.runner import serve
 from kanbanmesh.settings import Settings
 from tests.conftest import WorkerPool
@@ -113,7 +114,7 @@ async def test_a_client_that_goes_away_cancels_its_task(api: tuple[str, WorkerPo
 SECRET = "k" * 40
 
 
-def api_key(role: Role, subject: str, boards: tuple[str, ...] = ("default",)) -> str:
+def api_key(role: TokenRole, subject: str, boards: tuple[str, ...] = ("default",)) -> str:
     return create_token(SECRET, Identity(subject=subject, role=role, boards=list(boards)), 600)
 
 
@@ -125,7 +126,7 @@ async def secure_api(tmp_path: Path) -> AsyncIterator[tuple[str, WorkerPool]]:
     )
     async with anyio.create_task_group() as tg:
         url = await tg.start(serve, settings)
-        yield url, WorkerPool(url, tg, token=api_key(Role.WORKER, "host"))
+        yield url, WorkerPool(url, tg, token=api_key(TokenRole.WORKER, "host"))
         tg.cancel_scope.cancel()
 
 
@@ -143,14 +144,14 @@ async def test_api_keys_and_owner_limits(secure_api: tuple[str, WorkerPool]) -> 
         with pytest.raises(openai.AuthenticationError) as unknown:
             await anonymous.chat.completions.create(model="echo", messages=hi)  # type: ignore[arg-type]
     assert unknown.value.status_code == 401 and unknown.value.type == "authentication_error"
-    async with secure_client(url, api_key(Role.CLIENT, "alice", boards=("elsewhere",))) as outsider:
+    async with secure_client(url, api_key(TokenRole.CLIENT, "alice", boards=("elsewhere",))) as outsider:
         with pytest.raises(openai.PermissionDeniedError):
             await outsider.chat.completions.create(  # type: ignore[call-overload]
                 model="echo", messages=hi, extra_headers={"X-Kanbanmesh-Board": "default"})
     async with (
-        secure_client(url, api_key(Role.CLIENT, "alice")) as alice,
-        secure_client(url, api_key(Role.CLIENT, "bob")) as bob,
-        AsyncClient(url, token=api_key(Role.ADMIN, "ops")) as watcher,
+        secure_client(url, api_key(TokenRole.CLIENT, "alice")) as alice,
+        secure_client(url, api_key(TokenRole.CLIENT, "bob")) as bob,
+        AsyncClient(url, token=api_key(TokenRole.ADMIN, "ops")) as watcher,
     ):
         answers = [await alice.chat.completions.create(model="echo", messages=hi)  # type: ignore[arg-type]
                    for _ in range(3)]
@@ -173,15 +174,15 @@ async def test_a_request_goes_to_the_board_its_key_opens(secure_api: tuple[str, 
     url, _ = secure_api
     hi = [{"role": "user", "content": "hi"}]
     http_url = "http" + url[2:]
-    pool = WorkerPool(url, secure_api[1].tg, token=api_key(Role.WORKER, "host", ("team-a",)), board="team-a")
+    pool = WorkerPool(url, secure_api[1].tg, token=api_key(TokenRole.WORKER, "host", ("team-a",)), board="team-a")
     await pool.start()
-    async with secure_client(url, api_key(Role.CLIENT, "carol", boards=("team-a",))) as carol:
+    async with secure_client(url, api_key(TokenRole.CLIENT, "carol", boards=("team-a",))) as carol:
         answer = await carol.chat.completions.create(model="echo", messages=hi)  # type: ignore[arg-type]
         with pytest.raises(openai.PermissionDeniedError):
             await carol.chat.completions.create(  # type: ignore[call-overload]
                 model="echo", messages=hi, extra_headers={"X-Kanbanmesh-Board": "default"})
     async with httpx.AsyncClient(base_url=http_url) as http:
         found = await http.get(f"/boards/team-a/tasks/{answer.id}",
-                               headers={"Authorization": f"Bearer {api_key(Role.ADMIN, 'ops', ('*',))}"})
+                               headers={"Authorization": f"Bearer {api_key(TokenRole.ADMIN, 'ops', ('*',))}"})
     assert answer.choices[0].message.content == "echo: hi"
     assert found.status_code == 200 and found.json()["entry"]["owner"] == "carol"

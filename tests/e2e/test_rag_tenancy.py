@@ -12,7 +12,8 @@ import httpx
 import pytest
 
 from client_sdk import AsyncClient, TaskEntry, TaskStatus
-from kanbanmesh.auth import Identity, Role, create_token
+from kanbanmesh.auth import Identity, create_token
+from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.peer import BoardPeer
 from kanbanmesh.server.runner import serve
 from kanbanmesh.settings import Settings
@@ -28,7 +29,7 @@ VAULT = "The vault code is 7141 and only the treasurers know it."
 QUESTION = "What is the vault code?"
 
 
-def token(subject: str, board: str, role: Role = Role.CLIENT) -> str:
+def token(subject: str, board: str, role: TokenRole = TokenRole.CLIENT) -> str:
     return create_token(SECRET, Identity(subject=subject, role=role, boards=[board]), 600)
 
 
@@ -58,7 +59,7 @@ async def mesh(tmp_path: Path, models: ModelCache, *, auth: bool) -> AsyncIterat
             lambda task_status: serve(settings, rag_models=models, task_status=task_status)
         )
         peer = BoardPeer(
-            url, "alpha", token=token("alpha-host", "alpha", Role.WORKER) if auth else None
+            url, "alpha", token=token("alpha-host", "alpha", TokenRole.WORKER) if auth else None
         )
         await tg.start(peer.start)
         await tg.start(Worker(peer, EchoBackend(), WorkerSettings(name="alpha")).run)

@@ -13,8 +13,9 @@ import pytest
 from pycrdt import Map
 
 from client_sdk import AsyncClient, ConnectError, TaskStatus, UpdateRefusedError
-from kanbanmesh.auth import Identity, Role, create_token
+from kanbanmesh.auth import Identity, create_token
 from kanbanmesh.board import constants as c
+from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.peer import BoardPeer
 from kanbanmesh.server.runner import serve
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.anyio
 SECRET = "s" * 40
 
 
-def token(role: Role, subject: str, boards: tuple[str, ...] = ("default",), ttl_s: float = 600) -> str:
+def token(role: TokenRole, subject: str, boards: tuple[str, ...] = ("default",), ttl_s: float = 600) -> str:
     return create_token(SECRET, Identity(subject=subject, role=role, boards=list(boards)), ttl_s)
 
 
@@ -47,7 +48,7 @@ async def secure_url(tmp_path: Path) -> AsyncIterator[str]:
 
 @pytest.fixture
 async def secure_worker(secure_url: str) -> AsyncIterator[Worker]:
-    peer = BoardPeer(secure_url, token=token(Role.WORKER, "worker-host"))
+    peer = BoardPeer(secure_url, token=token(TokenRole.WORKER, "worker-host"))
     worker = Worker(peer, EchoBackend(delay_ms=20), WorkerSettings(name="secure"))
     async with anyio.create_task_group() as tg:
         await tg.start(peer.start)
@@ -61,8 +62,8 @@ async def secure_worker(secure_url: str) -> AsyncIterator[Worker]:
     [
         (lambda: None, 401),
         (expired_token, 401),
-        (lambda: create_token("x" * 40, Identity(subject="a", role=Role.CLIENT, boards=["*"]), 60), 401),
-        (lambda: token(Role.CLIENT, "alice", boards=("other",)), 403),
+        (lambda: create_token("x" * 40, Identity(subject="a", role=TokenRole.CLIENT, boards=["*"]), 60), 401),
+        (lambda: token(TokenRole.CLIENT, "alice", boards=("other",)), 403),
         (lambda: "not-a-jwt", 401),
     ],
     ids=["missing", "expired", "wrong-signature", "wrong-board", "garbage"],
@@ -77,14 +78,14 @@ async def test_bad_tokens_are_refused_before_the_upgrade(
 
 
 async def test_each_role_does_its_job_with_auth_on(secure_url: str, secure_worker: Worker) -> None:
-    async with AsyncClient(secure_url, token=token(Role.CLIENT, "alice")) as alice:
+    async with AsyncClient(secure_url, token=token(TokenRole.CLIENT, "alice")) as alice:
         with anyio.fail_after(20):
             entry = await (await alice.submit("hello")).result()
     assert entry.owner == "alice" and entry.status is TaskStatus.SUCCEEDED
     assert entry.worker == secure_worker.id and entry.result == "echo: hello"
 
 
-async def refused(url: str, role: Role, subject: str, write: Callable[[BoardPeer], None],
+async def refused(url: str, role: TokenRole, subject: str, write: Callable[[BoardPeer], None],
                   presence: dict[str, Any] | None = None) -> UpdateRefusedError:
     """Connect with a token, make one write, and return how the server refused it (a peer
     that does not reconnect stops at the refusal)."""
@@ -107,7 +108,7 @@ def new_task(task_id: str, **fields: Any) -> Map[Any]:
 
 
 async def test_forbidden_writes_are_refused_and_touch_nobody(secure_url: str, secure_worker: Worker) -> None:
-    async with AsyncClient(secure_url, token=token(Role.CLIENT, "alice")) as alice:
+    async with AsyncClient(secure_url, token=token(TokenRole.CLIENT, "alice")) as alice:
         with anyio.fail_after(20):
             mine = await alice.submit("mine")
             first = await mine.result()
@@ -117,26 +118,26 @@ async def test_forbidden_writes_are_refused_and_touch_nobody(secure_url: str, se
         def column(peer: BoardPeer, col: Column) -> Map[Any]:
             return peer.board.column_map(col)
 
-        cases: list[tuple[Role, str, Callable[[BoardPeer], None], str]] = [
-            (Role.CLIENT, "mallory", lambda p: column(p, Column.TODO).__setitem__("t-m1", new_task("t-m1")),
+        cases: list[tuple[TokenRole, str, Callable[[BoardPeer], None], str]] = [
+            (TokenRole.CLIENT, "mallory", lambda p: column(p, Column.TODO).__setitem__("t-m1", new_task("t-m1")),
              "owner must be you"),
-            (Role.CLIENT, "alice", lambda p: column(p, Column.DOING).__setitem__("t-a1", new_task("t-a1")),
+            (TokenRole.CLIENT, "alice", lambda p: column(p, Column.DOING).__setitem__("t-a1", new_task("t-a1")),
              "only create tasks in todo"),
-            (Role.CLIENT, "alice", lambda p: column(p, Column.DONE)[mine.id].__setitem__("result", "forged"),
+            (TokenRole.CLIENT, "alice", lambda p: column(p, Column.DONE)[mine.id].__setitem__("result", "forged"),
              "only cancel/ack"),
-            (Role.CLIENT, "mallory", lambda p: column(p, Column.DONE)[mine.id].__setitem__("cancel", True),
+            (TokenRole.CLIENT, "mallory", lambda p: column(p, Column.DONE)[mine.id].__setitem__("cancel", True),
              "is not yours"),
-            (Role.CLIENT, "alice", lambda p: column(p, Column.DONE).__delitem__(mine.id),
+            (TokenRole.CLIENT, "alice", lambda p: column(p, Column.DONE).__delitem__(mine.id),
              "only create tasks"),
-            (Role.CLIENT, "alice", lambda p: p.doc.get("evil", type=Map).__setitem__("x", 1),
+            (TokenRole.CLIENT, "alice", lambda p: p.doc.get("evil", type=Map).__setitem__("x", 1),
              "unknown root type"),
-            (Role.CLIENT, "alice", lambda p: p.doc.get("meta", type=Map).__setitem__("generation", 9),
+            (TokenRole.CLIENT, "alice", lambda p: p.doc.get("meta", type=Map).__setitem__("generation", 9),
              "meta map"),
-            (Role.WORKER, "w", lambda p: column(p, Column.DONE)[mine.id].__setitem__("result", "forged"),
+            (TokenRole.WORKER, "w", lambda p: column(p, Column.DONE)[mine.id].__setitem__("result", "forged"),
              "announce yourself"),
-            (Role.BROKER, "b", lambda p: column(p, Column.TODO).__setitem__("t-b1", new_task("t-b1")),
+            (TokenRole.BROKER, "b", lambda p: column(p, Column.TODO).__setitem__("t-b1", new_task("t-b1")),
              "creates no task"),
-            (Role.BROKER, "b", lambda p: column(p, Column.DONE)[mine.id][c.F_OUTPUT].__iadd__("!"),
+            (TokenRole.BROKER, "b", lambda p: column(p, Column.DONE)[mine.id][c.F_OUTPUT].__iadd__("!"),
              "writes no output"),
         ]
         for role, subject, write, reason in cases:
@@ -144,7 +145,7 @@ async def test_forbidden_writes_are_refused_and_touch_nobody(secure_url: str, se
             assert error.code == c.CLOSE_FORBIDDEN and reason in error.reason, (role, reason, error)
 
         # A worker (announced as such) writing a task assigned to another worker.
-        impostor = BoardPeer(secure_url, token=token(Role.WORKER, "w"), reconnect=False)
+        impostor = BoardPeer(secure_url, token=token(TokenRole.WORKER, "w"), reconnect=False)
         async with anyio.create_task_group() as tg:
             await tg.start(impostor.start)
             impostor.set_presence({"role": "worker", "id": "w/worker-impostor", "slots": 0})
@@ -169,7 +170,7 @@ async def test_forbidden_writes_are_refused_and_touch_nobody(secure_url: str, se
 
 async def test_a_client_cannot_pose_as_a_worker_in_awareness(secure_url: str) -> None:
     error = await refused(
-        secure_url, Role.CLIENT, "alice", lambda p: None,
+        secure_url, TokenRole.CLIENT, "alice", lambda p: None,
         presence={"role": "worker", "id": "worker-fake", "slots": 8},
     )
     assert error.code == c.CLOSE_POLICY_VIOLATION and "may not announce" in error.reason
@@ -181,9 +182,9 @@ async def test_healthz_stays_open_and_the_task_api_needs_a_token(secure_url: str
     async with httpx.AsyncClient(base_url="http" + secure_url[2:]) as http:
         assert (await http.get("/healthz")).status_code == 200
         assert (await http.get("/boards/default/tasks/x")).status_code == 401
-        bearer = {"Authorization": f"Bearer {token(Role.CLIENT, 'alice')}"}
+        bearer = {"Authorization": f"Bearer {token(TokenRole.CLIENT, 'alice')}"}
         assert (await http.get("/boards/default/tasks/x", headers=bearer)).status_code == 404
-        other = {"Authorization": f"Bearer {token(Role.CLIENT, 'alice', boards=('b2',))}"}
+        other = {"Authorization": f"Bearer {token(TokenRole.CLIENT, 'alice', boards=('b2',))}"}
         assert (await http.get("/boards/default/tasks/x", headers=other)).status_code == 403
 
 
@@ -199,8 +200,8 @@ async def limited_url(tmp_path: Path) -> AsyncIterator[str]:
 
 
 async def test_open_tasks_per_owner_are_limited(limited_url: str) -> None:
-    async with AsyncClient(limited_url, token=token(Role.CLIENT, "bob")) as other:
-        async with AsyncClient(limited_url, token=token(Role.CLIENT, "alice")) as alice:
+    async with AsyncClient(limited_url, token=token(TokenRole.CLIENT, "bob")) as other:
+        async with AsyncClient(limited_url, token=token(TokenRole.CLIENT, "alice")) as alice:
             for i in range(3):  # no worker: they stay open
                 await alice.submit(f"open {i}")
             with pytest.raises(UpdateRefusedError, match="too many open tasks") as info:
@@ -214,11 +215,11 @@ async def test_open_tasks_per_owner_are_limited(limited_url: str) -> None:
 
 
 async def test_submissions_per_minute_are_limited(limited_url: str) -> None:
-    async with AsyncClient(limited_url, token=token(Role.CLIENT, "carol")) as carol:
+    async with AsyncClient(limited_url, token=token(TokenRole.CLIENT, "carol")) as carol:
         for i in range(3):
             await carol.submit(f"task {i}")
             await carol.task(carol.peer.board.ids(Column.TODO)[0]).cancel()  # closes it again
-    async with AsyncClient(limited_url, token=token(Role.CLIENT, "carol")) as carol:
+    async with AsyncClient(limited_url, token=token(TokenRole.CLIENT, "carol")) as carol:
         for i in range(2):
             await carol.submit(f"more {i}")
         with pytest.raises(UpdateRefusedError, match="too many submissions"):
@@ -226,10 +227,10 @@ async def test_submissions_per_minute_are_limited(limited_url: str) -> None:
 
 
 async def test_connections_per_subject_are_limited(limited_url: str) -> None:
-    dave = token(Role.CLIENT, "dave")
+    dave = token(TokenRole.CLIENT, "dave")
     async with AsyncClient(limited_url, token=dave), AsyncClient(limited_url, token=dave):
         with pytest.raises(ConnectError, match="HTTP 429"):
             async with AsyncClient(limited_url, token=dave):
                 pass
-        async with AsyncClient(limited_url, token=token(Role.CLIENT, "erin")):
+        async with AsyncClient(limited_url, token=token(TokenRole.CLIENT, "erin")):
             pass  # somebody else still gets in

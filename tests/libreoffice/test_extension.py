@@ -9,7 +9,8 @@ import anyio
 import pytest
 from kanbanmesh_office import Preset, build_messages, instruction_for
 
-from kanbanmesh.auth import Identity, Role, create_token
+from kanbanmesh.auth import Identity, create_token
+from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.peer import BoardPeer
 from kanbanmesh.server.runner import serve
 from kanbanmesh.settings import Settings
@@ -125,7 +126,7 @@ async def test_failures_are_reported_and_leave_the_document_alone(
 
 async def test_a_refused_token_is_reported(office: Office, tmp_path: Path) -> None:
     settings = Settings(port=0, data_dir=tmp_path, auth_secret=SECRET, orphan_grace_s=0.5)  # type: ignore[arg-type]
-    wrong = create_token("w" * 40, Identity(subject="alice", role=Role.CLIENT, boards=["default"]), 600)
+    wrong = create_token("w" * 40, Identity(subject="alice", role=TokenRole.CLIENT, boards=["default"]), 600)
     async with anyio.create_task_group() as tg:
         url = await tg.start(serve, settings)
         report = await office.run({
@@ -143,12 +144,12 @@ async def test_a_token_opens_a_server_with_auth_on(office: Office, tmp_path: Pat
     settings = Settings(port=0, data_dir=tmp_path, auth_secret=SECRET, orphan_grace_s=0.5)  # type: ignore[arg-type]
     async with anyio.create_task_group() as tg:
         url = await tg.start(serve, settings)
-        peer = BoardPeer(url, token=token(Role.WORKER, "worker-host"))
+        peer = BoardPeer(url, token=token(TokenRole.WORKER, "worker-host"))
         await tg.start(peer.start)
         await tg.start(Worker(peer, EchoBackend(), WorkerSettings(name="secure")).run)
         report = await office.run({
             "paragraphs": [FOX], "select": {"paragraph": 0, "start": 0, "end": len(FOX)},
-            "settings": settings_for(url, token=token(Role.CLIENT, "alice")),
+            "settings": settings_for(url, token=token(TokenRole.CLIENT, "alice")),
             "command": "Translate", "args": {"Language": "French"},
         })
         tg.cancel_scope.cancel()

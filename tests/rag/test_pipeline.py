@@ -14,8 +14,9 @@ import pytest
 
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import now_ms
+from kanbanmesh.board.roles import PeerRole
 from kanbanmesh.board.schema import TaskRequest
-from kanbanmesh.board.transitions import Column, Writer
+from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import MiddlewareError
 from kanbanmesh.pipeline import FieldReader, Middleware, PendingTask
 from kanbanmesh.server.archive import TaskArchive
@@ -102,7 +103,7 @@ async def test_a_task_waits_unassigned_until_its_middlewares_are_done() -> None:
         # The worker starts it, as a real one would: proven, it gets its second slot's task too
         # (until a worker has started a task it holds one unstarted task at most, 4.3).
         room.server_write(lambda board: board.move(
-            "t2", Column.PREPARED, Column.DOING, Writer.WORKER, set_fields={c.F_STARTED_AT: now_ms()}))
+            "t2", Column.PREPARED, Column.DOING, PeerRole.WORKER, set_fields={c.F_STARTED_AT: now_ms()}))
         first.release.set()
         await until(room, lambda: where(room, "t1")[0] is Column.PREPARED)
         column, entry = where(room, "t1")

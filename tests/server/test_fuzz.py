@@ -43,10 +43,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 
 from client_sdk import AsyncClient, TaskStatus
-from kanbanmesh.auth import Role
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, entry_from_map, request_from_fields
 from kanbanmesh.board.reads import plain_fields
+from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.board.schema import TaskStatus as EntryStatus
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
@@ -645,7 +645,7 @@ class FuzzMesh:
         self._errors = _ErrorLog()
         self.portal: BlockingPortal | None = None
 
-    def token(self, role: Role, subject: str) -> str | None:
+    def token(self, role: TokenRole, subject: str) -> str | None:
         return token(role, subject) if self.auth else None
 
     def __enter__(self) -> Self:
@@ -672,20 +672,20 @@ class FuzzMesh:
         )
         async with anyio.create_task_group() as tg:
             self.url = await tg.start(serve, settings)
-            worker_peer = BoardPeer(self.url, token=self.token(Role.WORKER, "fuzz-worker"))
+            worker_peer = BoardPeer(self.url, token=self.token(TokenRole.WORKER, "fuzz-worker"))
             worker = Worker(worker_peer, EchoBackend(), WorkerSettings(name="fuzz-echo"))
             await tg.start(worker_peer.start)
             await tg.start(worker.run)
             async with (
-                AsyncClient(self.url, token=self.token(Role.CLIENT, "bystander")) as bystander,
-                BoardPeer(self.url, token=self.token(Role.CLIENT, "observer")) as observer,
+                AsyncClient(self.url, token=self.token(TokenRole.CLIENT, "bystander")) as bystander,
+                BoardPeer(self.url, token=self.token(TokenRole.CLIENT, "observer")) as observer,
                 httpx.AsyncClient(base_url="http" + self.url[2:], timeout=WAIT_S) as http,
             ):
                 await bystander.wait_for_workers(1, timeout_s=WAIT_S)
                 self._bystander, self._observer, self._http = bystander, observer, http
                 self._worker_peer = worker_peer
                 self._worker_id = worker.id
-                async with AsyncClient(self.url, token=self.token(Role.CLIENT, "victim")) as victim:
+                async with AsyncClient(self.url, token=self.token(TokenRole.CLIENT, "victim")) as victim:
                     await self._make_victims(victim)
                     yield
             tg.cancel_scope.cancel()
@@ -710,7 +710,7 @@ class FuzzMesh:
         prompt = f"bystander {self.bystander_tasks}"
         with anyio.fail_after(WAIT_S):
             task = await self._bystander.submit(prompt)
-        outcome = await exchange(self.url, messages, self.token(Role.CLIENT, FUZZER))
+        outcome = await exchange(self.url, messages, self.token(TokenRole.CLIENT, FUZZER))
         errors = self._errors.take()
         assert not errors, f"the server logged errors: {errors}"
         if not outcome.open:
@@ -780,7 +780,7 @@ class FuzzMesh:
 
     async def final_check(self) -> list[str]:
         """A fresh client syncs the whole board; what is wrong with it."""
-        async with AsyncClient(self.url, token=self.token(Role.CLIENT, "latecomer")) as fresh:
+        async with AsyncClient(self.url, token=self.token(TokenRole.CLIENT, "latecomer")) as fresh:
             return board_problems(fresh.peer.doc)
 
     def summary(self) -> str:
@@ -931,21 +931,21 @@ async def test_an_update_pycrdt_cannot_integrate_is_refused_with_a_code(server_u
 
 async def test_a_null_entry_is_refused(secure_url: str) -> None:
     """Mallory, a client, replaces Alice's task with null (it used to pass as a deletion)."""
-    async with AsyncClient(secure_url, token=token(Role.CLIENT, "alice")) as alice:
+    async with AsyncClient(secure_url, token=token(TokenRole.CLIENT, "alice")) as alice:
         task = await alice.submit("mine")
         wipe = _forged(alice.peer.doc.get_update(),
                        lambda doc: doc.get(c.TODO, type=Map).__setitem__(task.id, None))
-        outcome = await exchange(secure_url, [codec.sync_update(wipe)], token(Role.CLIENT, "mallory"))
+        outcome = await exchange(secure_url, [codec.sync_update(wipe)], token(TokenRole.CLIENT, "mallory"))
         assert outcome.code == c.CLOSE_INVALID_TASK, outcome
         assert alice.peer.board.locate(task.id) is Column.TODO
 
 
 async def test_a_client_cannot_write_an_invalid_cancel(secure_url: str) -> None:
-    async with AsyncClient(secure_url, token=token(Role.CLIENT, "alice")) as alice:
+    async with AsyncClient(secure_url, token=token(TokenRole.CLIENT, "alice")) as alice:
         task = await alice.submit("mine")
         bad = _forged(alice.peer.doc.get_update(),
                       lambda doc: doc.get(c.TODO, type=Map)[task.id].__setitem__(c.F_CANCEL, {"x": 1}))
-        outcome = await exchange(secure_url, [codec.sync_update(bad)], token(Role.CLIENT, "alice"))
+        outcome = await exchange(secure_url, [codec.sync_update(bad)], token(TokenRole.CLIENT, "alice"))
         assert outcome.code == c.CLOSE_INVALID_TASK, outcome
 
 
@@ -1021,12 +1021,12 @@ async def test_a_pending_update_cannot_slip_text_into_another_owners_stream(
     character, inside the worker's update: the check would take it for the worker's own append
     (Alice sees Mallory's text in her stream), or blame the worker for it (the worker is
     refused and Alice's task stalls). Behind a task of her own, in the same update, too."""
-    worker_peer = BoardPeer(secure_url, token=token(Role.WORKER, "w"))
+    worker_peer = BoardPeer(secure_url, token=token(TokenRole.WORKER, "w"))
     worker = Worker(worker_peer, EchoBackend(delay_ms=100), WorkerSettings(name="slow"))
     async with anyio.create_task_group() as tg:
         await tg.start(worker_peer.start)
         await tg.start(worker.run)
-        async with AsyncClient(secure_url, token=token(Role.CLIENT, "alice")) as alice:
+        async with AsyncClient(secure_url, token=token(TokenRole.CLIENT, "alice")) as alice:
             task = await alice.submit(" ".join(f"w{i}" for i in range(24)))
             doing = alice.peer.board.column_map(Column.DOING)
             seen: set[str] = set()
@@ -1047,7 +1047,7 @@ async def test_a_pending_update_cannot_slip_text_into_another_owners_stream(
                 forged.insert(len(str(forged)) - 10, "<MALLORY>")
                 attack = forger.get_update(ahead.get_state())  # Mallory's writes only
                 outcome = await exchange(secure_url, [codec.sync_update(attack)],
-                                         token(Role.CLIENT, "mallory"))
+                                         token(TokenRole.CLIENT, "mallory"))
                 while alice.peer.board.locate(task.id) is not Column.DONE and worker_peer.error is None:
                     if task.id in doing:
                         seen.add(str(doing[task.id].get(c.F_OUTPUT, "")))
@@ -1066,7 +1066,7 @@ async def test_a_connection_cannot_write_under_another_connections_client_id(sec
     would diverge for good, silently."""
     alice_doc: Doc[Any] = Doc()
     alice_doc.get(c.TODO, type=Map)["t-alice"] = _task("t-alice", "alice")
-    alice_token, mallory_token = token(Role.CLIENT, "alice"), token(Role.CLIENT, "mallory")
+    alice_token, mallory_token = token(TokenRole.CLIENT, "alice"), token(TokenRole.CLIENT, "mallory")
     assert (await exchange(secure_url, [codec.sync_update(alice_doc.get_update())], alice_token)).open
     hijack = _forged(
         alice_doc.get_update(),

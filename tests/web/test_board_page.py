@@ -11,7 +11,8 @@ import httpx
 import pytest
 
 from client_sdk import AsyncClient
-from kanbanmesh.auth import Identity, Role, create_token
+from kanbanmesh.auth import Identity, create_token
+from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.peer import BoardPeer
 from kanbanmesh.server.runner import serve
 from kanbanmesh.settings import Settings
@@ -186,7 +187,7 @@ async def test_the_page_rides_through_a_server_restart(
 SECRET = "w" * 40
 
 
-def token(role: Role, subject: str) -> str:
+def token(role: TokenRole, subject: str) -> str:
     return create_token(SECRET, Identity(subject=subject, role=role, boards=["default"]), 600)
 
 
@@ -196,7 +197,7 @@ async def secure_mesh(tmp_path: Path) -> AsyncIterator[str]:
     settings = Settings(port=0, data_dir=tmp_path, auth_secret=SECRET, orphan_grace_s=0.5)  # type: ignore[arg-type]
     async with anyio.create_task_group() as tg:
         url: str = await tg.start(serve, settings)
-        peer = BoardPeer(url, token=token(Role.WORKER, "worker-host"))
+        peer = BoardPeer(url, token=token(TokenRole.WORKER, "worker-host"))
         await tg.start(peer.start)
         await tg.start(Worker(peer, EchoBackend(delay_ms=10), WorkerSettings(name="secure")).run)
         yield url
@@ -210,7 +211,7 @@ async def test_a_token_is_asked_once_and_kept(secure_mesh: str, open_page: OpenP
     await page.fill("#token-input", "not-a-token")
     await page.press("#token-input", "Enter")
     await dialog.locator("#token-reason", has_text="refused the stored token").wait_for()
-    await page.fill("#token-input", token(Role.CLIENT, "alice"))
+    await page.fill("#token-input", token(TokenRole.CLIENT, "alice"))
     await page.press("#token-input", "Enter")
     await connected(page)
     assert "alice" in await page.locator("#identity").inner_text()
@@ -241,7 +242,7 @@ async def test_a_submission_past_the_owners_limit_is_explained_and_nothing_else_
     async with anyio.create_task_group() as tg:
         url: str = await tg.start(serve, settings)  # no worker: tasks stay open in todo
         page, problems = await open_page(http_url(url))
-        await page.fill("#token-input", token(Role.CLIENT, "bob"))
+        await page.fill("#token-input", token(TokenRole.CLIENT, "bob"))
         await page.press("#token-input", "Enter")
         await connected(page)
         first = await submit(page, "the one task bob may have open")
