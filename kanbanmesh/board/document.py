@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.reads import PLAIN_TYPES, plain_fields, read_field, read_items
-from kanbanmesh.board.schema import TaskEntry, TaskRequest
+from kanbanmesh.board.schema import TaskEntry, TaskRequest, TaskStatus
 from kanbanmesh.board.transitions import Column, Writer, check_move, winner
 from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
 
@@ -151,6 +151,17 @@ def _attempt_of(ymap: Any) -> int:
 def entry_from_map(ymap: Map[Any]) -> TaskEntry:
     """Validate a live entry into a `TaskEntry`; raises `InvalidTaskError`."""
     return entry_from_fields(plain_fields(ymap))
+
+
+def visible_text(ymap: Map[Any], column: Column) -> str:
+    """The text a reader shows for a task: its `result` once it succeeded, else the `output`
+    streamed so far ("" before the first chunk)."""
+    if column is Column.DONE and read_field(ymap, c.F_STATUS) == TaskStatus.SUCCEEDED.value:
+        result = read_field(ymap, c.F_RESULT)
+        if isinstance(result, str):
+            return result
+    output = read_field(ymap, c.F_OUTPUT)
+    return str(output) if isinstance(output, Text | str) else ""
 
 
 def entry_from_fields(fields: Mapping[str, Any]) -> TaskEntry:
