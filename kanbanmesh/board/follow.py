@@ -30,7 +30,7 @@ from pycrdt import Map, Subscription, Text
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, visible_text
 from kanbanmesh.board.events import ColumnWatch, event_keys, event_path, observe_events
-from kanbanmesh.board.reads import read_field
+from kanbanmesh.board.reads import entry_field, output_length, read_field
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import StreamRestartedError
 from kanbanmesh.notify import ChangeSignal
@@ -115,6 +115,10 @@ class TaskSignals:
                 self._signals.notify(task_id)
 
 
+_NOT_DOING = (Column.TODO, Column.PREPARED, Column.DONE)
+_ABSENT = object()  # a field an entry does not hold
+
+
 def _column_of(board_of: Callable[[], BoardDoc], column: Column) -> Map[Any]:
     return board_of().column_map(column)
 
@@ -178,25 +182,48 @@ class TaskFollower:
             StreamRestartedError: a retry's text differs from what was handed out.
         """
         board = self._board_of()
+        with board.doc.transaction():  # one for all the reads below, not one per read
+            return self._step(board)
+
+    def _step(self, board: BoardDoc) -> str:
+        if self._only_appended(board):
+            gained = "".join(self._appended)
+            self._appended, self._appended_bytes = [], 0
+            self.column = Column.DOING
+            return self._advance(gained, self._source[2] if self._source else None)
         column = self.column = board.locate(self.task_id)
         if column is None or column in (Column.TODO, Column.PREPARED) or not self.text:
             return ""  # no text to follow yet (or again, after a retry)
-        ymap = read_field(board.column_map(column), self.task_id)
-        source = (board, column, read_field(ymap, c.F_ATTEMPT))
-        if source == self._source and column is Column.DOING:
-            gained = self._appended_text(ymap)
-            if gained is not None:
-                return self._advance(gained, ymap)
         # A new entry (or something other than appends happened): read its text whole.
         self.close()
-        self._source = source
+        ymap = read_field(board.column_map(column), self.task_id)
+        attempt = read_field(ymap, c.F_ATTEMPT)
+        self._source = (board, column, attempt)
         if column is Column.DOING:
             output = read_field(ymap, c.F_OUTPUT)
             if isinstance(output, Text):
                 self._watch = (output, observe_events(output, self._on_text_event))
         text = visible_text(ymap, column)
         self._seen_chars = self._seen_bytes = 0
-        return self._advance(text, ymap)
+        return self._advance(text, attempt)
+
+    def _only_appended(self, board: BoardDoc) -> bool:
+        """Whether all that happened to the task since the last step is appends to the text
+        it follows: the same entry is still the task's only copy, in `doing`, and its text is
+        as long as the appends seen make it. Read without wrapping anything (the common case,
+        once per chunk)."""
+        source = self._source
+        if source is None or source[0] is not board or source[1] is not Column.DOING:
+            return False
+        if self._watch is None or self._broken:
+            return False
+        task_id = self.task_id
+        doing = board.column_map(Column.DOING)
+        return (
+            not any(task_id in board.column_map(column) for column in _NOT_DOING)
+            and entry_field(doing, task_id, c.F_ATTEMPT, _ABSENT) == source[2]
+            and output_length(doing, task_id) == self._seen_bytes + self._appended_bytes
+        )
 
     async def pieces(self, signal: ChangeSignal, pace: Callable[[TaskFollower], float]) -> AsyncIterator[str]:
         """What `step()` gives, as it comes, until the task is in `done`.
@@ -217,18 +244,6 @@ class TaskFollower:
             with anyio.move_on_after(max(wait_s, 0.0)):
                 await changed.wait()
 
-    def _appended_text(self, ymap: Map[Any]) -> str | None:
-        """What was appended to the followed text since the last step, if that is all that
-        happened to it and it is still the entry's `output`; else None (read it whole)."""
-        if self._broken or self._watch is None:
-            return None
-        output = read_field(ymap, c.F_OUTPUT)
-        if not isinstance(output, Text) or len(output) != self._seen_bytes + self._appended_bytes:
-            return None  # a copy of the entry, not the text we observe
-        gained = "".join(self._appended)
-        self._appended, self._appended_bytes = [], 0
-        return gained
-
     def _on_text_event(self, event: Any) -> None:
         if self._broken:
             return
@@ -246,7 +261,7 @@ class TaskFollower:
         self._appended.append(insert)
         self._appended_bytes += len(insert.encode())
 
-    def _advance(self, gained: str, ymap: Map[Any]) -> str:
+    def _advance(self, gained: str, attempt: Any) -> str:
         """The followed attempt's text grew by `gained`: what goes beyond what was handed out.
         While a retry repeats what was handed out, that part is compared, not handed out again."""
         seen = self._seen_chars
@@ -255,7 +270,7 @@ class TaskFollower:
         overlap = min(self._delivered_chars - seen, len(gained))
         if overlap > 0 and not self.delivered.startswith(gained[:overlap], seen):
             self.close()
-            raise StreamRestartedError(self.task_id, int(read_field(ymap, c.F_ATTEMPT) or 1))
+            raise StreamRestartedError(self.task_id, int(attempt or 1))
         piece = gained[overlap:] if overlap > 0 else gained
         if piece:
             self._pieces.append(piece)

@@ -195,3 +195,17 @@ async def test_a_follower_wakes_only_for_its_own_task() -> None:
     assert pieces == ["hello"]
     # its first look; the piece and the look after it; the move to `done`
     assert steps == 4
+
+
+def test_a_retry_between_two_looks_is_seen(whole_reads: list[str]) -> None:
+    board = BoardDoc(Doc())
+    with TaskFollower(lambda: board, "t") as follower:
+        output = start(board, "t")
+        output += "one two"
+        assert follower.step() == "one two"
+        requeue(board, "t", attempt=2)
+        output = start(board, "t", attempt=2)
+        output += "one TWO"  # as long as what the lost attempt had: only its attempt tells
+        with pytest.raises(StreamRestartedError):
+            follower.step()
+    assert whole_reads == ["one two", "one TWO"]
