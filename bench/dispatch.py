@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
 from typing import Any
 
@@ -89,13 +89,19 @@ def mesh(workers: int, persist: bool) -> Iterator[str]:
                 ))
             yield url
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            stop_processes(procs)
+
+
+def stop_processes(procs: Sequence[subprocess.Popen[Any]]) -> None:
+    """Terminate each process still running, then wait for each (killed after 10 s)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 async def _latency(url: str, n: int, workers: int) -> list[float]:

@@ -20,9 +20,9 @@ from kanbanmesh.board.document import (
     entry_from_fields,
     entry_from_map,
     request_from_fields,
-    visible_text,
 )
 from kanbanmesh.board.events import ColumnWatch, event_keys
+from kanbanmesh.board.follow import KeyedSignals, TaskFollower, TaskSignals
 from kanbanmesh.board.limits import EntryLimits, check_fields
 from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.roles import PeerRole
@@ -33,12 +33,10 @@ from kanbanmesh.errors import (
     ConnectError,
     InvalidTaskError,
     KanbanMeshError,
-    StreamRestartedError,
     TaskCancelledError,
     TaskFailedError,
     TaskNotFoundError,
 )
-from kanbanmesh.notify import ChangeSignal
 from kanbanmesh.peer import BoardPeer, TokenSource, http_base
 from kanbanmesh.wire.conversations import ConversationSummary, Turn
 from kanbanmesh.wire.kpis import BoardKpis
@@ -110,10 +108,13 @@ class AsyncClient:
         # change of the `done` column wakes only the waits on the tasks it touched, so many
         # waits at once (a batch gathered) cost one look each per change of their own task,
         # not one each per change of the board.
-        self._finish_waits: dict[str, tuple[ChangeSignal, int]] = {}
+        self._finish_waits = KeyedSignals()
         self._done_watch = ColumnWatch(lambda: self._peer.board.column_map(Column.DONE), self._on_done_event)
+        # The same for streams: each wakes only for changes of its own task.
+        self._task_signals = TaskSignals(lambda: self._peer.board)
         self._peer.on_reset(self._on_new_replica)
         self._peer.on_stop(self._wake_finish_waits)
+        self._peer.on_stop(self._task_signals.notify_all)
 
     @property
     def peer(self) -> BoardPeer:
@@ -163,34 +164,23 @@ class AsyncClient:
 
     def _on_new_replica(self) -> None:
         self._done_watch.restart()
+        self._task_signals.reset()
         self._wake_finish_waits()  # what they wait for is looked up in the new replica
 
     def _on_done_event(self, event: Any) -> None:
         if self._finish_waits:
             for task_id in event_keys(event):  # entered `done`, or left it (archived)
-                waiting = self._finish_waits.get(task_id)
-                if waiting is not None:
-                    waiting[0].notify()
+                self._finish_waits.notify(task_id)
 
     def _wake_finish_waits(self) -> None:
-        for signal, _ in self._finish_waits.values():
-            signal.notify()
+        self._finish_waits.notify_all()
 
     async def _wait_finish_change(self, task_id: str, timeout_s: float) -> None:
         """Wait until `task_id` enters or leaves `done`, the replica is replaced, the peer
         stops for good, or `timeout_s` passes; raises the peer's error if it stopped."""
         self._raise_if_broken()
-        signal, count = self._finish_waits.get(task_id, (ChangeSignal(), 0))
-        self._finish_waits[task_id] = (signal, count + 1)
-        try:
-            with anyio.move_on_after(timeout_s):
-                await signal.wait()
-        finally:
-            signal, count = self._finish_waits[task_id]
-            if count == 1:
-                del self._finish_waits[task_id]
-            else:
-                self._finish_waits[task_id] = (signal, count - 1)
+        with self._finish_waits.holding(task_id) as signal, anyio.move_on_after(timeout_s):
+            await signal.wait()
         self._raise_if_broken()
 
     # -- tasks ---------------------------------------------------------------------------
@@ -410,27 +400,26 @@ class TaskHandle:
         """Yield the output text as it arrives, then end when the task is done.
 
         The pieces joined equal the final `result`. After a retry (the worker died), the new
-        attempt's text is followed silently while it repeats what was already yielded;
-        if it differs, `StreamRestartedError` is raised.
+        attempt's text is followed silently while it repeats what was already yielded.
+        Woken only by changes of this task, reading only what was appended
+        (`kanbanmesh.board.follow`).
+
+        Raises:
+            StreamRestartedError: the retry's text differs from what was already yielded (the
+                stream ends; `result()` still returns the final text).
         """
-        delivered = ""
-        while True:
-            self._client._raise_if_broken()
-            found = self._locate()
-            if found is not None:
-                column, ymap = found
-                if column in (Column.DOING, Column.DONE):
-                    text = visible_text(ymap, column)
-                    if text.startswith(delivered):
-                        if len(text) > len(delivered):
-                            piece, delivered = text[len(delivered) :], text
-                            yield piece
-                            continue
-                    elif not delivered.startswith(text):
-                        raise StreamRestartedError(self.id, int(read_field(ymap, c.F_ATTEMPT) or 1))
-                    if column is Column.DONE:
-                        return
-            await self._client.wait_changed(1.0)
+        client = self._client
+
+        def pace(_: TaskFollower) -> float:
+            client._raise_if_broken()
+            return 1.0  # a safety net: the task's signal wakes us
+
+        with (
+            client._task_signals.following(self.id) as signal,
+            TaskFollower(lambda: client.peer.board, self.id) as follower,
+        ):
+            async for piece in follower.pieces(signal, pace):
+                yield piece
 
     async def wait(self, timeout_s: float | None = None) -> TaskEntry:
         """Wait until the task is in `done` and return its entry, whatever its status.

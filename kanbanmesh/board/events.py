@@ -18,15 +18,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pycrdt import Map, MapEvent, Subscription
+from pycrdt import Map, MapEvent, Subscription, Text
 from pycrdt._base import process_event
 from pycrdt._pycrdt import MapEvent as _YrsMapEvent
 
 
-def observe_events(ymap: Map[Any], callback: Callable[[Any], None], *, deep: bool = False) -> Subscription:
+def observe_events(
+    ymap: Map[Any] | Text, callback: Callable[[Any], None], *, deep: bool = False
+) -> Subscription:
     """`ymap.observe(callback)` (or `observe_deep`), handing the callback Yrs' lazy events;
-    read them with `event_keys`, `event_path`, `is_map_event` and `change_value`. Unsubscribe
-    with `ymap.unobserve(subscription)`."""
+    read them with `event_keys`, `event_path`, `is_map_event` and `change_value` (a text's
+    event: its `delta`). Unsubscribe with `ymap.unobserve(subscription)`."""
     doc = ymap.doc
 
     def on_events(events: Any) -> None:
@@ -69,15 +71,18 @@ def change_value(change: dict[str, Any], ymap: Map[Any], which: str = "newValue"
 
 
 class ColumnWatch:
-    """`observe_events` on a map a peer finds through `ymap_of()` (a column of its replica),
-    taken up again on the new replica after a board rotation (`restart`), and let go of by
-    `stop`: Yrs holds the callback, the callback its owner, the owner the peer and its
-    document, a cycle Python's collector cannot see, so an owner that never stops keeps the
-    whole replica alive (see `BoardPeer.stop`)."""
+    """`observe_events` (`deep` or not) on a map a peer finds through `ymap_of()` (a column of
+    its replica), taken up again on the new replica after a board rotation (`restart`), and
+    let go of by `stop`: Yrs holds the callback, the callback its owner, the owner the peer
+    and its document, a cycle Python's collector cannot see, so an owner that never stops keeps
+    the whole replica alive (see `BoardPeer.stop`)."""
 
-    def __init__(self, ymap_of: Callable[[], Map[Any]], callback: Callable[[Any], None]) -> None:
+    def __init__(
+        self, ymap_of: Callable[[], Map[Any]], callback: Callable[[Any], None], *, deep: bool = False
+    ) -> None:
         self._ymap_of = ymap_of
         self._callback = callback
+        self._deep = deep
         self._watch: tuple[Map[Any], Subscription] | None = None
 
     @property
@@ -86,7 +91,7 @@ class ColumnWatch:
 
     def start(self) -> None:
         ymap = self._ymap_of()
-        self._watch = (ymap, observe_events(ymap, self._callback))
+        self._watch = (ymap, observe_events(ymap, self._callback, deep=self._deep))
 
     def stop(self) -> None:
         if self._watch is not None:

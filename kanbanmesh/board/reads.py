@@ -90,11 +90,31 @@ def shared_fields(ymap: Map[Any], key: str) -> list[str]:
     Y.Array), sorted; [] when `key` holds no Y.Map."""
     with ymap.doc.transaction() as txn:
         raw = txn._txn
-        assert raw is not None  # set while the transaction is open
-        entry: Any = ymap.integrated.get(raw, key) if ymap.integrated.has(raw, key) else None
-        if type(entry) is not _YrsMap:
+        entry = _raw_entry(ymap, key, raw)
+        if entry is None:
             return []
         return sorted(name for name in _keys(entry, raw) if type(entry.get(raw, name)) not in PLAIN_TYPES)
+
+
+def entry_field(ymap: Map[Any], key: str, field: str, default: Any = None) -> Any:
+    """Field `field` of entry `key` of column `ymap`, read without wrapping the entry in a
+    pycrdt `Map`; `default` when there is no such entry or field, or the field holds a shared
+    type."""
+    with ymap.doc.transaction() as txn:
+        raw = txn._txn
+        entry = _raw_entry(ymap, key, raw)
+        if entry is None or not entry.has(raw, field):
+            return default
+        value = entry.get(raw, field)
+    return value if type(value) in PLAIN_TYPES else default
+
+
+def _raw_entry(ymap: Map[Any], key: str, raw: Any) -> Any:
+    """Yrs' own map of entry `key` of column `ymap` (None if `key` holds no Y.Map), in the
+    open transaction `raw`."""
+    assert raw is not None  # set while the transaction is open
+    entry: Any = ymap.integrated.get(raw, key) if ymap.integrated.has(raw, key) else None
+    return entry if type(entry) is _YrsMap else None
 
 
 def _keys(integrated: Any, raw: Any) -> list[str]:
@@ -108,8 +128,8 @@ def output_length(ymap: Map[Any], key: str) -> int:
     with ymap.doc.transaction() as txn:
         raw = txn._txn
         assert raw is not None  # set while the transaction is open
-        entry: Any = ymap.integrated.get(raw, key) if ymap.integrated.has(raw, key) else None
-        if type(entry) is not _YrsMap or not entry.has(raw, c.F_OUTPUT):
+        entry = _raw_entry(ymap, key, raw)
+        if entry is None or not entry.has(raw, c.F_OUTPUT):
             return 0
         output: Any = entry.get(raw, c.F_OUTPUT)
         return int(output.len(raw)) if type(output) is _YrsText else len(str(output))

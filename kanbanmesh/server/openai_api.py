@@ -32,11 +32,12 @@ from starlette.types import Receive, Scope, Send
 from awareness.states import WorkerState, workers_from_states
 from kanbanmesh.auth import ALL_BOARDS, AuthError, Identity
 from kanbanmesh.board import constants as c
-from kanbanmesh.board.document import BoardDoc, entry_from_map, visible_text
+from kanbanmesh.board.document import BoardDoc, entry_from_map
+from kanbanmesh.board.follow import TaskFollower
 from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.board.schema import TaskEntry, TaskRequest
 from kanbanmesh.board.transitions import Column
-from kanbanmesh.errors import InvalidTaskError, TaskNotFoundError
+from kanbanmesh.errors import InvalidTaskError, StreamRestartedError, TaskNotFoundError
 from kanbanmesh.server.http_io import ClientGone, check_declared_length, read_body, wait_disconnect
 from kanbanmesh.server.hub import Hub, TooManyBoardsError
 from kanbanmesh.server.openai_errors import (
@@ -258,11 +259,16 @@ _SAFETY_WAKE_S = 5.0
 
 
 class _Follower:
-    """Watches one task on a room's board: its output as it grows, then its end."""
+    """Watches one task on a room's board (`kanbanmesh.board.follow`): its text as it grows,
+    then its end."""
 
     def __init__(self, room: BoardRoom, task_id: str, queue_timeout_s: float) -> None:
         self.room, self.task_id, self.queue_timeout_s = room, task_id, queue_timeout_s
         self.done = False
+        # The stream ended on a diverging retry: the task runs on, its final text readable at
+        # /boards/<board>/tasks/<id> (protocol sections 5 and 8), as the SDK's `result()`
+        # after `StreamRestartedError`.
+        self.restarted = False
 
     def _find(self) -> tuple[Column, Any] | None:
         try:
@@ -270,38 +276,42 @@ class _Follower:
         except TaskNotFoundError:
             return None
 
-    async def texts(self) -> AsyncIterator[str]:
-        """The output as it grows (whole text each time it changed), until the task is done."""
+    async def pieces(self, *, text: bool = True) -> AsyncIterator[str]:
+        """What the task's text gained, as it comes, until the task is done (`text=False`:
+        nothing, only the wait for the end).
+
+        Raises:
+            StreamRestartedError: a retry's text differs from what was handed out.
+        """
         queued_until = anyio.current_time() + self.queue_timeout_s
-        last = None
-        with self.room.following(self.task_id) as signal:
-            while True:
-                # Taken before the read: a change made while the caller holds our text wakes us.
-                changed = signal.upcoming()
-                found = self._find()
-                if found is None:
-                    raise internal("the task left the board")
-                column, ymap = found
-                now = anyio.current_time()
-                if column is Column.TODO and now > queued_until:
-                    raise ApiError(503, "no worker took the request in time; try again later",
-                                   kind=SERVER_ERROR, code="no_worker")
-                text = visible_text(ymap, column)
-                if text != last:
-                    last = text
-                    yield text
-                if column is Column.DONE:
-                    self.done = True
-                    return
-                # Queued: wake at the queue timeout. Otherwise the signal wakes us; the
-                # timeout is only a safety net.
-                wait_s = queued_until - now if column is Column.TODO else _SAFETY_WAKE_S
-                with anyio.move_on_after(max(wait_s, 0.0) + 0.01):
-                    await changed.wait()
+
+        def pace(follower: TaskFollower) -> float:
+            if follower.column is None:
+                raise internal("the task left the board")
+            if follower.column is not Column.TODO:
+                return _SAFETY_WAKE_S  # the task's signal wakes us; this is a safety net
+            wait_s = queued_until - anyio.current_time()
+            if wait_s < 0:
+                raise ApiError(503, "no worker took the request in time; try again later",
+                               kind=SERVER_ERROR, code="no_worker")
+            return wait_s + 0.01
+
+        with (
+            self.room.following(self.task_id) as signal,
+            TaskFollower(lambda: self.room.board, self.task_id, text=text) as follower,
+        ):
+            try:
+                async for piece in follower.pieces(signal, pace):
+                    yield piece
+            except StreamRestartedError:
+                self.restarted = True
+                raise
+        self.done = True
 
     async def finished(self) -> TaskEntry:
-        async for _ in self.texts():
-            pass
+        if not self.done:
+            async for _ in self.pieces(text=False):
+                pass
         found = self._find()
         if found is None:
             raise internal("the task left the board")
@@ -315,6 +325,8 @@ class _Follower:
         return entry
 
     def cancel_unless_done(self) -> None:
+        if self.restarted:
+            return
         found = self._find()
         if found is not None and found[0] is not Column.DONE and not found[1].get(c.F_CANCEL):
             self.room.server_write(lambda board: _cancel(board, self.task_id))
@@ -323,6 +335,12 @@ class _Follower:
 def _cancel(board: BoardDoc, task_id: str) -> None:
     _, ymap = board.entry(task_id)
     ymap[c.F_CANCEL] = True
+
+
+def _restarted(exc: StreamRestartedError, board: str) -> ApiError:
+    """The error event of a stream that ended on a diverging retry (protocol section 5)."""
+    return ApiError(500, f"{exc}; the task goes on, its final text at /boards/{board}/tasks/{exc.task_id}",
+                    kind=SERVER_ERROR, code="stream_restarted")
 
 
 def _usage(entry: TaskEntry) -> dict[str, Any]:
@@ -365,11 +383,8 @@ async def _stream(follower: _Follower, body: Sampling, kind: str) -> AsyncIterat
     try:
         if kind == "chat.completion":
             yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        sent = ""
-        async for text in follower.texts():
-            if text.startswith(sent) and len(text) > len(sent):
-                yield event([piece(text[len(sent):])])
-                sent = text
+        async for text in follower.pieces():
+            yield event([piece(text)])
         entry = await follower.finished()
         yield event([piece("", entry.finish_reason or "stop")])
         if body.include_usage:
@@ -378,6 +393,9 @@ async def _stream(follower: _Follower, body: Sampling, kind: str) -> AsyncIterat
     except ApiError as exc:
         # The status line went out with the first event: the error is an event.
         yield f"data: {json.dumps(exc.body())}\n\n"
+        yield "data: [DONE]\n\n"
+    except StreamRestartedError as exc:
+        yield f"data: {json.dumps(_restarted(exc, follower.room.name).body())}\n\n"
         yield "data: [DONE]\n\n"
     except Exception:
         log.exception("OpenAI API: streaming task %s failed", follower.task_id)

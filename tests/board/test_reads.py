@@ -9,6 +9,8 @@ from pycrdt import Doc, Map, Text
 
 from kanbanmesh.board.reads import (
     NotAMap,
+    entry_field,
+    output_length,
     plain_fields,
     read_entry,
     read_field,
@@ -33,6 +35,21 @@ def test_plain_values_and_missing_keys_read_as_map_get(entry: Map[Any], key: str
     assert read_field(entry, key, "default") == entry.get(key, "default")
     with entry.doc.transaction():
         assert read_field(entry, key) == entry.get(key)
+
+
+@pytest.mark.parametrize("key", ["n", "s", "none", "d", "missing"])
+def test_a_field_read_through_its_column_is_map_get(entry: Map[Any], key: str) -> None:
+    column = entry.doc.get("todo", type=Map)
+    assert entry_field(column, "t1", key, "default") == entry.get(key, "default")
+    assert entry_field(column, "t2", key, "default") == "default"
+
+
+def test_a_field_holding_a_shared_type_or_no_entry_reads_as_the_default(entry: Map[Any]) -> None:
+    column = entry.doc.get("todo", type=Map)
+    assert entry_field(column, "t1", "output", "default") == "default"
+    assert entry_field(column, "t1", "inner") is None
+    assert output_length(column, "t1") == len(entry["output"]) == 2
+    assert output_length(column, "t2") == 0
 
 
 def test_shared_types_come_back_as_pycrdt_types(entry: Map[Any]) -> None:

@@ -4,8 +4,9 @@
 //   KanbanmeshError            anything this library raises or rejects with
 //   ├── ConnectError           the server could not be reached, or no sync in time
 //   ├── AuthError              the server refused the token (HTTP 401) or the board (403)
-//   └── RefusedError           the server closed the connection over a write it refused
-//                              (REFUSAL_CLOSE_CODES), or for good (FATAL_CLOSE_CODES)
+//   ├── RefusedError           the server closed the connection over a write it refused
+//   │                          (REFUSAL_CLOSE_CODES), or for good (FATAL_CLOSE_CODES)
+//   └── StreamRestartedError   a retried task produced text that differs from what was streamed
 
 // What a client does after each close code (docs/protocol.md section 3, "Close codes"): the
 // same two lists as kanbanmesh/board/constants.py (a test holds them equal).
@@ -39,5 +40,18 @@ export class RefusedError extends KanbanmeshError {
   constructor (message, code) {
     super(message)
     this.code = code
+  }
+}
+
+/**
+ * A retry of the task produced text that differs from what was already streamed (protocol
+ * section 5): the stream ends there; the task runs on, and `result()` gives its final text.
+ */
+export class StreamRestartedError extends KanbanmeshError {
+  /** @param {string} taskId @param {number} attempt the attempt whose text diverged */
+  constructor (taskId, attempt) {
+    super(`task ${taskId} was retried (attempt ${attempt}) and its new text differs from what was already streamed`)
+    this.taskId = taskId
+    this.attempt = attempt
   }
 }

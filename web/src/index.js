@@ -11,7 +11,8 @@
 
 export { Board, connect } from './board.js'
 export {
-  AuthError, CLOSE_BOARD_ROTATED, ConnectError, FATAL_CLOSE_CODES, KanbanmeshError, REFUSAL_CLOSE_CODES, RefusedError
+  AuthError, CLOSE_BOARD_ROTATED, ConnectError, FATAL_CLOSE_CODES, KanbanmeshError, REFUSAL_CLOSE_CODES, RefusedError,
+  StreamRestartedError
 } from './errors.js'
 export { httpBase, listCollections, lookupTask, whoami } from './http.js'
 export { TaskHandle } from './task.js'

@@ -3,6 +3,7 @@
 // after every change of the document; a handle never holds a Y.Map, since a move replaces the
 // entry with a new one (protocol 4.2).
 
+import { StreamRestartedError } from './errors.js'
 import { Listeners } from './listeners.js'
 import { OutputFollower, findTask, plainTask, writeTask } from './tasks.js'
 
@@ -28,9 +29,13 @@ export class TaskHandle {
     this.id = id
     this._host = host
     this._fields = fields
-    this._follower = new OutputFollower()
+    this._follower = new OutputFollower(id)
     /** @type {Listeners<[string, string]>} */
     this._chunkListeners = new Listeners()
+    /** @type {Listeners<[StreamRestartedError]>} */
+    this._restartListeners = new Listeners()
+    /** @type {StreamRestartedError | null} the stream ended on a diverging retry */
+    this.restarted = null
     /** @type {Listeners<[Task]>} */
     this._changeListeners = new Listeners()
     this._wantCancel = false
@@ -64,12 +69,23 @@ export class TaskHandle {
   /**
    * Call `listener(chunk, text)` for each new piece of streamed text; `text` is all of it so
    * far. After a retry nothing is repeated: the new attempt's text shows once it goes beyond
-   * what was already shown.
+   * what was already shown. A retry whose text differs ends the stream (see `onRestart`).
    * @param {ChunkListener} listener
    * @returns {() => void} unsubscribe
    */
   onChunk (listener) {
     return this._chunkListeners.add(listener)
+  }
+
+  /**
+   * Call `listener(error)` when a retry produced text that differs from what was streamed
+   * (protocol section 5): no chunk follows, the task runs on, and `result()` still resolves
+   * with its final text. The error is also kept in `restarted`.
+   * @param {(error: StreamRestartedError) => void} listener
+   * @returns {() => void} unsubscribe
+   */
+  onRestart (listener) {
+    return this._restartListeners.add(listener)
   }
 
   /**
@@ -108,11 +124,24 @@ export class TaskHandle {
       found.entry.set('cancel', true)
     }
     const task = plainTask(found.column, found.entry)
-    const chunk = this._follower.update(task.output)
-    if (chunk) this._chunkListeners.emit(chunk, this._follower.shown)
+    if (this.restarted === null) this._followOutput(task)
     this._last = task
     this._changeListeners.emit(task)
     if (task.column === 'done') this._finish(task)
+  }
+
+  /** @param {Task} task */
+  _followOutput (task) {
+    let chunk
+    try {
+      chunk = this._follower.update(task.output, task.attempt ?? 1)
+    } catch (error) {
+      if (!(error instanceof StreamRestartedError)) throw error
+      this.restarted = error
+      this._restartListeners.emit(error)
+      return
+    }
+    if (chunk) this._chunkListeners.emit(chunk, this._follower.shown)
   }
 
   /**

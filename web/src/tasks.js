@@ -5,6 +5,8 @@
 
 import * as Y from 'yjs'
 
+import { StreamRestartedError } from './errors.js'
+
 /** The root maps of a board, in the order a task travels through them. */
 export const COLUMNS = /** @type {const} */ (['todo', 'prepared', 'doing', 'done'])
 
@@ -187,19 +189,29 @@ export function writeTask (doc, fields) {
 }
 
 /**
- * Follows the streamed text of one task across moves and retries (protocol section 5).
+ * Follows the streamed text of one task across moves and retries (protocol section 5), as
+ * the Python SDK's `stream()` and the OpenAI endpoint do.
  *
- * `update(text)` returns what is new since the last call, or '' when nothing is. A retried
- * task restarts its output empty: nothing is new until the new text extends what was shown.
+ * `update(text, attempt)` returns what is new since the last call, or '' when nothing is. A
+ * retried task restarts its output empty: nothing is new while the new text repeats what was
+ * shown, and it goes on once the new text extends it; a new text that differs from what was
+ * shown (a diverging retry) throws `StreamRestartedError`.
  */
 export class OutputFollower {
-  constructor () {
+  /** @param {string} taskId */
+  constructor (taskId = '') {
+    this.taskId = taskId
     this.shown = ''
   }
 
-  /** @param {string | null} text */
-  update (text) {
-    if (text === null || text.length <= this.shown.length || !text.startsWith(this.shown)) return ''
+  /** @param {string | null} text @param {number} [attempt] the entry's attempt */
+  update (text, attempt = 1) {
+    if (text === null) return ''
+    if (text.length <= this.shown.length) {
+      if (!this.shown.startsWith(text)) throw new StreamRestartedError(this.taskId, attempt)
+      return ''
+    }
+    if (!text.startsWith(this.shown)) throw new StreamRestartedError(this.taskId, attempt)
     const chunk = text.slice(this.shown.length)
     this.shown = text
     return chunk
