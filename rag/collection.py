@@ -31,7 +31,7 @@ from rag.chunking import CHUNKING_VERSION, Chunk, ChunkPolicy, chunk_blocks
 from rag.documents import SkippedPath, expand_paths, read_document, read_file
 from rag.embedding import Embedder, ModelCache, Vectors
 from rag.index import Ids, IndexKind, IndexSettings, VectorIndex
-from rag.store import ChunkStore
+from rag.store import ChunkStore, ClosedOnExit
 
 COLLECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _NAME = re.compile(COLLECTION_NAME_PATTERN)
@@ -124,7 +124,7 @@ def read_config(root: Path, name: str) -> CollectionConfig | None:
     return _read_config(folder) if (folder / _CONFIG).is_file() else None
 
 
-class Collection:
+class Collection(ClosedOnExit):
     """One collection's store and index; thread-safe."""
 
     def __init__(self, folder: Path, config: CollectionConfig, models: ModelCache) -> None:

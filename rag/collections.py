@@ -22,6 +22,8 @@ import os
 import re
 import threading
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 from kanbanmesh.board.constants import BOARD_NAME_PATTERN, DEFAULT_BOARD
 from kanbanmesh.errors import RagError
@@ -34,6 +36,7 @@ from rag.collection import (
     read_config,
 )
 from rag.embedding import ModelCache
+from rag.store import ClosedOnExit
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +110,12 @@ def _rename(source: Path, target: Path) -> bool:
     return True
 
 
-class Collections:
-    """Collections under `root` (`<data dir>/rag`), per board; thread-safe, every call blocks."""
+class Collections(ClosedOnExit):
+    """Collections under `root` (`<data dir>/rag`), per board; thread-safe, every call blocks.
+
+    The same lifecycle as the server's other stores: a context manager (`async with` in the
+    server, `with` in the synchronous `rag` commands) that closes every collection it opened on
+    exit. Collections open lazily, at their first use, because a board may have hundreds."""
 
     def __init__(self, root: Path, models: ModelCache) -> None:
         self.root = root
@@ -177,6 +184,14 @@ class Collections:
             if config is not None:
                 configs.append(config)
         return configs
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
 
     def close(self) -> None:
         with self._lock:

@@ -12,6 +12,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 import numpy as np
 
@@ -34,6 +36,22 @@ _SCHEMA = (
 )
 
 
+class ClosedOnExit:
+    """`with` closes it: the lifecycle of RAG's stores (`close()` stays, for an owner that
+    outlives a block, such as a collection cached by `Collections`)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
 class StoredChunk:
     id: int
@@ -43,8 +61,9 @@ class StoredChunk:
     text: str
 
 
-class ChunkStore:
-    """The chunk table of one collection; safe to use from several threads."""
+class ChunkStore(ClosedOnExit):
+    """The chunk table of one collection; safe to use from several threads. Open while
+    constructed, closed on leaving `with` (or by `close()`, for an owner that outlives a block)."""
 
     def __init__(self, path: Path) -> None:
         try:

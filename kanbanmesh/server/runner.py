@@ -127,8 +127,9 @@ async def serve(
         )
         # One thread for embedding questions: the other core stays with the event loop and
         # the workers (a question embeds in ~13 ms on one thread; two oversubscribe 2 cores).
-        collections = Collections(settings.data_dir / "rag", rag_models or ModelCache(threads=1))
-        stack.callback(collections.close)
+        collections = await stack.enter_async_context(
+            Collections(settings.data_dir / "rag", rag_models or ModelCache(threads=1))
+        )
         middlewares: list[Middleware] = [HistoryMiddleware(conversations), RetrievalMiddleware(collections)]
         hub = Hub(store, archive, hub_settings(settings), conversations, middlewares)
         config = uvicorn.Config(

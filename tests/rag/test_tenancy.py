@@ -5,6 +5,7 @@ old global layout move to board `default` once."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,8 @@ def ingest(folder: Path, name: str, text: str, models: ModelCache, docs: Path) -
     """Collection `name` under `folder` (a board's folder, or the old global root), holding `text`."""
     docs.mkdir(parents=True, exist_ok=True)
     (docs / f"{name}.md").write_text(f"# {name}\n\n{text}\n")
-    collection = Collection.create(folder, name, models)
-    try:
+    with Collection.create(folder, name, models) as collection:
         collection.ingest([docs / f"{name}.md"])
-    finally:
-        collection.close()
 
 
 @pytest.fixture
@@ -159,3 +157,19 @@ def test_cli_collections_belong_to_the_board_they_were_ingested_for(tmp_path: Pa
     assert runner.invoke(main, ["rag", "list", *data]).output == ""
     bad = runner.invoke(main, [*search, "--board", "../alpha"])
     assert bad.exit_code != 0 and "7141" not in bad.output
+
+
+@pytest.mark.anyio
+async def test_leaving_the_collections_closes_every_collection_they_opened(
+    collections: Collections,
+) -> None:
+    async with collections:
+        vault = collections.get("alpha", "vault")
+        assert vault.search("What is the vault code?", 1)
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        vault.search("What is the vault code?", 1)
+    with collections:  # the same lifecycle without an event loop (the `rag` commands)
+        notes = collections.get("beta", "notes")
+        assert collections.get("beta", "notes") is notes
+    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
+        notes.search("lunch", 1)
