@@ -20,6 +20,7 @@ section 5):
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, Self
@@ -64,6 +65,11 @@ class KeyedSignals:
         found = self._held.get(key)
         if found is not None:
             found[0].notify()
+
+    def notify_each(self, keys: AbstractSet[Any]) -> None:
+        """Notify the signals of those of `keys` somebody holds."""
+        for key in keys & self._held.keys():
+            self._held[key][0].notify()
 
     def notify_all(self) -> None:
         for signal, _ in self._held.values():

@@ -20,6 +20,7 @@ from pycrdt import Map, TransactionEvent
 
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.events import change_value, event_keys
+from kanbanmesh.board.follow import KeyedSignals
 from kanbanmesh.board.reads import plain_fields, read_field
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.notify import ChangeSignal, Listeners, Subscription
@@ -45,7 +46,7 @@ class BoardChanges:
         self.changed = ChangeSignal()  # notified after every update of the board, ours included
         # One signal per task somebody in this process follows (the HTTP API's requests): woken
         # only by updates that touch that task, so N open requests do not all wake per update.
-        self._task_signals: dict[str, ChangeSignal] = {}
+        self._task_signals = KeyedSignals()
         self._last_update_at = 0.0
 
     @property
@@ -60,16 +61,12 @@ class BoardChanges:
 
     @contextmanager
     def following(self, task_id: str) -> Iterator[ChangeSignal]:
-        signal = self._task_signals.setdefault(task_id, ChangeSignal())
-        try:
+        with self._task_signals.holding(task_id) as signal:
             yield signal
-        finally:
-            self._task_signals.pop(task_id, None)
 
     def notify_followers(self) -> None:
         """Wake every follower of a task (the board moved to a new generation)."""
-        for signal in self._task_signals.values():
-            signal.notify()
+        self._task_signals.notify_all()
 
     def on_finished(self, listener: Callable[[dict[str, Any]], None]) -> Subscription:
         return self._finished_listeners.add(listener)
@@ -134,5 +131,4 @@ class BoardChanges:
         self._last_update_at = anyio.current_time()
         self.changed.notify()
         if self._task_signals:
-            for task_id in touched.intersection(self._task_signals):
-                self._task_signals[task_id].notify()
+            self._task_signals.notify_each(touched)

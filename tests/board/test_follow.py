@@ -12,7 +12,7 @@ from pycrdt import Doc, Map, Text
 from kanbanmesh.board import constants as c
 from kanbanmesh.board import follow
 from kanbanmesh.board.document import BoardDoc
-from kanbanmesh.board.follow import TaskFollower, TaskSignals
+from kanbanmesh.board.follow import KeyedSignals, TaskFollower, TaskSignals
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import StreamRestartedError
 
@@ -209,3 +209,17 @@ def test_a_retry_between_two_looks_is_seen(whole_reads: list[str]) -> None:
         with pytest.raises(StreamRestartedError):
             follower.step()
     assert whole_reads == ["one two", "one TWO"]
+
+
+def test_a_signal_lives_while_anybody_holds_it_and_wakes_only_its_own_key() -> None:
+    signals = KeyedSignals()
+    with signals.holding("t1") as first:
+        with signals.holding("t1") as second:
+            assert second is first
+        woken = first.upcoming()
+        signals.notify_each({"t1", "t2"})  # the other holder left: t1 is still held
+        assert woken.is_set()
+        other = first.upcoming()
+        signals.notify_each({"t2"})
+        assert not other.is_set()
+    assert not signals
