@@ -217,6 +217,19 @@ def _interrupt_on_term(signum: int, frame: object) -> None:
     signal.raise_signal(signal.SIGINT)
 
 
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of /proc/PID/stat after the command name (which may hold spaces): [1] is
+    the parent's pid, [11] and [12] the user and system CPU ticks. Raises OSError when gone."""
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a live process (Linux /proc)."""
+    fields = _stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def tree_cpu_s(root: int) -> float:
     """User + system CPU seconds of `root` and all its live descendants (Linux /proc)."""
     parents: dict[int, int] = {}
@@ -225,8 +238,7 @@ def tree_cpu_s(root: int) -> float:
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
+            fields = _stat_fields(int(name))
         except OSError:
             continue
         parents[int(name)] = int(fields[1])

@@ -98,15 +98,9 @@ class Round:
         return self.client_cpu_s / self.words * 1e6
 
 
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a live process (Linux /proc)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run_round(side: Side, args: argparse.Namespace) -> Round:
     from bench.dispatch import _free_port, stop_processes, wait_healthy
+    from bench.serving import process_cpu_s
 
     port = _free_port()
     url = f"ws://127.0.0.1:{port}"
@@ -136,12 +130,12 @@ def run_round(side: Side, args: argparse.Namespace) -> Round:
             line = client.stdout.readline()
             if line.strip() != "ready":
                 raise RuntimeError(f"a client did not get ready: {line!r}")
-        before = [_cpu_s(p.pid) for p in [server, *workers]]
+        before = [process_cpu_s(p.pid) for p in [server, *workers]]
         for client in clients:
             client.stdin.write("go\n")  # type: ignore[union-attr]
             client.stdin.flush()  # type: ignore[union-attr]
         results = [json.loads(client.communicate(timeout=900)[0].splitlines()[-1]) for client in clients]
-        after = [_cpu_s(p.pid) for p in [server, *workers]]
+        after = [process_cpu_s(p.pid) for p in [server, *workers]]
     finally:
         stop_processes(procs)
     expected = args.streams * (args.words + 1)  # "echo:" and the prompt's words
