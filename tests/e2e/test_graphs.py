@@ -67,7 +67,7 @@ async def test_a_slow_parent_keeps_its_child_waiting_in_todo(server_url: str, wo
     await workers.start(slots=2, delay_ms=40)
     async with AsyncClient(server_url) as client:
         with anyio.fail_after(30):
-            slow = await client.submit(" ".join(f"w{i}" for i in range(40)), task_id="slow")
+            await client.submit(" ".join(f"w{i}" for i in range(40)), task_id="slow")
             child = await client.submit(f"then {result_ref('slow')}", after=["slow"], task_id="then")
             seen: list[Column] = []
             while (found := client.peer.board.locate("slow")) is not Column.DONE:
