@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from kanbanmesh.board.graph import Decision, DependencyIndex, Verdict, cyclic, resolve
-from kanbanmesh.board.schema import TaskEntry, TaskRequest, TaskStatus
+from kanbanmesh.board.schema import ChatMessage, TaskEntry, TaskRequest, TaskStatus
 from kanbanmesh.board.templates import MAX_PARENTS, result_ref, result_refs, substitute
 
 OUTCOMES = (TaskStatus.SUCCEEDED, TaskStatus.FAILED, TaskStatus.CANCELLED)
@@ -167,9 +167,10 @@ def test_substitute_replaces_the_references_it_has_results_for(task_id: str, res
 
 
 def test_resolve_replaces_messages_and_prompt() -> None:
-    chat = TaskEntry(id="c", after=["a"], messages=[{"role": "user", "content": "x {{result:a}} y"}],
+    chat = TaskEntry(id="c", after=["a"], messages=[ChatMessage(role="user", content="x {{result:a}} y")],
                      after_results={"a": "A"})
-    assert resolve(chat).messages is not None and resolve(chat).messages[0].content == "x A y"
+    messages = resolve(chat).messages
+    assert messages is not None and messages[0].content == "x A y"
     assert chat.messages is not None and chat.messages[0].content == "x {{result:a}} y"  # a copy
     bare = TaskEntry(id="c", after=["a"], prompt="{{result:a}}", after_results={"a": "A"})
     assert resolve(bare).prompt == "A"
