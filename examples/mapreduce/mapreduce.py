@@ -14,6 +14,7 @@ import argparse
 import sys
 import uuid
 from collections.abc import Sequence
+from itertools import accumulate, pairwise
 from pathlib import Path
 
 import anyio
@@ -25,19 +26,19 @@ DEFAULT_TEXT = HERE / "second_inaugural.txt"
 
 
 def split(text: str, parts: int) -> list[str]:
-    """`text` cut into at most `parts` pieces of about equal length, between paragraphs."""
+    """`text` cut between paragraphs into `parts` pieces of about equal length (fewer when it
+    has fewer paragraphs): each cut goes to the paragraph end nearest its share of the text."""
     paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
-    target = max(1, sum(len(p) for p in paragraphs) // max(1, parts))
-    pieces: list[str] = []
-    current: list[str] = []
-    for paragraph in paragraphs:
-        current.append(paragraph)
-        if sum(len(p) for p in current) >= target and len(pieces) < parts - 1:
-            pieces.append("\n\n".join(current))
-            current = []
-    if current:
-        pieces.append("\n\n".join(current))
-    return pieces
+    parts = max(1, min(parts, len(paragraphs)))
+    ends = list(accumulate(len(p) for p in paragraphs))  # text up to each paragraph's end
+    cuts: list[int] = []
+    for k in range(1, parts):
+        share = ends[-1] * k / parts
+        low = (cuts[-1] if cuts else 0) + 1  # at least one paragraph per piece, before and after
+        high = len(paragraphs) - (parts - k)
+        cuts.append(min(range(low, high + 1), key=lambda i: abs(ends[i - 1] - share)))
+    bounds = [0, *cuts, len(paragraphs)]
+    return ["\n\n".join(paragraphs[a:b]) for a, b in pairwise(bounds)]
 
 
 def map_prompt(part: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -15,23 +16,31 @@ from kanbanmesh.board import constants as c
 from kanbanmesh.board.graph import DEPENDENCY_FAILED
 from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.board.transitions import Column
+from kanbanmesh.protocol import codec
 from kanbanmesh.server.runner import serve
 from kanbanmesh.settings import Settings
 from tests.conftest import WorkerPool
+from tests.e2e.test_faults import refused_with, task_update
 
 pytestmark = pytest.mark.anyio
 
 SECRET = "g" * 40
 
 
+@asynccontextmanager
+async def serving(settings: Settings, worker_token: str | None = None) -> AsyncIterator[tuple[str, WorkerPool]]:
+    """A server with `settings`, and a pool of echo workers for it (none started yet)."""
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(serve, settings)
+        yield url, WorkerPool(url, tg, token=worker_token)
+        tg.cancel_scope.cancel()
+
+
 @pytest.fixture
 async def mesh(tmp_path: Path) -> AsyncIterator[tuple[str, WorkerPool]]:
     """A server whose lost tasks fail at once (one attempt, no reconnect grace), and a pool."""
-    settings = Settings(port=0, data_dir=tmp_path, orphan_grace_s=0.2, reconnect_grace_s=0.0)
-    async with anyio.create_task_group() as tg:
-        url = await tg.start(serve, settings)
-        yield url, WorkerPool(url, tg)
-        tg.cancel_scope.cancel()
+    async with serving(Settings(port=0, data_dir=tmp_path, orphan_grace_s=0.2, reconnect_grace_s=0.0)) as served:
+        yield served
 
 
 def dependency_error(entry: TaskEntry) -> str:
@@ -172,21 +181,14 @@ async def test_a_cycle_in_one_update_fails_every_task_on_it(server_url: str, wor
 
 async def test_a_waiting_child_survives_a_server_restart(tmp_path: Path) -> None:
     settings = Settings(port=0, data_dir=tmp_path, orphan_grace_s=0.2)
-    async with anyio.create_task_group() as tg:
-        url = await tg.start(serve, settings)
-        async with AsyncClient(url) as client:
-            await client.submit("first", task_id="p")
-            await client.submit(f"then {result_ref('p')}", after=["p"], task_id="c")
-        tg.cancel_scope.cancel()
-    settings = settings.model_copy(update={"port": int(url.rsplit(":", 1)[1])})
-    async with anyio.create_task_group() as tg:
-        url = await tg.start(serve, settings)
-        pool = WorkerPool(url, tg)
+    async with serving(settings) as (url, _), AsyncClient(url) as client:
+        await client.submit("first", task_id="p")
+        await client.submit(f"then {result_ref('p')}", after=["p"], task_id="c")
+    async with serving(settings) as (url, pool):  # the same data dir: the board as it was stored
         await pool.start()
         async with AsyncClient(url) as client:
             with anyio.fail_after(30):
                 entry = await client.task("c").result()
-        tg.cancel_scope.cancel()
     assert entry.result == "echo: then echo: first"
 
 
@@ -196,9 +198,7 @@ async def test_a_child_cannot_wait_for_or_read_another_owners_task(tmp_path: Pat
     def token(role: TokenRole, subject: str) -> str:
         return create_token(SECRET, Identity(subject=subject, role=role, boards=["default"]), 600)
 
-    async with anyio.create_task_group() as tg:
-        url = await tg.start(serve, settings)
-        pool = WorkerPool(url, tg, token=token(TokenRole.WORKER, "worker-host"))
+    async with serving(settings, token(TokenRole.WORKER, "worker-host")) as (url, pool):
         await pool.start()
         async with AsyncClient(url, token=token(TokenRole.CLIENT, "alice")) as alice, \
                 AsyncClient(url, token=token(TokenRole.CLIENT, "bob")) as bob:
@@ -207,10 +207,9 @@ async def test_a_child_cannot_wait_for_or_read_another_owners_task(tmp_path: Pat
                 await secret.result()
                 mine = await alice.submit(f"mine: {result_ref('secret')}", after=["secret"])
                 theirs = await bob.submit(f"leak: {result_ref('secret')}", after=["secret"])
-                archived_too = await bob.submit("x", after=["secret"])
+                ordered_only = await bob.submit("x", after=["secret"])
                 assert (await mine.result()).result == "echo: mine: echo: alice's secret"
-                leak, other = await theirs.wait(), await archived_too.wait()
-        tg.cancel_scope.cancel()
+                leak, other = await theirs.wait(), await ordered_only.wait()
     for entry in (leak, other):
         assert entry.status is TaskStatus.FAILED and entry.after_results is None
         assert "no task 'secret' of this owner" in dependency_error(entry)
@@ -225,4 +224,32 @@ async def test_a_reference_outside_after_is_refused(server_url: str) -> None:
             await client.submit(f"x {result_ref('other')}", after=["a"])
         with pytest.raises(InvalidTaskError, match="itself"):
             await client.submit("x", after=["me"], task_id="me")
-        assert c.F_AFTER_RESULTS not in {k for _, e in client.peer.board.entries(Column.TODO) for k in e}
+        assert client.peer.board.counts()[Column.TODO] == 0  # refused before anything was written
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"prompt": "{{result:elsewhere}}", "after": ["a"]}, "not in `after`"),
+        ({"prompt": "x", "after": ["raw"]}, "itself"),
+        ({"prompt": "x", "after": [f"t{i}" for i in range(65)]}, "at most 64"),
+        ({"prompt": "x", "after": [1]}, "string"),
+    ],
+)
+async def test_a_stock_client_writing_a_bad_graph_is_refused(server_url: str, fields: dict[str, object], why: str) -> None:
+    code, reason = await refused_with(server_url, codec.sync_update(task_update("raw", {"id": "raw", **fields})))
+    assert code == c.CLOSE_INVALID_TASK and why in reason, reason
+
+
+async def test_results_too_large_for_the_child_fail_it(tmp_path: Path) -> None:
+    async with serving(Settings(port=0, data_dir=tmp_path, max_task_bytes=2048)) as (url, pool):
+        await pool.start()
+        async with AsyncClient(url) as client:
+            with anyio.fail_after(20):
+                parent = await client.submit("a" * 1500, task_id="big")
+                twice = f"{result_ref('big')} {result_ref('big')}"
+                entry = await (await client.submit(twice, after=[parent])).wait()
+                small = await (await client.submit(f"{result_ref('big')}", after=[parent])).wait()
+    assert entry.status is TaskStatus.FAILED and entry.error is not None
+    assert entry.error.code == "dependency_too_large" and "over the limit of 2048" in entry.error.message
+    assert small.status is TaskStatus.SUCCEEDED and small.result == "echo: echo: " + "a" * 1500
