@@ -67,16 +67,9 @@ class GraphGate:
         self._index = DependencyIndex()
         self._owners: dict[str, str] = {}  # waiting task -> its owner
         self._lookups: set[tuple[str, str]] = set()  # (child, parent) looked up in the archive
-        # (child, parent) pairs to look up in the archive, and ended parents' fields.
+        # Work for `run`: (child, parent) pairs to look up in the archive, and the fields of
+        # tasks that ended (one item per task waited for: bounded by the tasks in `todo`).
         self._send, self._receive = anyio.create_memory_object_stream[tuple[str, str] | dict[str, Any]](math.inf)
-        self.held = 0  # tasks held so far (for tests and stats)
-
-    @property
-    def waiting(self) -> int:
-        return len(self._index)
-
-    def waiting_for(self, task_id: str) -> set[str]:
-        return self._index.waiting_for(task_id)
 
     async def run(self, *, task_status: StartStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Learn of parents ending and look up archived ones until cancelled."""
@@ -96,7 +89,6 @@ class GraphGate:
         end; called on the event loop as they are created (or found marked at start)."""
         if not tasks:
             return
-        self.held += len(tasks)
         stuck = cyclic({task_id: parents_of(fields) for task_id, fields in tasks.items()})
         decisions: list[Decision] = []
         ended: list[tuple[str, str, TaskStatus, str | None]] = []
