@@ -111,6 +111,8 @@ class TaskRequest(BaseModel):
             raise ValueError("`after` names a task twice")
         if self.id in after:
             raise ValueError("a task cannot wait for itself")
+        if not after:
+            return self  # no graph: its text is taken as it is (never replaced)
         texts = [m.content for m in self.messages or ()]
         if self.prompt is not None:
             texts.append(self.prompt)

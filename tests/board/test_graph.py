@@ -182,7 +182,6 @@ def test_resolve_replaces_messages_and_prompt() -> None:
     ("fields", "why"),
     [
         ({"prompt": "{{result:b}}", "after": ["a"]}, "not in `after`"),
-        ({"prompt": "{{result:b}}"}, "not in `after`"),
         ({"prompt": "x", "after": ["c"]}, "itself"),
         ({"prompt": "x", "after": ["a", "a"]}, "twice"),
         ({"prompt": "x", "after": ["a b"]}, "pattern"),
@@ -194,6 +193,12 @@ def test_resolve_replaces_messages_and_prompt() -> None:
 def test_after_is_checked_at_creation(fields: dict[str, object], why: str) -> None:
     with pytest.raises(ValidationError, match=why):
         TaskRequest.model_validate({"id": "c", **fields})
+
+
+def test_a_task_without_after_keeps_its_text_as_it_is() -> None:
+    # A chat about the template itself (through the OpenAI API, say) is no graph.
+    entry = TaskEntry.model_validate({"id": "c", "prompt": "what does {{result:b}} mean?"})
+    assert resolve(entry).prompt == "what does {{result:b}} mean?"
 
 
 def test_a_graph_request_keeps_after() -> None:

@@ -10,7 +10,7 @@ import anyio
 import pytest
 from pycrdt import Map
 
-from client_sdk import AsyncClient, TaskEntry, TaskStatus, result_ref
+from client_sdk import AsyncClient, Client, TaskEntry, TaskStatus, result_ref
 from kanbanmesh.auth import Identity, create_token
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.graph import DEPENDENCY_FAILED
@@ -19,7 +19,7 @@ from kanbanmesh.board.transitions import Column
 from kanbanmesh.protocol import codec
 from kanbanmesh.server.runner import serve
 from kanbanmesh.settings import Settings
-from tests.conftest import WorkerPool
+from tests.conftest import WorkerPool, cli
 from tests.e2e.test_faults import refused_with, task_update
 
 pytestmark = pytest.mark.anyio
@@ -253,3 +253,30 @@ async def test_results_too_large_for_the_child_fail_it(tmp_path: Path) -> None:
     assert entry.status is TaskStatus.FAILED and entry.error is not None
     assert entry.error.code == "dependency_too_large" and "over the limit of 2048" in entry.error.message
     assert small.status is TaskStatus.SUCCEEDED and small.result == "echo: echo: " + "a" * 1500
+
+
+async def test_the_blocking_client_submits_a_graph(server_url: str, workers: WorkerPool) -> None:
+    await workers.start(slots=2)
+
+    def graph() -> TaskEntry:
+        with Client(server_url) as client:
+            parts = [client.submit(f"part {n}") for n in (1, 2)]
+            combined = client.submit(" & ".join(result_ref(p.id) for p in parts), after=[parts[0], parts[1].id])
+            return combined.result(timeout_s=20)
+
+    with anyio.fail_after(30):
+        entry = await anyio.to_thread.run_sync(graph)
+    assert entry.result == "echo: echo: part 1 & echo: part 2"
+
+
+async def test_cli_submit_waits_for_the_tasks_named_after(server_url: str, workers: WorkerPool) -> None:
+    await workers.start()
+    async with AsyncClient(server_url) as client:
+        await client.submit("from the sdk", task_id="sdk-parent")
+        command = cli("submit", "--url", server_url, "--id", "cli-child", "--after", "sdk-parent", "--no-stream",
+                      "quoting {{result:sdk-parent}}")
+        with anyio.fail_after(30):
+            done = await anyio.run_process(command, check=False)
+        entry = await client.task("cli-child").result(timeout_s=10)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout.decode().strip() == entry.result == "echo: quoting echo: from the sdk"
