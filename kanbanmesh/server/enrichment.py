@@ -18,6 +18,9 @@ message.
 - Server restart mid-pipeline: the marker is in the stored document; `run` starts over with
   every entry that still carries it (middlewares rewrite their fields whole, so a repeat is
   harmless).
+- A task that names `after` (a task graph, kanbanmesh/server/graph.py) is marked `after`
+  first, and waits for its parents outside the pipeline's limiter and timeout; once they all
+  succeeded its middlewares run on its text with their results put in.
 - A client cannot skip the pipeline by writing `enriching` itself (with auth on it may not
   write it at all; without auth `admit` rewrites it from what applies).
 """

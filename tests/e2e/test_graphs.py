@@ -10,12 +10,14 @@ import anyio
 import pytest
 from pycrdt import Map
 
+from broker import Broker, BrokerSettings, PeerView
 from client_sdk import AsyncClient, Client, TaskEntry, TaskStatus, result_ref
 from kanbanmesh.auth import Identity, create_token
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.graph import DEPENDENCY_FAILED
 from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.board.transitions import Column
+from kanbanmesh.peer import BoardPeer
 from kanbanmesh.protocol import codec
 from kanbanmesh.server.runner import serve
 from kanbanmesh.settings import Settings
@@ -280,3 +282,25 @@ async def test_cli_submit_waits_for_the_tasks_named_after(server_url: str, worke
         entry = await client.task("cli-child").result(timeout_s=10)
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout.decode().strip() == entry.result == "echo: quoting echo: from the sdk"
+
+
+async def test_two_standalone_brokers_keep_a_graph_in_order(tmp_path: Path) -> None:
+    """Brokers keep no graph state: two standalone ones (one leads) never assign a waiting
+    task, whatever the order in which they see the board."""
+    settings = Settings(port=0, data_dir=tmp_path, orphan_grace_s=0.2, embedded_broker=False)
+    async with serving(settings) as (url, pool), anyio.create_task_group() as brokers:
+        for name in ("one", "two"):
+            peer = BoardPeer(url)
+            await brokers.start(peer.start)
+            await brokers.start(Broker(PeerView(peer), BrokerSettings(name=name)).run)
+        await pool.start(slots=2, delay_ms=20)
+        async with AsyncClient(url) as client:
+            with anyio.fail_after(30):
+                parts = [await client.submit(" ".join([f"p{n}"] * 20)) for n in (1, 2)]
+                child = await client.submit(f"{result_ref(parts[0].id)}/{result_ref(parts[1].id)}", after=parts)
+                entry = await child.result()
+                finished = [await p.result() for p in parts]
+        brokers.cancel_scope.cancel()
+    assert entry.started_at is not None and all(p.finished_at is not None and p.finished_at <= entry.started_at
+                                                for p in finished)
+    assert entry.result == f"echo: {finished[0].result}/{finished[1].result}"
