@@ -45,7 +45,7 @@ _ABSENT = object()  # a field an entry does not hold (None is a value it may hol
 # The fields a queued task is ordered and held back by.
 _QUEUE_FIELDS = (c.F_CANCEL, c.F_ENRICHING, c.F_CREATED_AT, c.F_MODEL, c.F_PRIORITY, c.F_RETRY_AT)
 # The fields a task's turns are read from (`kanbanmesh.board.prefix.task_turns`).
-_TURN_FIELDS = (c.F_HISTORY, c.F_MESSAGES, c.F_PROMPT)
+_TURN_FIELDS = (c.F_HISTORY, c.F_MESSAGES, c.F_PROMPT, c.F_AFTER_RESULTS)
 
 
 @dataclass

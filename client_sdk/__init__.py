@@ -16,6 +16,7 @@ from kanbanmesh.board.schema import (
     Timings,
     Usage,
 )
+from kanbanmesh.board.templates import result_ref
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import (
     BoardRotatedError,
@@ -63,4 +64,5 @@ __all__ = [
     "Usage",
     "WorkerPresence",
     "WorkerState",
+    "result_ref",
 ]

@@ -196,6 +196,7 @@ class AsyncClient:
         task_id: str | None = None,
         conversation: str | None = None,
         rag: str | RagSpec | dict[str, Any] | None = None,
+        after: Sequence[str | TaskHandle] | None = None,
         durable_timeout_s: float | None = 10.0,
         **extra: Any,
     ) -> TaskHandle:
@@ -213,6 +214,10 @@ class AsyncClient:
             rag: Retrieval: a collection name (its top 4 chunks), or `RagSpec(collection, k)`.
                 The server puts the chunks closest to your question into the prompt; the
                 finished entry's `citations` name the sources the answer was given.
+            after: Tasks (ids or handles, yours, submitted before this one) to wait for: it
+                runs once all of them succeeded, and fails (or is cancelled) with the error
+                code `dependency_failed` when one fails (or is cancelled). Its text may refer
+                to their results as `{{result:ID}}` (`result_ref(ID)`).
             durable_timeout_s: How long to wait for the server to confirm the task is stored
                 (it survives a server crash from then on); None returns at once, when the
                 task is only written locally (it is still sent, and re-sent after reconnects).
@@ -239,6 +244,9 @@ class AsyncClient:
                     "priority": priority,
                     "conversation": conversation,
                     "rag": rag_spec(rag),
+                    "after": [a.id if isinstance(a, TaskHandle) else a for a in after]
+                    if after is not None
+                    else None,
                     **extra,
                 }
             )

@@ -93,14 +93,16 @@ class Client:
         task_id: str | None = None,
         conversation: str | None = None,
         rag: str | RagSpec | dict[str, Any] | None = None,
+        after: Sequence[str | SyncTaskHandle] | None = None,
         durable_timeout_s: float | None = 10.0,
     ) -> SyncTaskHandle:
         """See `AsyncClient.submit`."""
+        parents = None if after is None else [a.id if isinstance(a, SyncTaskHandle) else a for a in after]
         handle = self.portal.call(
             lambda: self._async.submit(
                 prompt, messages=messages, model=model, params=params,
                 priority=priority, task_id=task_id, conversation=conversation, rag=rag,
-                durable_timeout_s=durable_timeout_s,
+                after=parents, durable_timeout_s=durable_timeout_s,
             )
         )
         return SyncTaskHandle(self.portal, handle)

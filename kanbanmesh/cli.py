@@ -278,6 +278,9 @@ def worker(drain_target: str | None, **flags: Any) -> None:
 @click.option("--rag", "rag_collection", default=None, metavar="COLLECTION",
               help="Answer with the top chunks of this collection in the prompt (see `rag ingest`).")
 @click.option("--rag-k", type=int, default=None, help="Chunks retrieved with --rag (default 4).")
+@click.option("--id", "task_id", default=None, help="The task's id (default: a random one).")
+@click.option("--after", multiple=True, metavar="ID",
+              help="Run once this task of yours succeeded (repeatable); PROMPT may name its result as {{result:ID}}.")
 @click.option("--no-stream", is_flag=True, help="Print only the final result.")
 @click.option("--json", "as_json", is_flag=True, help="Print the final entry as JSON.")
 @click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")

@@ -31,6 +31,7 @@ from awareness.states import WorkerState, valid_digest
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_map, now_ms
 from kanbanmesh.board.events import ColumnWatch, event_keys
+from kanbanmesh.board.graph import resolve
 from kanbanmesh.board.invalid import invalid_entry
 from kanbanmesh.board.limits import EntryLimits, json_bytes
 from kanbanmesh.board.prefix import MAX_DIGEST_ENTRIES
@@ -451,6 +452,7 @@ class Worker:
         self._finish(task_id, run, task, started_at, outcome)
 
     async def _generate(self, task_id: str, run: _Run, task: TaskEntry, outcome: _Outcome) -> None:
+        task = resolve(task)  # a task graph's `{{result:ID}}` references, replaced by the results
         turns = tuple((m.role, m.content) for m in [*(task.history or []), *task.chat()])
         request = GenerationRequest(
             messages=task.messages, prompt=task.prompt, params=task.params, model=task.model,

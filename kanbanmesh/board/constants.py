@@ -35,6 +35,10 @@ F_ENRICHING: Final = "enriching"  # middlewares still to run; brokers do not ass
 F_CONTEXT: Final = "context"  # retrieved chunks, for the worker's prompt template
 F_CREATED_AT: Final = "created_at"
 F_MAX_ATTEMPTS: Final = "max_attempts"
+# Task graphs (kanbanmesh.board.graph): the tasks a task waits for, and the results of those
+# its messages refer to (written by the server once every one of them succeeded).
+F_AFTER: Final = "after"
+F_AFTER_RESULTS: Final = "after_results"
 # Written by the broker.
 F_WORKER: Final = "worker"
 F_ATTEMPT: Final = "attempt"

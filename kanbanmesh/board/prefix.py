@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from kanbanmesh.board import constants as c
+from kanbanmesh.board.templates import resolved_fields
 
 HASH_CHARS = 16
 _TURN_END = "\x1e"
@@ -38,7 +39,11 @@ def prefix_hashes(turns: Iterable[tuple[str, str]]) -> list[str]:
 
 def task_turns(fields: Mapping[str, Any]) -> list[tuple[str, str]]:
     """A task entry's turns as the model sees them, before any template: `history`, then
-    `messages` (or `prompt` as one user turn); [] for an entry that holds neither."""
+    `messages` (or `prompt` as one user turn), a task graph's `{{result:ID}}` references
+    replaced by its `after_results`; [] for an entry that holds neither."""
+    results = fields.get(c.F_AFTER_RESULTS)
+    if isinstance(results, Mapping) and results:
+        fields = {**fields, **resolved_fields(fields, {str(k): str(v) for k, v in results.items()})}
     turns: list[tuple[str, str]] = []
     for key in (c.F_HISTORY, c.F_MESSAGES):
         value = fields.get(key)

@@ -7,11 +7,12 @@ models accept floats for integer fields as long as they are whole numbers.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from kanbanmesh.board import constants as c
+from kanbanmesh.board.templates import MAX_PARENTS, REF_START, result_refs
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 
@@ -92,11 +93,34 @@ class TaskRequest(BaseModel):
     rag: RagSpec | None = None
     created_at: float = 0.0
     max_attempts: int | None = Field(default=None, ge=1, le=100)  # None: the broker's default
+    # Task graphs (kanbanmesh/board/graph.py): the tasks this one waits for.
+    after: list[Annotated[str, Field(pattern=TASK_ID_PATTERN)]] | None = Field(
+        default=None, max_length=MAX_PARENTS
+    )
 
     @model_validator(mode="after")
     def _one_input(self) -> TaskRequest:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("a task needs exactly one of `messages` or `prompt`")
+        return self
+
+    @model_validator(mode="after")
+    def _graph(self) -> TaskRequest:
+        after = self.after or []
+        if len(set(after)) != len(after):
+            raise ValueError("`after` names a task twice")
+        if self.id in after:
+            raise ValueError("a task cannot wait for itself")
+        if not after:
+            return self  # no graph: its text is taken as it is (never replaced)
+        texts = [m.content for m in self.messages or ()]
+        if self.prompt is not None:
+            texts.append(self.prompt)
+        if not any(REF_START in text for text in texts):
+            return self  # the common case, at the cost of a substring search
+        unknown = result_refs(texts) - set(after)
+        if unknown:
+            raise ValueError(f"{{{{result:{min(unknown)[:40]}}}}} refers to a task not in `after`")
         return self
 
     def chat(self) -> list[ChatMessage]:
@@ -155,6 +179,7 @@ class TaskEntry(TaskRequest):
     history: list[ChatMessage] | None = None  # the conversation's earlier turns (server)
     enriching: list[str] | None = None  # middlewares still to run (server); not assignable
     context: list[ContextChunk] | None = None  # retrieved chunks (server)
+    after_results: dict[str, str] | None = None  # the results `{{result:ID}}` refers to (server)
     citations: list[Citation] | None = None  # the chunks the prompt used (worker)
     started_at: float | None = None
     output: str = ""
@@ -205,4 +230,4 @@ WORKER_FIELDS = frozenset(
     }
 )
 # Fields only the server writes (its pre-inference pipeline): nobody else may set them.
-SERVER_FIELDS = frozenset({c.F_HISTORY, c.F_ENRICHING, c.F_CONTEXT})
+SERVER_FIELDS = frozenset({c.F_HISTORY, c.F_ENRICHING, c.F_CONTEXT, c.F_AFTER_RESULTS})

@@ -27,6 +27,8 @@ class SubmitOptions:
     priority: int = 0
     rag_collection: str | None = None
     rag_k: int | None = None
+    task_id: str | None = None
+    after: tuple[str, ...] = ()
     no_stream: bool = False
     as_json: bool = False
     timeout: float | None = None
@@ -56,12 +58,13 @@ async def submit_async(settings: Settings, options: SubmitOptions) -> int:
                 messages=[{"role": "system", "content": options.system},
                           {"role": "user", "content": options.prompt}],
                 model=options.model, params=options.params(), priority=options.priority,
-                rag=options.rag(),
+                rag=options.rag(), task_id=options.task_id, after=list(options.after) or None,
             )
         else:
             task = await client.submit(options.prompt, model=options.model,
                                        params=options.params(), priority=options.priority,
-                                       rag=options.rag())
+                                       rag=options.rag(), task_id=options.task_id,
+                                       after=list(options.after) or None)
         with anyio.fail_after(options.timeout):
             if not options.no_stream and not options.as_json:
                 async for chunk in task.stream():

@@ -18,6 +18,9 @@ message.
 - Server restart mid-pipeline: the marker is in the stored document; `run` starts over with
   every entry that still carries it (middlewares rewrite their fields whole, so a repeat is
   harmless).
+- A task that names `after` (a task graph, kanbanmesh/server/graph.py) is marked `after`
+  first, and waits for its parents outside the pipeline's limiter and timeout; once they all
+  succeeded its middlewares run on its text with their results put in.
 - A client cannot skip the pipeline by writing `enriching` itself (with auth on it may not
   write it at all; without auth `admit` rewrites it from what applies).
 """
@@ -35,12 +38,15 @@ from pycrdt import Map
 
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms
-from kanbanmesh.board.reads import plain_fields, read_entry
+from kanbanmesh.board.graph import DEPENDENCY_TOO_LARGE
+from kanbanmesh.board.reads import plain_fields, read_entry, read_field
 from kanbanmesh.board.roles import PeerRole
 from kanbanmesh.board.schema import TaskStatus as Status
+from kanbanmesh.board.templates import resolved_fields
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import MiddlewareError
 from kanbanmesh.pipeline.base import Middleware, PendingTask
+from kanbanmesh.server.graph import AFTER, GraphGate, parents_of
 from kanbanmesh.server.room import BoardRoom
 from kanbanmesh.server.validation import UpdateRefused, check_entry
 
@@ -59,21 +65,30 @@ class Enricher:
         self._timeout_s = timeout_s
         self._limiter = anyio.CapacityLimiter(concurrency)
         self._send, self._receive = anyio.create_memory_object_stream[str](math.inf)
+        self._results: dict[str, dict[str, str]] = {}  # released by the gate, not enriched yet
+        self._gate = GraphGate(room, self._released)
         self.enriched = 0  # tasks whose middlewares finished (for tests and stats)
         self.failed = 0
 
     def admit(self, created: Iterable[str]) -> None:
-        """Mark the just-created tasks some middleware applies to, and queue them; called by
-        the room inside its update handling, before its change listeners run."""
+        """Mark the just-created tasks some middleware applies to, or that wait for others
+        (`after`: kanbanmesh/server/graph.py), and queue them; called by the room inside its
+        update handling, before its change listeners run."""
         todo = self._room.board.column_map(Column.TODO)
         marks: dict[str, list[str]] = {}
+        held: dict[str, dict[str, Any]] = {}
         for task_id in created:
+            if not self._middlewares and not _may_wait(todo.get(task_id)):
+                continue  # nothing here can apply to it
             # Its plain fields, in one call into Yrs: each middleware reads a field or two, and
             # through pycrdt's `Map.get` every read cost more than this whole one.
             fields = read_entry(todo, task_id)
             if not isinstance(fields, dict):
                 continue  # gone already, or no entry (NotAMap)
             names = [m.name for m in self._middlewares if m.applies(fields)]
+            if parents_of(fields):
+                names.insert(0, AFTER)
+                held[task_id] = fields
             if names or fields.get(c.F_ENRICHING) is not None:
                 marks[task_id] = names
         if not marks:
@@ -85,19 +100,32 @@ class Enricher:
                 else:  # written by a client without auth: it is not the client's to set
                     del todo[task_id][c.F_ENRICHING]
         for task_id, names in marks.items():
-            if names:
+            if names and task_id not in held:
                 self._send.send_nowait(task_id)
+        self._gate.hold(held)
+
+    def _released(self, task_id: str, results: dict[str, str]) -> None:
+        """The graph gate let a task go (its parents all succeeded): on to the middlewares."""
+        self._results[task_id] = results
+        self._send.send_nowait(task_id)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Enrich queued tasks until cancelled; first those a restart left half done."""
         with self._send, self._receive:  # closed when the board is unloaded too
-            for task_id, entry in self._room.board.entries(Column.TODO):
-                if isinstance(entry, Map) and entry.get(c.F_ENRICHING):
-                    self._send.send_nowait(task_id)
             async with anyio.create_task_group() as tg:
+                await tg.start(self._gate.run)
+                held: dict[str, dict[str, Any]] = {}
+                for task_id, entry in self._room.board.entries(Column.TODO):
+                    marked = entry.get(c.F_ENRICHING) if isinstance(entry, Map) else None
+                    if isinstance(marked, list) and AFTER in marked:
+                        held[task_id] = plain_fields(entry)
+                    elif marked:
+                        self._send.send_nowait(task_id)
+                self._gate.hold(held)
                 task_status.started()
                 async for task_id in self._receive:
                     tg.start_soon(self._enrich, task_id)
+                tg.cancel_scope.cancel()
 
     def _pending(self, task_id: str) -> Map[Any] | None:
         """The task's entry if it still waits for its middlewares (not cancelled, not gone)."""
@@ -113,8 +141,16 @@ class Enricher:
                 return
             fields = plain_fields(entry)
             names = set(fields.get(c.F_ENRICHING) or [])
-            task = PendingTask(self._room.name, task_id, fields)
             written: dict[str, Any] = {}
+            if AFTER in names:
+                results = self._results.pop(task_id, None)
+                if results is None:
+                    return  # still waiting for its parents (the gate sends it again)
+                if results:
+                    written[c.F_AFTER_RESULTS] = results
+                    # The middlewares see the text the model will (retrieval asks with it).
+                    fields = {**fields, **resolved_fields(fields, results)}
+            task = PendingTask(self._room.name, task_id, fields)
             error: dict[str, str] | None = None
             step = ""
             try:
@@ -148,7 +184,8 @@ class Enricher:
         try:
             check_entry(Column.TODO.value, task_id, enriched, self._room.limits)
         except UpdateRefused as refused:
-            return {"code": "enrichment_too_large" if refused.code == c.CLOSE_TASK_TOO_LARGE
+            too_large = DEPENDENCY_TOO_LARGE if c.F_AFTER_RESULTS in written else "enrichment_too_large"
+            return {"code": too_large if refused.code == c.CLOSE_TASK_TOO_LARGE
                     else "invalid_task", "message": refused.reason}
         return None
 
@@ -167,3 +204,10 @@ class Enricher:
             entry[name] = value
         del entry[c.F_ENRICHING]
         self.enriched += 1
+
+
+def _may_wait(entry: object) -> bool:
+    """Whether a new entry names `after` or carries a mark (two field reads)."""
+    return isinstance(entry, Map) and (
+        read_field(entry, c.F_AFTER) is not None or read_field(entry, c.F_ENRICHING) is not None
+    )

@@ -136,10 +136,10 @@ class Hub:
         """A room and what runs beside it, in one scope: unloading the board cancels it."""
         async with anyio.create_task_group() as tg:
             await tg.start(room.start)
-            if self.middlewares:
-                enricher = Enricher(room, self.middlewares, timeout_s=self._settings.middleware_timeout_s)
-                room.admit = enricher.admit
-                await tg.start(enricher.run)
+            # Also without middlewares: it holds the tasks that wait for others (task graphs).
+            enricher = Enricher(room, self.middlewares, timeout_s=self._settings.middleware_timeout_s)
+            room.admit = enricher.admit
+            await tg.start(enricher.run)
             if self._settings.broker is not None:
                 broker = Broker(RoomView(room, random.getrandbits(32)), self._settings.broker)
                 await tg.start(broker.run)

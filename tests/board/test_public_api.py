@@ -17,7 +17,7 @@ PUBLIC_API = {
         "RagSpec", "StreamRestartedError", "SyncTaskHandle", "TaskCancelledError", "TaskEntry",
         "TaskFailedError", "TaskHandle", "TaskNotFoundError", "TaskParams", "TaskStatus", "TaskTooLargeError",
         "Timings", "TransportError", "UpdateRefusedError", "Usage", "WorkerPresence",
-        "WorkerState",
+        "WorkerState", "result_ref",
     },
     "broker": {
         "BoardView", "Broker", "BrokerSettings", "BrokerStats", "PeerView", "QueuedTask",

@@ -82,3 +82,26 @@ async def test_js_invalid_task_is_refused_with_a_reason(server_url: str, workers
     assert closed["event"] == "closed" and closed["code"] == 4422 and "invalid" in str(closed["reason"])
     async with AsyncClient(server_url) as client:  # the server carries on
         assert (await (await client.submit("still fine")).result(timeout_s=10)).result == "echo: still fine"
+
+
+async def test_js_client_submits_a_task_graph(server_url: str, workers: WorkerPool, js_dir: Path) -> None:
+    await workers.start(slots=2, delay_ms=10)
+    code, events = await node(js_dir, "graph.mjs", "--url", server_url, "--parts", "3")
+    submitted, done = events[0], events[-1]
+    assert code == 0 and done["event"] == "done", events
+    parts = submitted["ids"]
+    assert isinstance(parts, list) and len(parts) == 3
+    assert done["parents"] == {p: f"echo: part {n}" for n, p in enumerate(parts, start=1)}
+    assert done["result"] == "echo: combine: " + " | ".join(f"echo: part {n}" for n in (1, 2, 3))
+    assert done["after_results"] == done["parents"]
+    assert done["early"] == []  # never assigned before its parents succeeded
+    assert done["waited"] == [["after"]]  # the board shows it waiting
+
+
+async def test_js_graph_with_a_cancelled_part_is_cancelled(server_url: str, js_dir: Path) -> None:
+    # No worker: the parts wait in todo; cancelling one cancels the combining task.
+    code, events = await node(js_dir, "graph.mjs", "--url", server_url, "--parts", "2", "--cancel-part", "2")
+    done = events[-1]
+    assert code == 2 and done["event"] == "done" and done["status"] == "cancelled", events
+    assert isinstance(done["error"], dict) and done["error"]["code"] == "dependency_failed"
+    assert "was cancelled" in str(done["error"]["message"]) and done["worker"] is None

@@ -254,3 +254,35 @@ async def test_a_submission_past_the_owners_limit_is_explained_and_nothing_else_
         assert await page.locator("li.card", has=page.locator(".asked", has_text="one too many")).count() == 0
         assert not [e for e in problems.errors if not e.startswith(NETWORK_NOISE)]
         tg.cancel_scope.cancel()
+
+
+async def test_a_waiting_card_shows_what_it_waits_for(server_url: str, workers: WorkerPool, open_page: OpenPage) -> None:
+    page, problems = await open_page(http_url(server_url))
+    await connected(page)
+    async with AsyncClient(server_url, owner="graph") as client:
+        # No worker yet: the parts wait in todo, and the combining card waits for both.
+        parts = [await client.submit(f"part {n}", task_id=f"part{n}") for n in (1, 2)]
+        await client.submit("combine {{result:part1}} {{result:part2}}", after=parts, task_id="combine")
+        waiting = card(page, "combine").locator(".meta", has_text="waits for: part1, part2")
+        await waiting.wait_for()
+        assert await card(page, "combine").get_attribute("data-column") == "todo"
+        await workers.start(delay_ms=20)
+        await wait_done(page, "part1")
+        await wait_done(page, "part2")
+        done = await wait_done(page, "combine")
+        assert await done.locator(".output").inner_text() == "echo: combine echo: part 1 echo: part 2"
+        assert "waits for" not in await done.locator(".meta").inner_text()
+    assert problems.errors == []
+
+
+async def test_a_card_whose_parent_was_cancelled_says_so(server_url: str, open_page: OpenPage) -> None:
+    page, problems = await open_page(http_url(server_url))
+    await connected(page)
+    async with AsyncClient(server_url, owner="graph") as client:
+        parent = await client.submit("never runs", task_id="lonely")
+        await client.submit("child", after=[parent], task_id="child")
+        await card(page, "child").locator(".meta", has_text="waits for: lonely").wait_for()
+        await parent.cancel()
+        done = await wait_done(page, "child", status="cancelled")
+        assert "dependency_failed" in await done.locator(".error").inner_text()
+    assert problems.errors == []

@@ -58,6 +58,17 @@ export function askedText (task) {
   return String((users.at(-1) ?? turns.at(-1))?.content ?? '')
 }
 
+/**
+ * The parents a task held back for its graph still waits for (protocol section 12): those of
+ * its `after` not seen succeeded; [] once the server let it go.
+ * @param {Task} task @param {Set<string>} succeeded
+ */
+export function waitsFor (task, succeeded) {
+  if (task.column !== 'todo' || !Array.isArray(task.after)) return []
+  if (!Array.isArray(task.enriching) || !task.enriching.includes('after')) return []
+  return task.after.filter((id) => !succeeded.has(id))
+}
+
 /** Timings of a finished task, in words. @param {Task} task */
 export function timingsText (task) {
   const t = task.timings
@@ -116,8 +127,9 @@ class Card {
    * @param {Task} task
    * @param {boolean} mine
    * @param {Map<string, string>} workerNames  worker id -> name, of the workers present
+   * @param {Set<string>} succeeded  ids of the tasks in done that succeeded
    */
-  update (task, mine, workerNames) {
+  update (task, mine, workerNames, succeeded) {
     const done = task.column === 'done'
     this.node.dataset.column = task.column
     this.node.dataset.status = task.status ?? ''
@@ -129,6 +141,9 @@ class Card {
     if (task.worker && task.column !== 'todo') meta.push(`worker ${workerNames.get(task.worker) ?? task.worker}`)
     if (Number(task.attempt ?? 1) > 1) meta.push(`attempt ${task.attempt}`)
     if (task.cancel === true && !done) meta.push('cancelling…')
+    const waits = waitsFor(task, succeeded)
+    if (waits.length > 0) meta.push(`waits for: ${waits.join(', ')}`)
+    this.node.classList.toggle('waiting', waits.length > 0)
     setText(this.meta, meta.join(' · '))
     show(this.meta, meta.length > 0)
     const text = done ? String(task.result ?? task.output ?? '') : (task.output ?? '')
@@ -171,6 +186,7 @@ export class BoardView {
   /** @param {Snapshot} board @param {string} owner */
   render (board, owner) {
     const live = new Set()
+    const succeeded = new Set(board.done.filter((t) => t.status === 'succeeded').map((t) => t.id))
     for (const column of COLUMNS) {
       const { list, more, count, total } = this._columns[column]
       const tasks = board[column]
@@ -183,7 +199,7 @@ export class BoardView {
           card = new Card(task.id, this._onCancel)
           this._cards.set(task.id, card)
         }
-        card.update(task, task.owner === owner, this._workerNames)
+        card.update(task, task.owner === owner, this._workerNames, succeeded)
         return card.node
       })
       if (tasks.length > MAX_CARDS) {

@@ -16,4 +16,4 @@ export {
 } from './errors.js'
 export { httpBase, listCollections, lookupTask, whoami } from './http.js'
 export { TaskHandle } from './task.js'
-export { COLUMNS, DEFAULT_RAG_K, findTask, newTaskId, plainTask, snapshot } from './tasks.js'
+export { COLUMNS, DEFAULT_RAG_K, MAX_PARENTS, findTask, newTaskId, plainTask, resultRef, snapshot } from './tasks.js'

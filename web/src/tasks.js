@@ -30,6 +30,9 @@ export const COLUMNS = /** @type {const} */ (['todo', 'prepared', 'doing', 'done
  * @property {string} [conversation]
  * @property {string | { collection: string, k?: number }} [rag]  a collection name, or both
  * @property {number} [max_attempts]
+ * @property {Array<string | { id: string }>} [after]  tasks (ids or handles) to wait for: the
+ *   task runs once all succeeded; `{{result:ID}}` (`resultRef(id)`) in its text stands for
+ *   their results (protocol section 12)
  * @property {string} [id]  default: a fresh `js-...` id
  */
 /**
@@ -45,6 +48,9 @@ export const COLUMNS = /** @type {const} */ (['todo', 'prepared', 'doing', 'done
  * @property {string} [conversation]
  * @property {{ collection: string, k: number }} [rag]
  * @property {number} [created_at]
+ * @property {string[]} [after]  the tasks it waits for (protocol section 12)
+ * @property {Record<string, string>} [after_results]
+ * @property {string[]} [enriching]  while the server holds it back (`"after"`: its parents run)
  * @property {string} [worker]
  * @property {number} [attempt]
  * @property {number} [started_at]
@@ -59,6 +65,19 @@ export const COLUMNS = /** @type {const} */ (['todo', 'prepared', 'doing', 'done
  * @property {boolean} [cancel]
  */
 /** @typedef {{ todo: Task[], prepared: Task[], doing: Task[], done: Task[] }} Snapshot */
+
+/** The most tasks one task may wait for, and how task ids are spelled (as the server checks). */
+export const MAX_PARENTS = 64
+const TASK_ID = /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/
+const RESULT_REF = /\{\{result:([A-Za-z0-9][A-Za-z0-9_.:-]{0,127})\}\}/g
+
+/**
+ * The text that stands for task `id`'s result in a task that waits for it: `{{result:ID}}`.
+ * @param {string | { id: string }} task  an id or a handle
+ */
+export function resultRef (task) {
+  return `{{result:${typeof task === 'string' ? task : task.id}}}`
+}
 
 /** RAG's default number of passages, as the server's schema has it. */
 export const DEFAULT_RAG_K = 4
@@ -166,12 +185,37 @@ export function requestFields (request, owner) {
   else fields.prompt = prompt
   if (conversation !== undefined) fields.conversation = conversation
   if (maxAttempts !== undefined) fields.max_attempts = maxAttempts
+  if (request.after !== undefined) fields.after = parentIds(request, fields.id)
   if (rag !== undefined) {
     const spec = typeof rag === 'string' ? { collection: rag } : rag
     if (!spec.collection) throw new TypeError('`rag` needs a collection name')
     fields.rag = { collection: spec.collection, k: spec.k ?? DEFAULT_RAG_K }
   }
   return fields
+}
+
+/**
+ * The ids of a request's `after`, checked as the server checks them (protocol section 12).
+ * @param {TaskRequest} request
+ * @param {string} id  the new task's
+ * @returns {string[]}
+ */
+function parentIds (request, id) {
+  if (!Array.isArray(request.after)) throw new TypeError('`after` must be an array of task ids')
+  const after = request.after.map((p) => (typeof p === 'string' ? p : p?.id))
+  if (after.length > MAX_PARENTS) throw new TypeError(`a task waits for at most ${MAX_PARENTS} tasks`)
+  for (const parent of after) {
+    if (typeof parent !== 'string' || !TASK_ID.test(parent)) throw new TypeError(`not a task id in \`after\`: ${parent}`)
+  }
+  if (new Set(after).size !== after.length) throw new TypeError('`after` names a task twice')
+  if (after.includes(id)) throw new TypeError('a task cannot wait for itself')
+  const texts = request.messages ? request.messages.map((m) => String(m.content)) : [String(request.prompt)]
+  for (const text of texts) {
+    for (const [, ref] of text.matchAll(RESULT_REF)) {
+      if (!after.includes(ref)) throw new TypeError(`{{result:${ref}}} refers to a task not in \`after\``)
+    }
+  }
+  return after
 }
 
 /**

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict'
 import { after, before, test } from 'node:test'
 import WebSocket from 'ws'
 
-import { COLUMNS, RefusedError, connect } from '../src/index.js'
+import { COLUMNS, RefusedError, connect, resultRef } from '../src/index.js'
 import { requestFields } from '../src/tasks.js'
 import { TIMEOUT_MS, startServer, until, within } from './support.mjs'
 
@@ -33,6 +33,32 @@ test('a request needs exactly one of messages and prompt', () => {
   assert.deepEqual(fields.rag, { collection: 'docs', k: 4 })
   assert.equal(fields.owner, 'me')
   assert.match(fields.id, /^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$/)
+})
+
+test('after is checked as the server checks it', () => {
+  const fields = requestFields({ id: 'c', prompt: `x ${resultRef('a')}`, after: ['a', { id: 'b' }] }, 'me')
+  assert.deepEqual(fields.after, ['a', 'b'])
+  assert.equal(resultRef({ id: 'a' }), '{{result:a}}')
+  assert.throws(() => requestFields({ prompt: '{{result:z}}', after: ['a'] }, 'me'), /not in `after`/)
+  assert.throws(() => requestFields({ id: 'c', prompt: 'x', after: ['c'] }, 'me'), /itself/)
+  assert.throws(() => requestFields({ prompt: 'x', after: ['a', 'a'] }, 'me'), /twice/)
+  assert.throws(() => requestFields({ prompt: 'x', after: ['a b'] }, 'me'), /not a task id/)
+  assert.throws(() => requestFields({ prompt: 'x', after: Array.from({ length: 65 }, (_, i) => `t${i}`) }, 'me'), /at most/)
+})
+
+test('a task graph: the combining task runs after its parts, with their results', async (t) => {
+  const board = await open(t)
+  await until(board, () => board.workers().length > 0, 'a worker')
+  // long enough (the test's workers stream a word each 10 ms) to see the card wait
+  const words = (name) => Array.from({ length: 40 }, () => name).join(' ')
+  const parts = ['one', 'two'].map((name) => board.submit({ prompt: words(name) }))
+  const all = board.submit({ prompt: parts.map((p) => resultRef(p)).join(' + '), after: parts })
+  const seen = await until(board, () => board.snapshot().todo.find((e) => e.id === all.id && e.enriching), 'the waiting card')
+  assert.deepEqual(seen.after, parts.map((p) => p.id))
+  const done = await within(all.result(), 'the combined result')
+  assert.equal(done.result, `echo: echo: ${words('one')} + echo: ${words('two')}`)
+  const finished = await within(Promise.all(parts.map((p) => p.result())), 'the parts')
+  assert.ok(finished.every((p) => p.finished_at <= done.started_at))
 })
 
 test('workers() lists the echo workers from awareness', async (t) => {
