@@ -250,6 +250,10 @@ def broker(**flags: Any) -> None:
 @client_options
 @worker_options
 @click.option("--name", default=None, help="Worker name shown on the board.")
+@click.option("--embedding", is_flag=True, default=None,
+              help="llama, openai: serve embed tasks instead of chat, with --model's embedding "
+                   "model (llama: a GGUF path, required; openai: the name the server's "
+                   "/embeddings knows).")
 @click.option("--drain", "drain_target", default=None, metavar="NAME_OR_ID",
               help="Do not run a worker: ask the running worker NAME_OR_ID to drain (finish "
                    "its tasks, take no new ones, leave) and wait until it has left.")

@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     cache_prompt: bool = True  # llama: reuse cached prompt prefixes
     cache_ram_mb: int = Field(default=0, ge=0, le=1 << 20)  # llama: host RAM for evicted prefixes
     base_url: str = ""  # openai: e.g. https://api.openai.com/v1
+    # llama, openai: serve `embed` tasks with the backend's embedding model instead of chat.
+    embedding: bool = False
     api_key_env: str = ""  # openai: name of the environment variable holding the API key
 
     @field_validator("url")

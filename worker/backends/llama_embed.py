@@ -8,8 +8,8 @@ the sentence-transformers backend and OpenAI's vectors.
 
 Pooling is the GGUF's own (`<arch>.pooling_type`: BERT-style embedding models carry mean or
 CLS) or, for a model that names none (a generative model such as the bundled SmolLM2), mean
-pooling. No GGUF embedding model is packaged on PyPI (docs/embeddings.md says what was looked
-at), so there is no default model: `--model` is required.
+pooling. No GGUF embedding model is packaged on PyPI (README.md, "Embedding backends", says what
+was looked at), so there is no default model: `--model` is required.
 
 `Llama._ctx` and `Llama._batch` are no public API (the public `Llama.embed` takes text only
 and truncates silently, where an `embed` task may carry token ids and must fail when too
@@ -77,7 +77,7 @@ class LlamaEmbedBackend:
             raise BackendError(
                 "bad_config",
                 "--backend llama --embedding needs --model PATH to a GGUF embedding model "
-                "(none is packaged: see docs/embeddings.md)",
+                "(none is packaged on PyPI: see the README)",
             )
         self._config = config
         self._file: ModelFile | None = None
