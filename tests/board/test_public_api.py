@@ -13,7 +13,7 @@ import pytest
 PUBLIC_API = {
     "client_sdk": {
         "AsyncClient", "BoardRotatedError", "BoardSnapshot", "ChatMessage", "Citation", "Client", "Column", "ConnectError",
-        "ConnectionClosedError", "InvalidTaskError", "KanbanMeshError", "MessageTooLargeError",
+        "ConnectionClosedError", "EmbedResult", "InvalidTaskError", "KanbanMeshError", "MessageTooLargeError",
         "RagSpec", "StreamRestartedError", "SyncTaskHandle", "TaskCancelledError", "TaskEntry",
         "TaskFailedError", "TaskHandle", "TaskNotFoundError", "TaskParams", "TaskStatus", "TaskTooLargeError",
         "Timings", "TransportError", "UpdateRefusedError", "Usage", "WorkerPresence",
