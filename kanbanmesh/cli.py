@@ -404,14 +404,23 @@ def rag() -> None:
               help="Inside the folders given, also read symlinks that lead out of them (skipped "
                    "and listed by default).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--via", default=None, metavar="ws://HOST:PORT[/BOARD]",
+              help="Embed on that server's embedding workers (embed tasks on BOARD, default "
+                   "--board) instead of in this process; the chunks and the store are the same.")
+@click.option("--in-flight", type=int, default=0,
+              help="--via: embed tasks of --batch-size chunks at once (default: twice the "
+                   "embedding workers' slots, at least 4).")
+@click.option("--token", default=None, help="--via: access token (env KANBANMESH_TOKEN).")
 @friendly_errors
-def rag_ingest(data_dir: str | None, board: str | None, **options: Any) -> None:
+def rag_ingest(data_dir: str | None, board: str | None, token: str | None, **options: Any) -> None:
     """Ingest PATHS (files, or folders of .md .txt .html .pdf .csv) into a board's collection;
-    unchanged files are skipped, changed ones replace their chunks."""
+    unchanged files are skipped, changed ones replace their chunks, and an ingest cut short
+    resumes where it stopped."""
     from kanbanmesh.commands.rag import IngestOptions, print_ingest, run_ingest
 
     opts = IngestOptions(**options)
-    print_ingest(run_ingest(build_settings(data_dir=data_dir, board=board), opts), opts.collection)
+    settings = build_settings(data_dir=data_dir, board=board, token=token)
+    print_ingest(run_ingest(settings, opts), opts.collection)
 
 
 @rag.command("search")

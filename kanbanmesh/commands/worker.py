@@ -84,7 +84,7 @@ def _openai_config(settings: Settings, environ: Mapping[str, str]) -> OpenAIConf
     return OpenAIConfig(base_url=settings.base_url, model=settings.model, api_key=api_key)
 
 
-def describe_backend(backend: Backend) -> str:
+def describe_backend(backend: Backend | EmbeddingBackend) -> str:
     details = f"{backend.engine}: {', '.join(backend.models)}"
     chat_format = getattr(backend, "chat_format", "")
     threads = getattr(backend, "threads", 0)
@@ -96,7 +96,7 @@ def describe_backend(backend: Backend) -> str:
 
 
 async def run_worker_async(settings: Settings) -> None:
-    backend = make_backend(settings)
+    backend = make_embedding_backend(settings) if settings.embedding else make_backend(settings)
     await backend.start()  # raises BackendError: the CLI prints it and exits 1
     click.echo(f"loaded {describe_backend(backend)}", err=True)
     try:
@@ -106,7 +106,7 @@ async def run_worker_async(settings: Settings) -> None:
             await backend.stop()
 
 
-async def _serve(settings: Settings, backend: Backend) -> None:
+async def _serve(settings: Settings, backend: Backend | EmbeddingBackend) -> None:
     worker_settings = WorkerSettings(
         name=settings.name, slots=settings.slots, heartbeat_s=settings.heartbeat_s
     )
