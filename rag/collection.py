@@ -107,6 +107,12 @@ class PendingFile:
     def texts(self) -> list[str]:
         return [chunk.embedding_text() for chunk in self.chunks]
 
+    def matrix(self, rows: dict[int, Vectors], dim: int) -> Vectors:
+        """The vectors of every chunk, in chunk order, from `rows` (position -> vector)."""
+        if not self.chunks:
+            return np.zeros((0, dim), dtype=np.float32)
+        return np.stack([rows[p] for p in range(len(self.chunks))]).astype(np.float32, copy=False)
+
 
 @dataclass
 class IngestPlan:
@@ -215,14 +221,20 @@ class Collection(ClosedOnExit):
         embedder = self.embedder()
         embedded = 0
         for item in plan.pending:
-            vectors: list[Vectors] = []
+            # Vectors an ingest cut short kept are not embedded again; each batch is kept.
+            rows = self.cached_vectors(item)
+            missing = [p for p in range(len(item.chunks)) if p not in rows]
             texts = item.texts()
-            for start in range(0, len(texts), batch_size):
-                vectors.append(embedder.encode(texts[start:start + batch_size], batch_size))
-                embedded += len(vectors[-1])
+            embedded += len(item.chunks) - len(missing)
+            for start in range(0, len(missing), batch_size):
+                positions = missing[start:start + batch_size]
+                vectors = embedder.encode([texts[p] for p in positions], batch_size)
+                self.cache_vectors(item, positions, vectors)
+                rows.update(zip(positions, vectors, strict=True))
+                embedded += len(positions)
                 if progress is not None:
                     progress(IngestProgress("embedding", embedded, plan.chunks))
-            self.store(plan, item, _stack(vectors, self.config.dim))
+            self.store(plan, item, item.matrix(rows, self.config.dim))
         return self.finish(plan, progress)
 
     def plan(self, paths: Sequence[Path], progress: ProgressCallback | None = None, *,
@@ -279,7 +291,8 @@ class Collection(ClosedOnExit):
     def cached_vectors(self, item: PendingFile) -> dict[int, Vectors]:
         """Vectors of `item`'s chunks kept by an earlier ingest cut short (`cache_vectors`),
         by chunk position."""
-        return self._store.pending_vectors(item.source, item.digest, self.config.dim)
+        kept = self._store.pending_vectors(item.source, item.digest, self.config.dim)
+        return {p: v for p, v in kept.items() if 0 <= p < len(item.chunks)}
 
     def cache_vectors(self, item: PendingFile, positions: Sequence[int], vectors: Vectors) -> None:
         """Keep vectors of some of `item`'s chunks until the file is stored, so that an

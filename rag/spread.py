@@ -62,8 +62,7 @@ class _Progress:
             files = self.plan.pending
             while self.next_file < len(files) and len(self.received[self.next_file]) == len(files[self.next_file].chunks):
                 item, rows = files[self.next_file], self.received[self.next_file]
-                matrix = (np.stack([rows[p] for p in range(len(item.chunks))]) if item.chunks
-                          else np.zeros((0, self.collection.config.dim), dtype=np.float32))
+                matrix = item.matrix(rows, self.collection.config.dim)
                 await anyio.to_thread.run_sync(self.collection.store, self.plan, item, matrix)
                 self.received[self.next_file] = {}
                 self.next_file += 1
@@ -82,7 +81,7 @@ async def ingest_spread(
     wanted: list[tuple[int, int]] = []  # (file, chunk position) still to embed
     for number, item in enumerate(plan.pending):
         kept = await anyio.to_thread.run_sync(collection.cached_vectors, item)
-        state.received.append({p: v for p, v in kept.items() if p < len(item.chunks)})
+        state.received.append(kept)
         wanted += [(number, p) for p in range(len(item.chunks)) if p not in kept]
     state.embedded = plan.chunks - len(wanted)
     state.report()

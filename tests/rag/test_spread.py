@@ -130,3 +130,42 @@ async def test_vectors_of_the_wrong_length_are_refused(tmp_path: Path, rag_model
         assert rows(collection) == []
     with pytest.raises(RagError, match="not 16"):
         Collection.create(tmp_path / "b", "c", rag_models, dim=16)
+
+
+class CountingModel:
+    """The bundled model as a `ModelCache` loads it, counting texts, failing after a number of
+    batches."""
+
+    def __init__(self, models: ModelCache, fail_after: int | None = None) -> None:
+        self._model = models.get("")
+        self.dim, self.name = self._model.dim, self._model.name
+        self.fail_after = fail_after
+        self.calls = self.texts = 0
+
+    def encode(self, texts: list[str], batch_size: int = 32) -> Vectors:
+        self.calls += 1
+        if self.fail_after is not None and self.calls > self.fail_after:
+            raise RagError("interrupted", "the test cut the ingest short")
+        self.texts += len(texts)
+        return self._model.encode(texts, batch_size)
+
+    def count_tokens(self, text: str) -> int:
+        return self._model.count_tokens(text)
+
+
+async def test_an_in_process_ingest_cut_short_resumes_too(tmp_path: Path, rag_models: ModelCache) -> None:
+    corpus = write_corpus(tmp_path / "corpus")
+    first, second = CountingModel(rag_models, fail_after=3), CountingModel(rag_models)
+    with policy_collection(tmp_path / "a", rag_models, "c") as one_shot:
+        await anyio.to_thread.run_sync(one_shot.ingest, [corpus])
+        total = one_shot.config.chunks
+        with (
+            policy_collection(tmp_path / "b", ModelCache(loader=lambda *_: first), "c") as cut,  # type: ignore[arg-type]
+            pytest.raises(RagError, match="cut the ingest short"),
+        ):
+            await anyio.to_thread.run_sync(lambda: cut.ingest([corpus], batch_size=4))
+        assert 0 < first.texts < total and first.calls == 4  # 3 batches, then the failure
+        with policy_collection(tmp_path / "b", ModelCache(loader=lambda *_: second), "c") as resumed:  # type: ignore[arg-type]
+            await anyio.to_thread.run_sync(lambda: resumed.ingest([corpus], batch_size=4))
+            assert second.texts == total - first.texts
+            assert_same_collection(one_shot, resumed)
