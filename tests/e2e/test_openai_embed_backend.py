@@ -1,7 +1,9 @@
 """The OpenAI-compatible embedding backend over real HTTP.
 
-A small fake `/v1/embeddings` server answers the cases a real one cannot be made to produce
-on demand (oversized answers, wrong vector counts, upstream errors of each kind).
+Against a real kanbanmesh server's `/v1/embeddings` (its embedding worker on the bundled
+model), also as the backend of an embedding worker on a second server; and against a small
+fake server for the cases a real one cannot be made to produce on demand (oversized answers,
+wrong vector counts, upstream errors of each kind).
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 import pytest
 from hypothesis import given
@@ -22,7 +26,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from client_sdk import AsyncClient
+from kanbanmesh.embedding_models import DEFAULT_MODEL
 from kanbanmesh.errors import BackendError
+from kanbanmesh.server.runner import serve
+from kanbanmesh.settings import Settings
+from tests.conftest import WorkerPool
+from tests.e2e.backend_workers import running_worker
+from tests.e2e.embed_workers import SharedModelBackend, reference
 from tests.support.asgi import serving
 from worker.backends.embedding_base import EmbeddingRequest
 from worker.backends.openai_embed import OpenAIEmbedBackend, _decode
@@ -183,3 +194,44 @@ def test_base64_vectors_decode_or_fail_cleanly(raw: bytes) -> None:
             _decode(encoded, "test")
     else:
         assert _decode(encoded, "test").tobytes() == np.frombuffer(raw, dtype="<f4").tobytes()
+
+
+TEXTS = ["The cat sat on the mat.", "Embeddings map text to vectors.", "¿Dónde está la biblioteca?"]
+
+
+@pytest.mark.slow
+async def test_against_a_real_kanbanmesh_server_and_as_a_second_servers_worker(
+    server_url: str, st_backend: SharedModelBackend, reference_model: object, tmp_path: Path
+) -> None:
+    async with anyio.create_task_group() as tg:
+        pool = WorkerPool(server_url, tg, backend=st_backend)
+        await pool.start(slots=2)
+        upstream = "http" + server_url[2:] + "/v1"
+        backend = OpenAIEmbedBackend(OpenAIConfig(base_url=upstream, model=DEFAULT_MODEL))
+        await backend.start()
+        try:
+            assert backend.dimensions("") == 384
+            direct = await backend.embed(EmbeddingRequest(TEXTS))
+            assert np.abs(direct.vectors - reference(reference_model, TEXTS)).max() < 1e-5
+            assert direct.prompt_tokens > len(TEXTS)
+            for request, code in (
+                (EmbeddingRequest(["x"], dimensions=64), "dimensions_unsupported"),
+                (EmbeddingRequest([[7] * 400]), "input_too_long"),
+            ):
+                with pytest.raises(BackendError) as caught:
+                    await backend.embed(request)
+                assert caught.value.code == code
+            # An embedding worker of a second server, whose backend is the first server.
+            second = await tg.start(serve, Settings(port=0, data_dir=tmp_path / "second"))
+            async with running_worker(second, backend), AsyncClient(second) as client:  # type: ignore[arg-type]
+                [worker] = await client.wait_for_workers(1, timeout_s=30, kind="embed")
+                assert worker.engine == "openai" and worker.models == [DEFAULT_MODEL]
+                result = await client.embed(TEXTS, model=DEFAULT_MODEL, timeout_s=60)
+            assert np.abs(result.vectors - direct.vectors).max() < 1e-6
+        finally:
+            await backend.stop()
+        unknown = OpenAIEmbedBackend(OpenAIConfig(base_url=upstream, model="no-such-model"))
+        with pytest.raises(BackendError) as caught:
+            await unknown.start()
+        assert caught.value.code == "unknown_model"
+        tg.cancel_scope.cancel()

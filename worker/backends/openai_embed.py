@@ -135,7 +135,11 @@ class OpenAIEmbedBackend(OpenAIServer):
 
     def _error(self, status: int, content: bytes, dimensions: int | None) -> BackendError:
         error = _http_error(self._base, status, content)
-        if dimensions is not None and status == 400 and "dimension" in error.message.lower():
+        code, param = _error_fields(content)
+        if status == 400 and code == "context_length_exceeded":
+            return BackendError("input_too_long", error.message)
+        if dimensions is not None and status == 400 and (
+                param == "dimensions" or "dimension" in error.message.lower()):
             return BackendError("dimensions_unsupported", error.message)
         return BackendError(_EMBED_CODES.get(error.code, error.code), error.message)
 
@@ -159,6 +163,17 @@ class OpenAIEmbedBackend(OpenAIServer):
         if not np.isfinite(vectors).all():
             raise BackendError("backend_error", f"{self._base} answered vectors that are not finite")
         return vectors
+
+
+def _error_fields(content: bytes) -> tuple[str, str]:
+    """An OpenAI-shaped error body's `code` and `param` ("" where absent or unreadable)."""
+    try:
+        error = json.loads(content).get("error")
+    except (ValueError, AttributeError):
+        return "", ""
+    if not isinstance(error, dict):
+        return "", ""
+    return str(error.get("code") or ""), str(error.get("param") or "")
 
 
 def _decode(embedding: str | list[float], base: str) -> Vectors:
