@@ -34,13 +34,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# What a worker process serves: an LLM backend (chat tasks) or an embedding one (embed tasks).
+AnyBackend = Backend | EmbeddingBackend
 
-def make_backend(settings: Settings, environ: Mapping[str, str] | None = None) -> Backend:
+
+def make_backend(settings: Settings, environ: Mapping[str, str] | None = None) -> AnyBackend:
     """The backend named by `--backend`, configured from the settings (not started)."""
+    if settings.embedding and settings.backend != "st-embed":  # st-embed embeds anyway
+        return make_embedding_backend(settings, environ)
     if settings.backend == "echo":
         return EchoBackend(delay_ms=settings.echo_delay_ms)
     if settings.backend == "openai":
         return _openai_backend(settings, os.environ if environ is None else environ)
+    if settings.backend == "st-embed":
+        return _st_embed_backend(settings)
     # Imported here: llama_cpp takes a moment to import and the other backends do not need it.
     from worker.backends.llama import LlamaBackend, LlamaConfig
 
@@ -84,7 +91,17 @@ def _openai_config(settings: Settings, environ: Mapping[str, str]) -> OpenAIConf
     return OpenAIConfig(base_url=settings.base_url, model=settings.model, api_key=api_key)
 
 
-def describe_backend(backend: Backend | EmbeddingBackend) -> str:
+def _st_embed_backend(settings: Settings) -> EmbeddingBackend:
+    # Offline for good (the CLI is the process's edge): huggingface_hub reads this when it is
+    # imported, with the model, and then never asks the hub for anything.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Imported here: torch takes seconds to import and only this backend needs it.
+    from worker.backends.st_embed import SentenceTransformerBackend
+
+    return SentenceTransformerBackend(settings.model, threads=settings.threads)
+
+
+def describe_backend(backend: AnyBackend) -> str:
     details = f"{backend.engine}: {', '.join(backend.models)}"
     chat_format = getattr(backend, "chat_format", "")
     threads = getattr(backend, "threads", 0)
@@ -96,7 +113,7 @@ def describe_backend(backend: Backend | EmbeddingBackend) -> str:
 
 
 async def run_worker_async(settings: Settings) -> None:
-    backend = make_embedding_backend(settings) if settings.embedding else make_backend(settings)
+    backend = make_backend(settings)
     await backend.start()  # raises BackendError: the CLI prints it and exits 1
     click.echo(f"loaded {describe_backend(backend)}", err=True)
     try:
@@ -106,7 +123,7 @@ async def run_worker_async(settings: Settings) -> None:
             await backend.stop()
 
 
-async def _serve(settings: Settings, backend: Backend | EmbeddingBackend) -> None:
+async def _serve(settings: Settings, backend: AnyBackend) -> None:
     worker_settings = WorkerSettings(
         name=settings.name, slots=settings.slots, heartbeat_s=settings.heartbeat_s
     )
