@@ -18,6 +18,7 @@ from pydantic import (
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.prefix import HASH_CHARS, MAX_DIGEST_ENTRIES
 from kanbanmesh.board.roles import PeerRole
+from kanbanmesh.board.schema import TaskKind
 
 # Bounds on what a worker may announce. Awareness is open to any peer (a stock y-websocket
 # client announces whatever it likes), and the broker plans with these values on every pass:
@@ -28,6 +29,7 @@ MAX_NAME = 256  # characters of a name, a model name, an engine or a version
 MAX_ID = 512  # characters of an id (`<token subject>/<name>` with auth on)
 MAX_TASK_ID = 128  # as `kanbanmesh.board.schema.TASK_ID_PATTERN`
 MAX_CACHED_TOKENS = 2**31  # tokens one advertised prefix may cover
+MAX_KINDS = 8  # task kinds one worker runs
 _HASH = re.compile(rf"[0-9a-f]{{{HASH_CHARS}}}")
 
 _Name = Annotated[str, StringConstraints(max_length=MAX_NAME)]
@@ -59,15 +61,18 @@ class WorkerPresence(BaseModel):
     # Its prompt cache: prefix hash -> tokens covered (`kanbanmesh.board.prefix`). A digest out
     # of bounds is dropped, not the worker: it only steers routing (`broker.routing`).
     cache: dict[str, int] = Field(default_factory=dict)
+    # The task kinds it runs (`TaskKind` values); a worker that names none runs chats, as
+    # before kinds existed. A kind this version does not know draws no task.
+    kinds: list[_Name] = Field(default_factory=lambda: [c.KIND_CHAT], max_length=MAX_KINDS)
 
     @field_validator("cache", mode="plain")
     @classmethod
     def _bounded_digest(cls, value: Any) -> dict[str, int]:
         return valid_digest(value) or {}
 
-    def serves(self, model: str) -> bool:
-        """True when a task asking for `model` ("" = any) may run here."""
-        return not model or model in self.models
+    def serves(self, model: str, kind: TaskKind = TaskKind.CHAT) -> bool:
+        """True when a task of `kind` asking for `model` ("" = any) may run here."""
+        return kind.value in self.kinds and (not model or model in self.models)
 
 
 def valid_digest(value: Any) -> dict[str, int] | None:

@@ -25,7 +25,7 @@ from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_fields, explain_invalid
 from kanbanmesh.board.limits import MAX_SAFE_INTEGER, EntryLimits, check_fields, value_problem
 from kanbanmesh.board.reads import NotAMap, Unreadable
-from kanbanmesh.board.schema import TaskEntry
+from kanbanmesh.board.schema import TaskEntry, TaskKind
 from kanbanmesh.errors import InvalidTaskError
 
 
@@ -43,6 +43,7 @@ class BrokerFields(BaseModel):
     enriching: list[str] | None = None
     worker: str | None = None
     attempt: int = 0
+    kind: TaskKind | None = None
 
 
 class Fields(NamedTuple):
@@ -56,6 +57,7 @@ class Fields(NamedTuple):
     enriching: list[str] | None = None
     worker: str | None = None
     attempt: int = 0
+    kind: TaskKind | None = None
 
 
 def broker_fields(values: Mapping[str, Any]) -> Fields:
@@ -105,6 +107,7 @@ def checked_entry(task_id: str, raw: Any, limits: EntryLimits) -> TaskEntry:
 
 
 _UNNATURAL = object()  # `_NATURAL`: a value that needs the whole validation
+_KINDS: dict[str | None, TaskKind | None] = {None: None, **{kind.value: kind for kind in TaskKind}}
 
 
 def _safe_int(value: Any) -> Any:
@@ -145,6 +148,7 @@ _NATURAL: dict[str, Callable[[Any], Any]] = {
     "retry_at": lambda value: None if value is None else _finite(value),
     "cancel": _of_type(bool),
     "enriching": _names,
+    "kind": lambda value: _KINDS.get(value, _UNNATURAL) if type(value) is str or value is None else _UNNATURAL,
 }
 
 

@@ -1,6 +1,7 @@
 """Which queued task goes to which worker: pure code, no document, no socket.
 
-Order: requested model must match; then priority (higher first), then oldest first, then id.
+Order: requested kind and model must match (a chat never goes to an embedding worker, nor an
+embed task to a chat worker; a task no present worker serves waits); then priority (higher first), then oldest first, then id.
 A worker the broker does not trust yet (`broker.health`: on probation or in backoff) has a
 limit on new tasks, and gets one only when no trusted worker can take it, so that a worker
 that merely announces slots cannot draw tasks away from workers that run them. Among the
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 
 from awareness.states import WorkerPresence, WorkerState
 from broker.routing import Candidate, RoutingPolicy, choose
+from kanbanmesh.board.schema import TaskKind
 
 # A queued task's prefix hashes (`kanbanmesh.board.prefix`), by task id: read from the board
 # only for a task that a worker's advertised cache could match.
@@ -32,12 +34,14 @@ class QueuedTask:
     id: str
     model: str
     not_before: float = field(default=0.0, compare=False)  # ms: a retry waits out its backoff
+    kind: TaskKind = field(default=TaskKind.CHAT, compare=False)
 
     @classmethod
     def make(
-        cls, task_id: str, model: str, priority: float, created_at: float, *, not_before: float = 0.0
+        cls, task_id: str, model: str, priority: float, created_at: float, *, not_before: float = 0.0,
+        kind: TaskKind = TaskKind.CHAT,
     ) -> QueuedTask:
-        return cls((-priority, created_at, task_id), task_id, model, not_before)
+        return cls((-priority, created_at, task_id), task_id, model, not_before, kind)
 
     @property
     def created_at(self) -> float:
@@ -140,6 +144,10 @@ def _no_prefixes(task_id: str) -> Sequence[str]:
     return ()
 
 
+def _no_prefixes_of_task() -> Sequence[str]:
+    return ()
+
+
 @dataclass
 class _Round:
     """One planning round: what is left of each worker's free slots as tasks are given out."""
@@ -154,14 +162,15 @@ class _Round:
 
     def assign(self, task: QueuedTask) -> bool:
         """Assign one task if a worker can take it; True when no free slot is left."""
-        candidates = [wid for wid in self.free if self.by_id[wid].serves(task.model)]
+        candidates = [wid for wid in self.free if self.by_id[wid].serves(task.model, task.kind)]
         if not candidates:
             return False
         trusted = [wid for wid in candidates if wid not in self.untrusted]
         chosen = choose(
             [Candidate(wid, self.free[wid], self.held.get(wid, 0), self.by_id[wid].cache)
              for wid in trusted or candidates],
-            lambda: self.prefixes(task.id),
+            # An embed task has no turns: no prompt cache holds any of it.
+            (lambda: self.prefixes(task.id)) if task.kind is TaskKind.CHAT else _no_prefixes_of_task,
             self.routing,
         )
         self.assignments.append((task.id, chosen))

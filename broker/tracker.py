@@ -36,6 +36,7 @@ from kanbanmesh.board.events import (
 )
 from kanbanmesh.board.prefix import prefix_hashes, task_turns
 from kanbanmesh.board.reads import read_field
+from kanbanmesh.board.schema import TaskKind
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import InvalidTaskError
 
@@ -43,7 +44,9 @@ log = logging.getLogger(__name__)
 
 _ABSENT = object()  # a field an entry does not hold (None is a value it may hold)
 # The fields a queued task is ordered and held back by.
-_QUEUE_FIELDS = (c.F_CANCEL, c.F_ENRICHING, c.F_CREATED_AT, c.F_MODEL, c.F_PRIORITY, c.F_RETRY_AT)
+_QUEUE_FIELDS = (
+    c.F_CANCEL, c.F_ENRICHING, c.F_CREATED_AT, c.F_MODEL, c.F_PRIORITY, c.F_RETRY_AT, c.F_KIND,
+)
 # The fields a task's turns are read from (`kanbanmesh.board.prefix.task_turns`).
 _TURN_FIELDS = (c.F_HISTORY, c.F_MESSAGES, c.F_PROMPT, c.F_AFTER_RESULTS)
 
@@ -255,7 +258,7 @@ class BoardTracker:
         self.queue.add(
             QueuedTask.make(
                 task_id, fields.model, fields.priority, fields.created_at or now_ms(),
-                not_before=fields.retry_at or 0.0,
+                not_before=fields.retry_at or 0.0, kind=fields.kind or TaskKind.CHAT,
             )
         )
         self._note_copy(task_id, Column.TODO)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from awareness.states import WorkerPresence, WorkerState
 from client_sdk._async_client import AsyncClient, TaskHandle
-from client_sdk._models import BoardSnapshot
+from client_sdk._models import BoardSnapshot, EmbedResult
 from client_sdk._sync_client import Client, SyncTaskHandle
 from kanbanmesh.board.schema import (
     ChatMessage,
@@ -44,6 +44,7 @@ __all__ = [
     "Column",
     "ConnectError",
     "ConnectionClosedError",
+    "EmbedResult",
     "InvalidTaskError",
     "KanbanMeshError",
     "MessageTooLargeError",

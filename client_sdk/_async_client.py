@@ -14,7 +14,7 @@ from pycrdt import Map
 from pydantic import ValidationError
 
 from awareness.states import PeerPresence, WorkerPresence, workers_from_states
-from client_sdk._models import BoardSnapshot
+from client_sdk._models import BoardSnapshot, EmbedResult
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import (
     entry_from_fields,
@@ -26,7 +26,15 @@ from kanbanmesh.board.follow import KeyedSignals, TaskFollower, TaskSignals
 from kanbanmesh.board.limits import EntryLimits, check_fields
 from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.roles import PeerRole
-from kanbanmesh.board.schema import ChatMessage, RagSpec, TaskEntry, TaskParams, TaskStatus
+from kanbanmesh.board.schema import (
+    ChatMessage,
+    RagSpec,
+    TaskEntry,
+    TaskKind,
+    TaskParams,
+    TaskRequest,
+    TaskStatus,
+)
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import (
     BoardRotatedError,
@@ -250,6 +258,70 @@ class AsyncClient:
                     **extra,
                 }
             )
+        return await self._create(request, durable_timeout_s)
+
+    async def submit_embed(
+        self,
+        inputs: str | Sequence[str | Sequence[int]],
+        *,
+        model: str = "",
+        dimensions: int | None = None,
+        priority: int = 0,
+        task_id: str | None = None,
+        durable_timeout_s: float | None = 10.0,
+    ) -> TaskHandle:
+        """Put an embed task into `todo` (docs/protocol.md, "Embed tasks") and return its
+        handle; `await handle.embeddings()` gives its vectors. Several may be in flight at
+        once: the board's embedding workers take them in parallel.
+
+        Args:
+            inputs: The texts (or token-id arrays of the model's tokenizer) to embed, at most
+                2048; a single string is one input.
+            model: The embedding model ("" = any embedding worker's).
+            dimensions: The vectors' length (None = the model's own).
+            priority, task_id, durable_timeout_s: as for `submit`.
+
+        Raises:
+            InvalidTaskError: the inputs fail the schema or bounds (empty, too many, too long).
+            TransportError, UpdateRefusedError: as for `submit`.
+        """
+        self._raise_if_broken()
+        request = request_from_fields({
+            "id": task_id or new_task_id(),
+            "owner": self.owner,
+            "model": model,
+            "kind": TaskKind.EMBED.value,
+            "input": [inputs] if isinstance(inputs, str) else [
+                item if isinstance(item, str) else list(item) for item in inputs],
+            "dimensions": dimensions,
+            "priority": priority,
+        })
+        return await self._create(request, durable_timeout_s)
+
+    async def embed(
+        self,
+        inputs: str | Sequence[str | Sequence[int]],
+        *,
+        model: str = "",
+        dimensions: int | None = None,
+        timeout_s: float | None = 60.0,
+    ) -> EmbedResult:
+        """Embed `inputs` on the board's embedding workers: one embed task, waited for.
+
+        Returns:
+            `EmbedResult`: `.vectors` (numpy float32, shape (inputs, dimensions)), `.model`,
+            `.usage`.
+
+        Raises:
+            InvalidTaskError: as for `submit_embed`.
+            TaskFailedError: the worker could not embed them (`error.code`: `unknown_model`,
+                `input_too_long`, `dimensions_unsupported`, ...).
+            TimeoutError: no worker finished it within `timeout_s`.
+        """
+        handle = await self.submit_embed(inputs, model=model, dimensions=dimensions)
+        return await handle.embeddings(timeout_s)
+
+    async def _create(self, request: TaskRequest, durable_timeout_s: float | None) -> TaskHandle:
         # Within the limits the server published, or it would refuse the write (and with it
         # whatever else the same message carried): refused here instead, with the reason.
         limits = EntryLimits.of_board(self._peer.board)
@@ -363,14 +435,21 @@ class AsyncClient:
         """Workers present on the board, from awareness."""
         return workers_from_states(self._peer.peers())
 
-    async def wait_for_workers(self, count: int = 1, timeout_s: float = 30.0) -> list[WorkerPresence]:
-        """Wait until at least `count` workers are present."""
+    async def wait_for_workers(
+        self, count: int = 1, timeout_s: float = 30.0, *, kind: str | None = None
+    ) -> list[WorkerPresence]:
+        """Wait until at least `count` workers are present (of task kind `kind`: `chat`,
+        `embed`; None = any); returns them."""
+
+        def present() -> list[WorkerPresence]:
+            return [w for w in self.workers() if kind is None or kind in w.kinds]
+
         with anyio.fail_after(timeout_s):
-            while len(self.workers()) < count:
+            while len(present()) < count:
                 self._raise_if_broken()
                 with anyio.move_on_after(0.5):
                     await self._peer.presence_changed.wait()
-        return self.workers()
+        return present()
 
     async def wait_changed(self, timeout_s: float | None = None) -> None:
         """Wait for the next change from the server (or the timeout)."""
@@ -469,6 +548,20 @@ class TaskHandle:
         if entry.status is TaskStatus.CANCELLED:
             raise TaskCancelledError(self.id)
         return entry
+
+    async def embeddings(self, timeout_s: float | None = None) -> EmbedResult:
+        """Wait for an embed task to succeed and return its vectors.
+
+        Raises:
+            TaskFailedError, TaskCancelledError: as `result()`.
+            InvalidTaskError: the task is no embed task, or its vectors do not decode.
+        """
+        entry = await self.result(timeout_s)
+        served = ""
+        if not entry.model:
+            # The model the worker that ran it serves, while it is present.
+            served = next((w.models[0] for w in self._client.workers() if w.id == entry.worker and w.models), "")
+        return EmbedResult.of_entry(entry, served)
 
     async def cancel(self, timeout_s: float | None = 10.0) -> TaskEntry:
         """Ask for cancellation and wait until the task is done; returns its final entry.

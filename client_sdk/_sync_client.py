@@ -13,7 +13,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from awareness.states import WorkerPresence
 from client_sdk._async_client import AsyncClient, TaskHandle
-from client_sdk._models import BoardSnapshot
+from client_sdk._models import BoardSnapshot, EmbedResult
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.schema import ChatMessage, RagSpec, TaskEntry, TaskParams
 
@@ -107,6 +107,38 @@ class Client:
         )
         return SyncTaskHandle(self.portal, handle)
 
+    def submit_embed(
+        self,
+        inputs: str | Sequence[str | Sequence[int]],
+        *,
+        model: str = "",
+        dimensions: int | None = None,
+        priority: int = 0,
+        task_id: str | None = None,
+        durable_timeout_s: float | None = 10.0,
+    ) -> SyncTaskHandle:
+        """See `AsyncClient.submit_embed`."""
+        handle = self.portal.call(
+            lambda: self._async.submit_embed(
+                inputs, model=model, dimensions=dimensions, priority=priority, task_id=task_id,
+                durable_timeout_s=durable_timeout_s,
+            )
+        )
+        return SyncTaskHandle(self.portal, handle)
+
+    def embed(
+        self,
+        inputs: str | Sequence[str | Sequence[int]],
+        *,
+        model: str = "",
+        dimensions: int | None = None,
+        timeout_s: float | None = 60.0,
+    ) -> EmbedResult:
+        """See `AsyncClient.embed`."""
+        return self.portal.call(
+            lambda: self._async.embed(inputs, model=model, dimensions=dimensions, timeout_s=timeout_s)
+        )
+
     def task(self, task_id: str) -> SyncTaskHandle:
         return SyncTaskHandle(self.portal, self._async.task(task_id))
 
@@ -116,8 +148,10 @@ class Client:
     def workers(self) -> list[WorkerPresence]:
         return self.portal.call(_sync_call, self._async.workers)
 
-    def wait_for_workers(self, count: int = 1, timeout_s: float = 30.0) -> list[WorkerPresence]:
-        return self.portal.call(self._async.wait_for_workers, count, timeout_s)
+    def wait_for_workers(
+        self, count: int = 1, timeout_s: float = 30.0, *, kind: str | None = None
+    ) -> list[WorkerPresence]:
+        return self.portal.call(lambda: self._async.wait_for_workers(count, timeout_s, kind=kind))
 
 
 class SyncTaskHandle:
@@ -144,6 +178,9 @@ class SyncTaskHandle:
 
     def wait(self, timeout_s: float | None = None) -> TaskEntry:
         return self._portal.call(self._handle.wait, timeout_s)
+
+    def embeddings(self, timeout_s: float | None = None) -> EmbedResult:
+        return self._portal.call(self._handle.embeddings, timeout_s)
 
     def cancel(self, timeout_s: float | None = 10.0) -> TaskEntry:
         return self._portal.call(self._handle.cancel, timeout_s)

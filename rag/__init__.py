@@ -15,9 +15,11 @@ from rag.embedding import DEFAULT_MODEL, Embedder, ModelCache
 from rag.evaluation import EvalQuestion, EvalReport, evaluate, load_questions
 from rag.index import IndexKind, IndexSettings, VectorIndex
 from rag.middleware import RetrievalMiddleware
+from rag.spread import BatchEmbedder, SpreadOptions, ingest_spread
 
 __all__ = [
     "DEFAULT_MODEL",
+    "BatchEmbedder",
     "Block",
     "Chunk",
     "ChunkPolicy",
@@ -33,9 +35,11 @@ __all__ = [
     "ModelCache",
     "RetrievalMiddleware",
     "SearchHit",
+    "SpreadOptions",
     "VectorIndex",
     "chunk_blocks",
     "evaluate",
+    "ingest_spread",
     "load_questions",
     "read_document",
 ]

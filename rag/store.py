@@ -9,7 +9,8 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -33,6 +34,12 @@ _SCHEMA = (
         " position INTEGER NOT NULL, heading TEXT NOT NULL, text TEXT NOT NULL, vector BLOB NOT NULL)"
     ),
     "CREATE INDEX IF NOT EXISTS chunks_by_path ON chunks (path)",
+    # Vectors of a file being ingested, kept until the file's chunks are stored, so that an
+    # ingest cut short resumes without embedding them again (`digest` says of which content).
+    (
+        "CREATE TABLE IF NOT EXISTS pending (path TEXT NOT NULL, digest TEXT NOT NULL,"
+        " position INTEGER NOT NULL, vector BLOB NOT NULL, PRIMARY KEY (path, position))"
+    ),
 )
 
 
@@ -88,23 +95,49 @@ class ChunkStore(ClosedOnExit):
             (path, ch.position, ch.heading, ch.text, np.asarray(vec, dtype=np.float32).tobytes())
             for ch, vec in zip(chunks, vectors, strict=True)
         ]
+        with self._transaction() as conn:
+            removed = conn.execute("DELETE FROM chunks WHERE path = ?", (path,)).rowcount
+            conn.executemany(
+                "INSERT INTO chunks (path, position, heading, text, vector) VALUES (?, ?, ?, ?, ?)", rows
+            )
+            conn.execute(
+                "INSERT OR REPLACE INTO files (path, digest, chunks, ingested_at) VALUES (?, ?, ?, ?)",
+                (path, digest, len(rows), time.time()),
+            )
+            conn.execute("DELETE FROM pending WHERE path = ?", (path,))
+        return int(removed)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, rolled back (and refused as `store_unavailable`) on error."""
         with self._lock:
             try:
                 self._conn.execute("BEGIN IMMEDIATE")
-                removed = self._conn.execute("DELETE FROM chunks WHERE path = ?", (path,)).rowcount
-                self._conn.executemany(
-                    "INSERT INTO chunks (path, position, heading, text, vector) VALUES (?, ?, ?, ?, ?)", rows
-                )
-                self._conn.execute(
-                    "INSERT OR REPLACE INTO files (path, digest, chunks, ingested_at) VALUES (?, ?, ?, ?)",
-                    (path, digest, len(rows), time.time()),
-                )
+                yield self._conn
                 self._conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise RagError("store_unavailable", f"cannot write the chunk store: {exc}") from exc
-        return int(removed)
+
+    def keep_pending(self, path: str, digest: str, positions: Sequence[int], vectors: Vectors) -> None:
+        """Keep vectors of chunks of `path` (at `positions`, as `digest`'s content chunks)
+        until `replace_file` stores the file; those of another digest go."""
+        rows = [(path, digest, int(p), np.asarray(v, dtype=np.float32).tobytes())
+                for p, v in zip(positions, vectors, strict=True)]
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM pending WHERE path = ? AND digest != ?", (path, digest))
+            conn.executemany(
+                "INSERT OR REPLACE INTO pending (path, digest, position, vector) VALUES (?, ?, ?, ?)", rows
+            )
+
+    def pending_vectors(self, path: str, digest: str, dim: int) -> dict[int, Vectors]:
+        """The kept vectors of `path`'s chunks for content `digest`, by position."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT position, vector FROM pending WHERE path = ? AND digest = ?", (path, digest)
+            ).fetchall()
+        return {int(r[0]): np.frombuffer(r[1], dtype=np.float32) for r in rows if len(r[1]) == 4 * dim}
 
     def vectors(self, dim: int) -> tuple[Ids, Vectors]:
         """Every chunk id and its vector, in id order."""

@@ -19,11 +19,13 @@ from kanbanmesh.server.runner import serve
 from kanbanmesh.settings import Settings
 from worker import Worker, WorkerSettings
 from worker.backends import EchoBackend
+from worker.backends.embedding_base import EmbeddingBackend
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The embedding model and the ingested docs, one per run, for tests/rag and tests/e2e/test_rag*.
-pytest_plugins = ["tests.rag.fixtures"]
+# The embedding model and the ingested docs, one per run, for tests/rag and tests/e2e/test_rag*;
+# embedding workers on the bundled model, for the embedding tests.
+pytest_plugins = ["tests.rag.fixtures", "tests.e2e.embed_workers"]
 
 
 @pytest.fixture
@@ -51,11 +53,14 @@ class WorkerPool:
     workers: list[Worker] = field(default_factory=list)
     token: str | None = None  # the workers' token, on a server with auth on
     board: str = "default"
+    # The backend every worker shares (an embedding model loaded once); None: an echo each.
+    backend: EmbeddingBackend | None = None
 
     async def start(self, *, slots: int = 1, delay_ms: float = 0.0, name: str = "") -> Worker:
         scope = anyio.CancelScope()
         peer = BoardPeer(self.url, self.board, token=self.token)
-        worker = Worker(peer, EchoBackend(delay_ms=delay_ms), WorkerSettings(name=name, slots=slots))
+        backend = self.backend or EchoBackend(delay_ms=delay_ms)
+        worker = Worker(peer, backend, WorkerSettings(name=name, slots=slots))
 
         async def run(*, task_status: anyio.abc.TaskStatus[None]) -> None:
             with scope:

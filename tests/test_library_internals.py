@@ -2,7 +2,7 @@
 
 uvicorn's websockets-sansio protocol (kanbanmesh/server/direct_ws.py), pycrdt's transactions
 and integrated types (kanbanmesh/board/reads.py, document.py, events.py) and
-llama-cpp-python's `_internals.LlamaModel` (worker/backends/llama.py, llama_loader.py) are no
+llama-cpp-python's `_internals` (worker/backends/llama.py, llama_loader.py, llama_embed.py) are no
 public API. Each of these libraries is pinned to one version in pyproject.toml, and these
 tests name what kanbanmesh reaches into: a new version that moves any of it fails here, by
 name, rather than somewhere deep in the server or a worker. Move a pin only with this file.
@@ -112,3 +112,17 @@ def test_llama_cpp_model_has_what_the_llama_backend_uses() -> None:
     for name in ("metadata", "token_eos", "token_bos", "token_get_text", "tokenize", "close"):
         assert callable(getattr(model, name)), name
     assert parameters(model.tokenize) == ["self", "text", "add_bos", "special"]
+
+
+def test_llama_cpp_context_and_batch_have_what_the_embedding_backend_uses() -> None:
+    # worker/backends/llama_embed.py decodes several sequences per batch through the `Llama`
+    # object's own context and batch (`_ctx`, `_batch`) and reads each pooled vector.
+    llama_cpp = pytest.importorskip("llama_cpp")
+    internals = pytest.importorskip("llama_cpp._internals")
+    assert parameters(internals.LlamaBatch.add_sequence) == ["self", "batch", "seq_id", "logits_all"]
+    assert callable(internals.LlamaBatch.reset)
+    assert parameters(internals.LlamaContext.decode) == ["self", "batch"]
+    assert callable(internals.LlamaContext.kv_cache_clear)
+    assert callable(llama_cpp.llama_get_embeddings_seq)
+    init = inspect.getsource(llama_cpp.Llama.__init__)
+    assert "self._ctx = " in init and "self._batch = " in init

@@ -7,7 +7,7 @@ import pytest
 
 from kanbanmesh.cli import build_settings
 from kanbanmesh.cli import worker as worker_cli
-from kanbanmesh.commands.up import worker_command
+from kanbanmesh.commands.up import embedding_worker_command, worker_command
 from kanbanmesh.settings import Settings
 
 # The settings `up` hands down to every worker, whatever the backend.
@@ -43,3 +43,13 @@ def test_the_workers_get_what_up_was_given(given: dict[str, object], monkeypatch
     seen = _as_the_worker_reads_it(worker_command(settings, "ws://127.0.0.1:1", 0))
     for field in WORKER_FIELDS + BACKEND_FIELDS[settings.backend]:
         assert getattr(seen, field) == getattr(settings, field), field
+
+
+def test_embedding_workers_run_st_embed_on_the_bundled_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("KANBANMESH_HEARTBEAT_S", "KANBANMESH_THREADS", "KANBANMESH_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings.model_validate({"backend": "llama", "model": "/some/llm.gguf", "threads": 1,
+                                        "heartbeat_s": 3.0, "board": "team-a", "embedding_workers": 2})
+    seen = _as_the_worker_reads_it(embedding_worker_command(settings, "ws://127.0.0.1:1", 1))
+    assert seen.backend == "st-embed" and seen.model == "" and seen.name == "st-embed-2"
+    assert (seen.threads, seen.heartbeat_s, seen.board) == (1, 3.0, "team-a")

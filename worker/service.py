@@ -30,6 +30,7 @@ import kanbanmesh
 from awareness.states import WorkerState, valid_digest
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import entry_from_map, now_ms
+from kanbanmesh.board.embeddings import encode_vectors
 from kanbanmesh.board.events import ColumnWatch, event_keys
 from kanbanmesh.board.graph import resolve
 from kanbanmesh.board.invalid import invalid_entry
@@ -37,12 +38,13 @@ from kanbanmesh.board.limits import EntryLimits, json_bytes
 from kanbanmesh.board.prefix import MAX_DIGEST_ENTRIES
 from kanbanmesh.board.reads import plain_fields, read_field, read_items
 from kanbanmesh.board.roles import PeerRole
-from kanbanmesh.board.schema import TaskEntry, TaskStatus, Timings, Usage
+from kanbanmesh.board.schema import TaskEntry, TaskKind, TaskStatus, Timings, Usage
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import BackendError, InvalidTaskError, KanbanMeshError
 from kanbanmesh.notify import ChangeSignal
 from kanbanmesh.peer import BoardPeer, peer_id
 from worker.backends.base import Backend, CachingBackend, Finished, GenerationRequest, TextChunk
+from worker.backends.embedding_base import EmbeddingBackend, EmbeddingRequest
 from worker.prompt import build_prompt
 
 _ABSENT = object()  # a key a map does not hold
@@ -88,6 +90,8 @@ class _Outcome:
     chunks: int = 0
     finish_reason: str = "stop"  # stop | length (from the backend)
     citations: list[dict[str, Any]] | None = None  # the retrieved sources the prompt used
+    embeddings: list[str] | None = None  # an embed task's vectors, as the board holds them
+    dimensions: int = 0  # their length
 
 
 @dataclass
@@ -115,13 +119,22 @@ class _Run:
 
 
 class Worker:
-    """Serves one backend on one board through a `BoardPeer`."""
+    """Serves one backend on one board through a `BoardPeer`: an LLM `Backend` runs chat
+    tasks, an `EmbeddingBackend` embed tasks; the task lifecycle (pick-up, lease, cancel,
+    start, finish) is the same for both."""
 
-    def __init__(self, peer: BoardPeer, backend: Backend, settings: WorkerSettings) -> None:
+    def __init__(self, peer: BoardPeer, backend: Backend | EmbeddingBackend, settings: WorkerSettings) -> None:
         if settings.slots < 1:
             raise ValueError("a worker needs at least one slot")
         self._peer = peer
         self._backend = backend
+        self._embedder: EmbeddingBackend | None = None
+        self._llm: Backend | None = None
+        if isinstance(backend, EmbeddingBackend):
+            self._embedder = backend
+        else:
+            self._llm = backend
+        self._kind = TaskKind.EMBED if self._embedder is not None else TaskKind.CHAT
         self._settings = settings
         # A backend with a prompt cache says what it holds; the worker announces it (`cache`).
         self._digest = backend if isinstance(backend, CachingBackend) else None
@@ -315,6 +328,7 @@ class Worker:
             c.A_TASKS: sorted(self._running),
             c.A_ENGINE: self._backend.engine,
             c.A_VERSION: kanbanmesh.__version__,
+            c.A_KINDS: [self._kind.value],
         }
         if self._digest is not None:
             # In the announcement that a task's start or finish makes anyway (a digest changes
@@ -444,14 +458,23 @@ class Worker:
             return
         outcome = _Outcome()
         with run.scope:
-            await self._generate(task_id, run, task, outcome)
+            if task.task_kind is not self._kind:  # a broker that routes by model alone
+                outcome.status, outcome.error = TaskStatus.FAILED, {
+                    "code": "unsupported_kind",
+                    "message": f"a {self._kind.value} worker cannot run a {task.task_kind.value} task"}
+            elif self._embedder is not None:
+                await self._embed(self._embedder, run, task, outcome)
+            elif self._llm is not None:
+                await self._generate(self._llm, task_id, run, task, outcome)
         if run.cancelled:
             outcome.status = TaskStatus.CANCELLED
         with anyio.CancelScope(shield=True):  # a stopping worker still hands its outcome in
             await self._check_lease()
         self._finish(task_id, run, task, started_at, outcome)
 
-    async def _generate(self, task_id: str, run: _Run, task: TaskEntry, outcome: _Outcome) -> None:
+    async def _generate(
+        self, backend: Backend, task_id: str, run: _Run, task: TaskEntry, outcome: _Outcome
+    ) -> None:
         task = resolve(task)  # a task graph's `{{result:ID}}` references, replaced by the results
         turns = tuple((m.role, m.content) for m in [*(task.history or []), *task.chat()])
         request = GenerationRequest(
@@ -460,7 +483,7 @@ class Worker:
         )
         if task.history or task.context is not None:
             # History and retrieved sources: the template, trimmed to the model's context.
-            fits = getattr(self._backend, "fits", None)
+            fits = getattr(backend, "fits", None)
             prompt = build_prompt(task, fits if callable(fits) else None)
             # The turns the broker names (kanbanmesh/board/prefix.py) are the model's only when
             # the template kept them all and added no sources: else a cache holds other text.
@@ -469,7 +492,7 @@ class Worker:
             if task.context is not None:
                 outcome.citations = [citation.model_dump() for citation in prompt.citations]
         try:
-            async with aclosing(self._backend.generate(request)) as events:
+            async with aclosing(backend.generate(request)) as events:
                 async for event in events:
                     await self._check_lease()
                     if isinstance(event, Finished):
@@ -483,6 +506,27 @@ class Worker:
         except BackendError as exc:
             outcome.status = TaskStatus.FAILED
             outcome.error = {"code": exc.code, "message": exc.message}
+
+    async def _embed(self, backend: EmbeddingBackend, run: _Run, task: TaskEntry, outcome: _Outcome) -> None:
+        """An embed task: the backend's vectors of its inputs, encoded as the board holds
+        them (kanbanmesh.board.embeddings), unless the entry could not hold them."""
+        request = EmbeddingRequest(inputs=task.input or [], model=task.model, dimensions=task.dimensions)
+        try:
+            found = await backend.embed(request)
+        except BackendError as exc:
+            outcome.status = TaskStatus.FAILED
+            outcome.error = {"code": exc.code, "message": exc.message}
+            return
+        encoded = encode_vectors(found.vectors)
+        room = run.max_entry_bytes - json_bytes(task.to_fields()) - _ENTRY_SLACK_BYTES
+        if sum(len(vector) + 3 for vector in encoded) > room:  # each a JSON string and a comma
+            outcome.status, outcome.error = TaskStatus.FAILED, {
+                "code": "output_too_large",
+                "message": f"{len(encoded)} vectors of {found.vectors.shape[1]} dimensions do not fit "
+                           f"the board's entry limit of {run.max_entry_bytes} bytes; send fewer inputs"}
+            return
+        outcome.embeddings, outcome.dimensions = encoded, int(found.vectors.shape[1])
+        outcome.usage = Usage(prompt_tokens=found.prompt_tokens, total_tokens=found.prompt_tokens)
 
     def _write_starts(self) -> None:
         """Write the moves to `doing` still pending, each with the text produced so far (the
@@ -629,6 +673,11 @@ class Worker:
             fields[c.F_ERROR] = outcome.error
         if outcome.citations is not None:
             fields[c.F_CITATIONS] = outcome.citations
+        if task is not None and task.kind is TaskKind.EMBED:
+            del fields[c.F_FINISH_REASON]  # nothing was generated
+            if outcome.embeddings is not None and outcome.status is TaskStatus.SUCCEEDED:
+                fields[c.F_EMBEDDINGS] = outcome.embeddings
+                fields[c.F_DIMENSIONS] = outcome.dimensions
         given_up = outcome.error is not None and outcome.error.get("code") == "write_refused"
         if given_up:
             fields[c.F_RESULT] = ""  # the text may be what the server refused

@@ -39,6 +39,11 @@ F_MAX_ATTEMPTS: Final = "max_attempts"
 # its messages refer to (written by the server once every one of them succeeded).
 F_AFTER: Final = "after"
 F_AFTER_RESULTS: Final = "after_results"
+# An embed task's request (docs/protocol.md, "Embed tasks"); `dimensions` the worker writes
+# back with the vectors' length.
+F_KIND: Final = "kind"  # chat (absent) | embed
+F_INPUT: Final = "input"
+F_DIMENSIONS: Final = "dimensions"
 # Written by the broker.
 F_WORKER: Final = "worker"
 F_ATTEMPT: Final = "attempt"
@@ -58,6 +63,7 @@ F_TIMINGS: Final = "timings"
 F_FINISHED_AT: Final = "finished_at"
 F_FINISH_REASON: Final = "finish_reason"  # stop | length, when the backend finished it
 F_CITATIONS: Final = "citations"  # the retrieved chunks the worker's prompt used
+F_EMBEDDINGS: Final = "embeddings"  # an embed task's vectors: base64 of little-endian float32
 # Set by the owner, honoured in every column.
 F_CANCEL: Final = "cancel"
 # Set by the owner on a `done` entry: the result was read, archive it now.
@@ -86,6 +92,10 @@ A_VERSION: Final = "version"
 A_SINCE: Final = "since"  # a broker's start time: the oldest present broker leads
 # A worker's prompt cache: {prefix hash: tokens it covers} (kanbanmesh/board/prefix.py).
 A_CACHE: Final = "cache"
+# The task kinds a worker runs (`chat`, `embed`); absent = chat.
+A_KINDS: Final = "kinds"
+KIND_CHAT: Final = "chat"
+KIND_EMBED: Final = "embed"
 
 # Websocket close codes (4000-4999 are free for applications per RFC 6455).
 CLOSE_NORMAL: Final = 1000

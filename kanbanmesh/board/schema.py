@@ -9,9 +9,16 @@ from __future__ import annotations
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from kanbanmesh.board import constants as c
+from kanbanmesh.board.embeddings import (
+    MAX_EMBED_DIMENSIONS,
+    MAX_EMBED_INPUT_CHARS,
+    MAX_EMBED_INPUT_TOKENS,
+    MAX_EMBED_INPUTS,
+    MAX_TOKEN_ID,
+)
 from kanbanmesh.board.templates import MAX_PARENTS, REF_START, result_refs
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
@@ -23,6 +30,21 @@ class TaskStatus(str, Enum):
     SUCCEEDED = "succeeded"  # the backend finished; `result` holds the text
     FAILED = "failed"  # the backend or the mesh gave up; `error` says why
     CANCELLED = "cancelled"  # the owner set `cancel` before it finished
+
+
+class TaskKind(str, Enum):
+    """What a task asks for; a request without `kind` is a chat."""
+
+    CHAT = c.KIND_CHAT  # generate text from `messages` or `prompt`
+    EMBED = c.KIND_EMBED  # embed each of `input` into a vector (`embeddings`)
+
+
+# One input of an embed task: a text, or token ids of the model's tokenizer.
+EmbedText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_EMBED_INPUT_CHARS)]
+EmbedTokens = Annotated[
+    list[Annotated[int, Field(ge=0, le=MAX_TOKEN_ID)]],
+    Field(min_length=1, max_length=MAX_EMBED_INPUT_TOKENS),
+]
 
 
 class ChatMessage(BaseModel):
@@ -97,9 +119,24 @@ class TaskRequest(BaseModel):
     after: list[Annotated[str, Field(pattern=TASK_ID_PATTERN)]] | None = Field(
         default=None, max_length=MAX_PARENTS
     )
+    # An embed task (`kind: "embed"`): its inputs, and the vectors' length wanted (None: the
+    # model's own; the worker writes the length it gave).
+    kind: TaskKind | None = None
+    input: list[EmbedText | EmbedTokens] | None = Field(default=None, min_length=1, max_length=MAX_EMBED_INPUTS)
+    dimensions: int | None = Field(default=None, ge=1, le=MAX_EMBED_DIMENSIONS)
 
     @model_validator(mode="after")
     def _one_input(self) -> TaskRequest:
+        if self.kind is TaskKind.EMBED:
+            if self.input is None:
+                raise ValueError("an embed task needs `input`")
+            if self.messages is not None or self.prompt is not None:
+                raise ValueError("an embed task carries `input`, not `messages` or `prompt`")
+            if self.rag is not None or self.conversation is not None:
+                raise ValueError("an embed task takes no `rag` or `conversation`")
+            return self
+        if self.input is not None or self.dimensions is not None:
+            raise ValueError("`input` and `dimensions` belong to an embed task (`kind: \"embed\"`)")
         if (self.messages is None) == (self.prompt is None):
             raise ValueError("a task needs exactly one of `messages` or `prompt`")
         return self
@@ -122,6 +159,11 @@ class TaskRequest(BaseModel):
         if unknown:
             raise ValueError(f"{{{{result:{min(unknown)[:40]}}}}} refers to a task not in `after`")
         return self
+
+    @property
+    def task_kind(self) -> TaskKind:
+        """`kind`, a chat where the request names none."""
+        return self.kind or TaskKind.CHAT
 
     def chat(self) -> list[ChatMessage]:
         """The request as chat turns (a bare prompt is one user turn)."""
@@ -191,6 +233,8 @@ class TaskEntry(TaskRequest):
     timings: Timings | None = None
     finished_at: float | None = None
     finish_reason: str | None = None
+    # An embed task's vectors, one per input (kanbanmesh.board.embeddings), by the worker.
+    embeddings: list[str] | None = Field(default=None, max_length=MAX_EMBED_INPUTS)
     cancel: bool = False
     ack: bool = False
 
@@ -227,6 +271,8 @@ WORKER_FIELDS = frozenset(
         c.F_FINISHED_AT,
         c.F_FINISH_REASON,
         c.F_CITATIONS,
+        c.F_EMBEDDINGS,
+        c.F_DIMENSIONS,  # of an embed task: the length of the vectors it wrote
     }
 )
 # Fields only the server writes (its pre-inference pipeline): nobody else may set them.

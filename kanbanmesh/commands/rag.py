@@ -4,11 +4,14 @@ directory (`settings.board`: `--board`, else `KANBANMESH_BOARD`, else `default`)
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import anyio
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -20,13 +23,18 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from client_sdk import AsyncClient
+from kanbanmesh.board import constants as c
+from kanbanmesh.board.constants import BOARD_NAME_PATTERN
+from kanbanmesh.errors import ConfigurationError
 from kanbanmesh.settings import Settings
 from rag.chunking import ChunkPolicy
-from rag.collection import Collection, IngestProgress, IngestReport, read_config
+from rag.collection import Collection, IngestProgress, IngestReport, ProgressCallback, read_config
 from rag.collections import Collections
-from rag.embedding import ModelCache
+from rag.embedding import DEFAULT_MODEL, ModelCache, Vectors
 from rag.evaluation import EvalReport, evaluate, load_questions
 from rag.index import IndexSettings
+from rag.spread import SpreadOptions, ingest_spread
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,16 @@ class IngestOptions:
     threads: int = 0
     quiet: bool = False
     follow_symlinks: bool = False  # inside a folder given, also read links that lead out of it
+    via: str | None = None  # ws://HOST:PORT[/BOARD]: embed on that board's embedding workers
+    in_flight: int = 0  # --via: embed tasks at once; 0 = twice the embedding workers' slots
+
+
+# --via: what the first embed task embeds (the model's dimensions, and a worker is there), how
+# long it may wait for a worker, and how long any batch may take once the workers are busy.
+_PROBE = "dimensions probe"
+_FIRST_TASK_TIMEOUT_S = 60.0
+_TASK_TIMEOUT_S = 600.0
+_MIN_IN_FLIGHT = 4
 
 
 def collections_root(settings: Settings) -> Path:
@@ -66,10 +84,9 @@ def _progress_bar(quiet: bool) -> Iterator[Progress | None]:
         yield bar
 
 
-def run_ingest(settings: Settings, options: IngestOptions) -> IngestReport:
-    """Ingest `options.paths` into board `settings.board`'s collection (made if new), with a
-    progress bar."""
-    models = ModelCache(threads=options.threads)
+def _open_collection(settings: Settings, options: IngestOptions, models: ModelCache,
+                     dim: int | None = None) -> Collection:
+    """Board `settings.board`'s collection, made if new, with the options' policy and index."""
     with Collections(collections_root(settings), models) as collections:
         root = collections.folder(settings.board)  # opens no collection: only the folder
     current = read_config(root, options.collection)  # None: a new collection, defaults apply
@@ -77,11 +94,14 @@ def run_ingest(settings: Settings, options: IngestOptions) -> IngestReport:
     if options.approximate_above is not None:
         index = (current.index if current else IndexSettings()).model_copy(
             update={"approximate_above": options.approximate_above})
-    with (
-        Collection.create(root, options.collection, models, model=options.model,
-                          policy=_policy(options, current.policy if current else None), index=index) as collection,
-        _progress_bar(options.quiet) as bar,
-    ):
+    return Collection.create(root, options.collection, models, model=options.model,
+                             policy=_policy(options, current.policy if current else None), index=index,
+                             dim=dim)
+
+
+@contextmanager
+def _progress(quiet: bool) -> Iterator[ProgressCallback]:
+    with _progress_bar(quiet) as bar:
         tasks: dict[str, TaskID] = {}
 
         def show(step: IngestProgress) -> None:
@@ -92,11 +112,64 @@ def run_ingest(settings: Settings, options: IngestOptions) -> IngestReport:
             bar.update(tasks[step.phase], completed=step.done or (1 if step.phase == "indexing" else 0),
                        total=step.total or 1)
 
-        report = collection.ingest(
+        yield show
+
+
+def run_ingest(settings: Settings, options: IngestOptions) -> IngestReport:
+    """Ingest `options.paths` into board `settings.board`'s collection (made if new), with a
+    progress bar; with `options.via`, embedding on that server's embedding workers."""
+    if options.via:
+        return anyio.run(_ingest_via, settings, options)
+    models = ModelCache(threads=options.threads)
+    with _open_collection(settings, options, models) as collection, _progress(options.quiet) as show:
+        return collection.ingest(
             list(options.paths), progress=show, batch_size=options.batch_size,
             follow_symlinks=options.follow_symlinks,
         )
-    return report
+
+
+def split_via(via: str, board: str) -> tuple[str, str]:
+    """`ws://HOST:PORT[/BOARD]` as the server's URL and the board (`board` when it names none)."""
+    parsed = urlsplit(via)
+    if parsed.scheme not in ("ws", "wss") or not parsed.netloc or parsed.query or parsed.fragment:
+        raise ConfigurationError(f"--via takes ws://HOST:PORT[/BOARD], not {via!r}")
+    path = parsed.path.strip("/")
+    if path and not re.fullmatch(BOARD_NAME_PATTERN, path):
+        raise ConfigurationError(f"--via names an invalid board {path!r}")
+    return f"{parsed.scheme}://{parsed.netloc}", path or board
+
+
+async def _ingest_via(settings: Settings, options: IngestOptions) -> IngestReport:
+    url, board = split_via(options.via or "", settings.board)
+    # The collection's model by the name its embedding workers announce: "" (the bundled
+    # model here) is asked for by name, so that no worker of another model answers.
+    model = options.model or DEFAULT_MODEL
+    async with AsyncClient(url, board, token=settings.token, owner=settings.owner) as client:
+        try:
+            probe = await client.embed([_PROBE], model=model, timeout_s=_FIRST_TASK_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise ConfigurationError(
+                f"no embedding worker of model {model!r} on {url}/{board} answered within "
+                f"{_FIRST_TASK_TIMEOUT_S:.0f} s (start one: kanbanmesh worker --backend st-embed)"
+            ) from exc
+        in_flight = options.in_flight or max(_MIN_IN_FLIGHT, 2 * sum(
+            w.slots for w in client.workers() if c.KIND_EMBED in w.kinds and model in w.models))
+
+        async def embed(texts: list[str]) -> Vectors:
+            handle = await client.submit_embed(texts, model=model)
+            try:
+                return (await handle.embeddings(_TASK_TIMEOUT_S)).vectors
+            except BaseException:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(5):
+                    await handle.cancel()  # leave no work behind on the board
+                raise
+
+        models = ModelCache(threads=options.threads)  # a policy in tokens reads the tokenizer
+        spread = SpreadOptions(batch_size=options.batch_size, in_flight=in_flight,
+                               follow_symlinks=options.follow_symlinks)
+        with _open_collection(settings, options, models, dim=probe.dimensions) as collection, \
+                _progress(options.quiet) as show:
+            return await ingest_spread(collection, list(options.paths), embed, spread, show)
 
 
 def print_ingest(report: IngestReport, name: str) -> None:

@@ -1,7 +1,8 @@
 """`kanbanmesh up`: server, embedded broker and worker processes in one command.
 
-Workers run as child processes (one model load each, real parallelism across cores); a
-worker that dies is restarted. SIGINT/SIGTERM stop the workers first, then the server,
+Workers run as child processes (one model load each, real parallelism across cores): the LLM
+workers (`--workers`, `--backend`) and the embedding workers (`--embedding-workers`: st-embed
+on the bundled model, for embed tasks and `/v1/embeddings`); a worker that dies is restarted. SIGINT/SIGTERM stop the workers first, then the server,
 which flushes the store before exiting.
 """
 
@@ -48,6 +49,32 @@ def worker_command(settings: Settings, url: str, index: int) -> list[str]:
     if settings.model:
         command += ["--model", settings.model]
     return command
+
+
+# Slots of each embedding worker: the tasks one round of its model may embed together.
+EMBEDDING_SLOTS = 4
+
+
+def embedding_worker_command(settings: Settings, url: str, index: int) -> list[str]:
+    """An st-embed worker on the bundled model (`--model` names the LLM workers' model)."""
+    command = [
+        sys.executable, "-m", "kanbanmesh", "worker",
+        "--url", url, "--board", settings.board,
+        "--backend", "st-embed", "--slots", str(EMBEDDING_SLOTS),
+        "--name", f"st-embed-{index + 1}",
+        "--heartbeat-seconds", str(settings.heartbeat_s),
+        "--drain-timeout", str(settings.drain_timeout_s),
+    ]
+    return command + (["--threads", str(settings.threads)] if settings.threads else [])
+
+
+def check_embedding_backend(settings: Settings) -> str:
+    """Fail before starting anything when the embedding workers could never start (the
+    bundled model missing): the model is found, not loaded."""
+    if settings.embedding_workers == 0:
+        return "none"
+    backend = make_backend(settings.model_copy(update={"backend": "st-embed", "model": ""}))
+    return f"{backend.engine}: {', '.join(backend.models)}"
 
 
 def check_backend(settings: Settings) -> str:
@@ -97,16 +124,20 @@ async def _supervise(command: list[str], env: dict[str, str], stopping: anyio.Ev
 async def up_async(settings: Settings) -> None:
     stopping = anyio.Event()
     model = check_backend(settings)
+    embedding_model = check_embedding_backend(settings)
     async with anyio.create_task_group() as tg:
         url = await tg.start(serve, settings)
         click.echo(describe_server(settings, url))
         click.echo(f"  workers {settings.workers} × {model} ({settings.slots} slot(s) each)")
+        if settings.embedding_workers:
+            click.echo(f"  embedding workers {settings.embedding_workers} × {embedding_model} "
+                       f"({EMBEDDING_SLOTS} slots each)")
         click.echo(f'\nTry:  kanbanmesh submit --url {url} "Tell me a joke"\n      kanbanmesh board --url {url} --watch')
         async with anyio.create_task_group() as workers:
-            for index in range(settings.workers):
-                workers.start_soon(
-                    _supervise, worker_command(settings, url, index), worker_env(settings), stopping
-                )
+            commands = [worker_command(settings, url, i) for i in range(settings.workers)]
+            commands += [embedding_worker_command(settings, url, i) for i in range(settings.embedding_workers)]
+            for command in commands:
+                workers.start_soon(_supervise, command, worker_env(settings), stopping)
             with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                 async for signum in signals:
                     click.echo(f"\n{signal.Signals(signum).name}: stopping workers and server", err=True)
@@ -120,4 +151,4 @@ def run_up(settings: Settings) -> None:
     anyio.run(up_async, settings)
 
 
-__all__ = ["check_backend", "run_up", "worker_command"]
+__all__ = ["check_backend", "embedding_worker_command", "run_up", "worker_command"]

@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import anyio
 import click
@@ -25,17 +26,28 @@ from kanbanmesh.peer import BoardPeer
 from kanbanmesh.settings import Settings
 from worker.backends.base import Backend
 from worker.backends.echo import EchoBackend
+from worker.backends.embedding_base import EmbeddingBackend
 from worker.service import Worker, WorkerSettings
+
+if TYPE_CHECKING:
+    from worker.backends.openai_http import OpenAIConfig
 
 log = logging.getLogger(__name__)
 
+# What a worker process serves: an LLM backend (chat tasks) or an embedding one (embed tasks).
+AnyBackend = Backend | EmbeddingBackend
 
-def make_backend(settings: Settings, environ: Mapping[str, str] | None = None) -> Backend:
+
+def make_backend(settings: Settings, environ: Mapping[str, str] | None = None) -> AnyBackend:
     """The backend named by `--backend`, configured from the settings (not started)."""
+    if settings.embedding and settings.backend != "st-embed":  # st-embed embeds anyway
+        return make_embedding_backend(settings, environ)
     if settings.backend == "echo":
         return EchoBackend(delay_ms=settings.echo_delay_ms)
     if settings.backend == "openai":
         return _openai_backend(settings, os.environ if environ is None else environ)
+    if settings.backend == "st-embed":
+        return _st_embed_backend(settings)
     # Imported here: llama_cpp takes a moment to import and the other backends do not need it.
     from worker.backends.llama import LlamaBackend, LlamaConfig
 
@@ -46,8 +58,28 @@ def make_backend(settings: Settings, environ: Mapping[str, str] | None = None) -
     ))
 
 
+def make_embedding_backend(settings: Settings, environ: Mapping[str, str] | None = None) -> EmbeddingBackend:
+    """The embedding backend of `--backend llama|openai --embedding` (not started)."""
+    if settings.backend == "llama":
+        from worker.backends.llama_embed import LlamaEmbedBackend, LlamaEmbedConfig
+
+        return LlamaEmbedBackend(LlamaEmbedConfig(model=settings.model, n_ctx=settings.n_ctx,
+                                                  threads=settings.threads))
+    if settings.backend == "openai":
+        from worker.backends.openai_embed import OpenAIEmbedBackend
+
+        return OpenAIEmbedBackend(_openai_config(settings, os.environ if environ is None else environ))
+    raise ConfigurationError(f"--embedding works with --backend llama or openai, not {settings.backend}")
+
+
 def _openai_backend(settings: Settings, environ: Mapping[str, str]) -> Backend:
-    from worker.backends.openai_http import OpenAIBackend, OpenAIConfig
+    from worker.backends.openai_http import OpenAIBackend
+
+    return OpenAIBackend(_openai_config(settings, environ))
+
+
+def _openai_config(settings: Settings, environ: Mapping[str, str]) -> OpenAIConfig:
+    from worker.backends.openai_http import OpenAIConfig
 
     if not settings.base_url:
         raise ConfigurationError("the openai backend needs --base-url (e.g. http://127.0.0.1:8080/v1)")
@@ -56,10 +88,20 @@ def _openai_backend(settings: Settings, environ: Mapping[str, str]) -> Backend:
         api_key = environ.get(settings.api_key_env)
         if not api_key:
             raise ConfigurationError(f"--api-key-env names {settings.api_key_env}, which is not set")
-    return OpenAIBackend(OpenAIConfig(base_url=settings.base_url, model=settings.model, api_key=api_key))
+    return OpenAIConfig(base_url=settings.base_url, model=settings.model, api_key=api_key)
 
 
-def describe_backend(backend: Backend) -> str:
+def _st_embed_backend(settings: Settings) -> EmbeddingBackend:
+    # Offline for good (the CLI is the process's edge): huggingface_hub reads this when it is
+    # imported, with the model, and then never asks the hub for anything.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Imported here: torch takes seconds to import and only this backend needs it.
+    from worker.backends.st_embed import SentenceTransformerBackend
+
+    return SentenceTransformerBackend(settings.model, threads=settings.threads)
+
+
+def describe_backend(backend: AnyBackend) -> str:
     details = f"{backend.engine}: {', '.join(backend.models)}"
     chat_format = getattr(backend, "chat_format", "")
     threads = getattr(backend, "threads", 0)
@@ -81,7 +123,7 @@ async def run_worker_async(settings: Settings) -> None:
             await backend.stop()
 
 
-async def _serve(settings: Settings, backend: Backend) -> None:
+async def _serve(settings: Settings, backend: AnyBackend) -> None:
     worker_settings = WorkerSettings(
         name=settings.name, slots=settings.slots, heartbeat_s=settings.heartbeat_s
     )

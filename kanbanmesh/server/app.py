@@ -27,6 +27,7 @@ from kanbanmesh.server.hub import Hub, TooManyBoardsError
 from kanbanmesh.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from kanbanmesh.server.metrics import MeshMetrics
 from kanbanmesh.server.openai_api import DEFAULT_MAX_REQUEST_BYTES, openai_routes
+from kanbanmesh.server.openai_embeddings import embedding_routes
 from kanbanmesh.server.web import web_routes
 from kanbanmesh.wire.kpis import kpis
 from rag.collections import Collections
@@ -241,6 +242,8 @@ def create_app(
             Route("/boards/{board}/rag/collections", rag_collections_list),
             Route("/boards/{board}/conversations", conversations),
             Route("/boards/{board}/conversations/{conversation}", conversations, methods=["GET", "DELETE"]),
+            # Before the chat routes: theirs end with the API's catch-all (404 in OpenAI's shape).
+            *embedding_routes(hub, identify, queue_timeout_s, max_request_bytes),
             *openai_routes(hub, identify, queue_timeout_s, max_request_bytes),
             *web_routes(identify, hub.valid_board),  # the board page at `/`, and its assets
             WebSocketRoute("/{board}", board_socket),

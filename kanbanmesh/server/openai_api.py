@@ -71,12 +71,12 @@ _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def openai_routes(
-    hub: Hub, identify: Callable[[Request, str | None], Identity], queue_timeout_s: float = 30.0,
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
-) -> list[Route]:
-    """The routes, bound to `hub`; `identify` checks the API key for a board. A request body
-    over `max_request_bytes` answers 413 before it is read whole."""
+Caller = Callable[[Request], Awaitable[tuple[Identity, BoardRoom]]]
+
+
+def api_caller(hub: Hub, identify: Callable[[Request, str | None], Identity]) -> Caller:
+    """Who makes a request and the room of the board it names: the API key checked (401/403
+    in OpenAI's shape), the board from the `X-Kanbanmesh-Board` header or the key's own."""
 
     async def caller(request: Request) -> tuple[Identity, BoardRoom]:
         named = request.headers.get(BOARD_HEADER) or None
@@ -95,6 +95,18 @@ def openai_routes(
             return identity, await hub.room(board)
         except TooManyBoardsError as exc:
             raise ApiError(503, str(exc), kind="server_error", code="too_many_boards") from exc
+
+    return caller
+
+
+def openai_routes(
+    hub: Hub, identify: Callable[[Request, str | None], Identity], queue_timeout_s: float = 30.0,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+) -> list[Route]:
+    """The routes, bound to `hub`; `identify` checks the API key for a board. A request body
+    over `max_request_bytes` answers 413 before it is read whole."""
+
+    caller = api_caller(hub, identify)
 
     async def models(request: Request) -> Response:
         _, room = await caller(request)
@@ -213,8 +225,19 @@ def _task(identity: Identity, body: Sampling, conversation: str | None) -> TaskR
 
 
 async def _answer(receive: Receive, follower: _Follower, body: Sampling, kind: str) -> Response:
-    """The whole answer of a non-streaming request, once its task is done. A client that hangs
-    up meanwhile cancels its task (the ASGI receive channel says `http.disconnect`)."""
+    """The whole answer of a non-streaming request, once its task is done."""
+    outcome = await finished_or_gone(receive, follower)
+    if outcome is None:
+        return Response(status_code=499)  # the client hung up: nobody reads this
+    if isinstance(outcome, ApiError):
+        return outcome.response()
+    return JSONResponse(_final_object(outcome, body, kind))
+
+
+async def finished_or_gone(receive: Receive, follower: _Follower) -> TaskEntry | ApiError | None:
+    """The task's entry once it succeeded, the error it answers otherwise; None when the
+    client hung up first, which cancels the task (the ASGI receive channel says
+    `http.disconnect`)."""
     outcome: TaskEntry | ApiError | None = None
     try:
         async with anyio.create_task_group() as tg:
@@ -231,11 +254,7 @@ async def _answer(receive: Receive, follower: _Follower, body: Sampling, kind: s
             tg.cancel_scope.cancel()
     finally:
         follower.cancel_unless_done()
-    if outcome is None:
-        return Response(status_code=499)  # the client hung up: nobody reads this
-    if isinstance(outcome, ApiError):
-        return outcome.response()
-    return JSONResponse(_final_object(outcome, body, kind))
+    return outcome
 
 
 class _TaskStream(StreamingResponse):

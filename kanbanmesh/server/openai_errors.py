@@ -77,6 +77,12 @@ _FAILURES: dict[str, tuple[int, str, str, str | None]] = {
     "backend_unreachable": (503, SERVER_ERROR, "backend_unreachable", None),
     "backend_timeout": (504, SERVER_ERROR, "backend_timeout", None),
     "middleware_timeout": (504, SERVER_ERROR, "middleware_timeout", None),
+    # An embed task's (docs/protocol.md section 13).
+    "unknown_model": (404, INVALID_REQUEST, "model_not_found", "model"),
+    "dimensions_unsupported": (400, INVALID_REQUEST, "invalid_value", "dimensions"),
+    "input_too_long": (400, INVALID_REQUEST, "context_length_exceeded", "input"),
+    "invalid_input": (400, INVALID_REQUEST, "invalid_value", "input"),
+    "output_too_large": (400, INVALID_REQUEST, "invalid_value", "input"),
 }
 
 

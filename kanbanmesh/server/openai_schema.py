@@ -312,8 +312,8 @@ def _check_prompt(body: dict[str, Any]) -> None:
 # --- Parsing ----------------------------------------------------------------------------------
 
 
-def parse_request(raw: bytes, model: type[Sampling]) -> Sampling:
-    """The request in `raw`, checked (module docstring); raises `ApiError` 400."""
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object; raises `ApiError` 400 for anything else."""
     try:
         # Parsed by pydantic-core (jiter): bounded recursion, no NaN; big integers stay exact.
         body = from_json(raw, allow_inf_nan=False)
@@ -321,6 +321,12 @@ def parse_request(raw: bytes, model: type[Sampling]) -> Sampling:
         raise invalid(f"the body is not valid JSON: {exc}", code="invalid_json") from None
     if not isinstance(body, dict):
         raise invalid("the body must be a JSON object", code="invalid_type")
+    return body
+
+
+def parse_request(raw: bytes, model: type[Sampling]) -> Sampling:
+    """The request in `raw`, checked (module docstring); raises `ApiError` 400."""
+    body = json_object(raw)
     chat = issubclass(model, ChatRequest)
     _check_unsupported(body, _UNSUPPORTED_CHAT if chat else _UNSUPPORTED_COMPLETION, model)
     for key in body:

@@ -13,7 +13,7 @@ import pytest
 PUBLIC_API = {
     "client_sdk": {
         "AsyncClient", "BoardRotatedError", "BoardSnapshot", "ChatMessage", "Citation", "Client", "Column", "ConnectError",
-        "ConnectionClosedError", "InvalidTaskError", "KanbanMeshError", "MessageTooLargeError",
+        "ConnectionClosedError", "EmbedResult", "InvalidTaskError", "KanbanMeshError", "MessageTooLargeError",
         "RagSpec", "StreamRestartedError", "SyncTaskHandle", "TaskCancelledError", "TaskEntry",
         "TaskFailedError", "TaskHandle", "TaskNotFoundError", "TaskParams", "TaskStatus", "TaskTooLargeError",
         "Timings", "TransportError", "UpdateRefusedError", "Usage", "WorkerPresence",
@@ -30,10 +30,10 @@ PUBLIC_API = {
     },
     "kanbanmesh": {"__version__"},
     "rag": {
-        "Block", "Chunk", "ChunkPolicy", "Collection", "Collections", "DEFAULT_MODEL", "Embedder",
-        "EvalQuestion", "EvalReport", "IndexKind", "IndexSettings", "IngestProgress", "IngestReport",
-        "ModelCache", "RetrievalMiddleware", "SearchHit", "VectorIndex", "chunk_blocks", "evaluate",
-        "load_questions", "read_document",
+        "BatchEmbedder", "Block", "Chunk", "ChunkPolicy", "Collection", "Collections", "DEFAULT_MODEL",
+        "Embedder", "EvalQuestion", "EvalReport", "IndexKind", "IndexSettings", "IngestProgress",
+        "IngestReport", "ModelCache", "RetrievalMiddleware", "SearchHit", "SpreadOptions",
+        "VectorIndex", "chunk_blocks", "evaluate", "ingest_spread", "load_questions", "read_document",
     },
     "kanbanmesh.pipeline": {"FieldReader", "HistoryMiddleware", "Middleware", "PendingTask"},
     "kanbanmesh.wire": {"BoardKpis", "ConversationSummary", "Distribution", "PromptCache", "Turn", "kpis"},

@@ -179,7 +179,7 @@ async def test_invalid_requests_answer_openai_shaped_4xx_on_a_connection_that_st
             assert same_connection(reply, first), f"{raw[:80]!r}: answered on another connection"
         # Not the method, not a route, not a board name: still OpenAI's shape.
         assert_error(await http.get(CHAT), 405, "method_not_allowed")
-        assert_error(await http.post("/v1/embeddings", json={}), 404, "unknown_url")
+        assert_error(await http.post("/v1/audio/speech", json={}), 404, "unknown_url")
         bad_board = await http.post(CHAT, json=chat(), headers={"X-Kanbanmesh-Board": "../etc"})
         assert_error(bad_board, 400, "invalid_board")
         last = await http.post(CHAT, json=chat())

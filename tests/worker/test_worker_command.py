@@ -10,8 +10,8 @@ from pycrdt import Doc
 from websockets.asyncio.server import ServerConnection, serve
 
 from kanbanmesh.board import constants as c
-from kanbanmesh.commands.worker import make_backend
-from kanbanmesh.errors import ConfigurationError
+from kanbanmesh.commands.worker import make_backend, make_embedding_backend
+from kanbanmesh.errors import BackendError, ConfigurationError
 from kanbanmesh.protocol import codec
 from kanbanmesh.settings import Settings
 from tests.conftest import cli
@@ -27,6 +27,20 @@ def test_make_backend_builds_the_named_backend() -> None:
         make_backend(Settings(backend="openai", model="m"))
     with pytest.raises(ConfigurationError, match="K, which is not set"):
         make_backend(Settings(backend="openai", base_url="http://x/v1", model="m", api_key_env="K"), {})
+
+
+def test_make_embedding_backend_builds_llama_and_openai_ones() -> None:
+    llama = make_embedding_backend(Settings(backend="llama", embedding=True, model="/models/e5.gguf"))
+    assert llama.engine == "llama.cpp" and llama.models == ["e5"]
+    openai = make_embedding_backend(
+        Settings(backend="openai", embedding=True, base_url="http://x/v1", model="m", api_key_env="K"), {"K": "v"})
+    assert openai.engine == "openai" and openai.models == ["m"]
+    with pytest.raises(BackendError, match="needs --model PATH"):
+        make_embedding_backend(Settings(backend="llama", embedding=True))
+    with pytest.raises(ConfigurationError, match="--base-url"):
+        make_embedding_backend(Settings(backend="openai", embedding=True, model="m"))
+    with pytest.raises(ConfigurationError, match="not echo"):
+        make_embedding_backend(Settings(backend="echo", embedding=True))
 
 
 @pytest.fixture

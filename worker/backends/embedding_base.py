@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -43,8 +43,10 @@ class Embeddings:
     prompt_tokens: int
 
 
+@runtime_checkable
 class EmbeddingBackend(Protocol):
-    """An embedding engine a worker runs `embed` tasks on."""
+    """An embedding engine a worker runs `embed` tasks on (a worker tells it from an LLM
+    `Backend` with `isinstance`)."""
 
     @property
     def engine(self) -> str:

@@ -65,11 +65,19 @@ class LoadOptions:
     n_ctx: int
     threads: int
     extra_buffers: bool
+    # Embedding mode: a context that outputs pooled vectors instead of logits, and reads a
+    # whole batch (up to n_ctx tokens) in one pass, as pooling over a sequence needs.
+    embedding: bool = False
+    pooling_type: int = llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED
 
 
 def load_llama(path: Path, options: LoadOptions) -> Llama:
-    """Load `path` for generation; raises `BackendError("model_load_failed")`."""
+    """Load `path` for generation (or embedding); raises `BackendError("model_load_failed")`."""
     cls = Llama if options.extra_buffers else _NoExtraBuffersLlama
+    embedding: dict[str, Any] = {}
+    if options.embedding:
+        embedding = {"embedding": True, "pooling_type": options.pooling_type,
+                     "n_batch": options.n_ctx, "n_ubatch": options.n_ctx}
     try:
         return cls(
             model_path=str(path),
@@ -77,6 +85,7 @@ def load_llama(path: Path, options: LoadOptions) -> Llama:
             n_threads=options.threads,
             n_threads_batch=options.threads,
             verbose=False,
+            **embedding,
         )
     except (ValueError, RuntimeError, OSError) as exc:
         raise BackendError("model_load_failed", f"cannot load {path.name} as a GGUF model: {exc}") from exc

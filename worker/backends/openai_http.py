@@ -61,16 +61,13 @@ class _Chunk(BaseModel):
     usage: Usage | None = None
 
 
-class OpenAIBackend:
-    """Serves one model name of one OpenAI-compatible server."""
+class OpenAIServer:
+    """One model name of one OpenAI-compatible server, and the connection pool to it: what
+    the chat and the embedding backends share."""
 
-    def __init__(self, config: OpenAIConfig) -> None:
-        if not config.base_url.startswith(("http://", "https://")):
-            raise BackendError("bad_config", f"--base-url must be an http(s) URL, not {config.base_url!r}")
-        if not config.model:
-            raise BackendError("bad_config", "the openai backend needs --model NAME (the model to ask the server for)")
+    def __init__(self, config: OpenAIConfig, what: str = "openai backend") -> None:
+        self._base = check_config(config, what)
         self._config = config
-        self._base = config.base_url.rstrip("/")
         self._client: httpx.AsyncClient | None = None
 
     @property
@@ -81,30 +78,19 @@ class OpenAIBackend:
     def models(self) -> list[str]:
         return [self._config.model]
 
-    async def start(self) -> None:
-        """Open the connection pool and check that the server answers (and takes our key)."""
-        if self._client is not None:
-            return
-        headers = {"Authorization": f"Bearer {self._config.api_key}"} if self._config.api_key else {}
-        timeout = httpx.Timeout(self._config.read_timeout_s, connect=self._config.connect_timeout_s)
-        client = httpx.AsyncClient(base_url=self._base, headers=headers, timeout=timeout)
-        try:
-            reply = await client.get("/models")
-        except httpx.HTTPError as exc:
-            await client.aclose()
-            raise _transport_error(self._base, exc) from exc
-        if reply.status_code in (401, 403):
-            await client.aclose()
-            raise _http_error(self._base, reply.status_code, reply.content)
-        served = _model_ids(reply)
-        if served is not None and self._config.model not in served:
-            log.warning("%s does not list model %r (it lists %s)", self._base, self._config.model, served)
-        self._client = client
-
     async def stop(self) -> None:
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
+
+
+class OpenAIBackend(OpenAIServer):
+    """Serves one model name of one OpenAI-compatible server."""
+
+    async def start(self) -> None:
+        """Open the connection pool and check that the server answers (and takes our key)."""
+        if self._client is None:
+            self._client = await open_client(self._config)
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[GenerationEvent, None]:
         if request.model and request.model != self._config.model:
@@ -151,6 +137,36 @@ class OpenAIBackend:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+
+
+def check_config(config: OpenAIConfig, what: str = "openai backend") -> str:
+    """The server's API root without a trailing slash; raises `BackendError("bad_config")`."""
+    if not config.base_url.startswith(("http://", "https://")):
+        raise BackendError("bad_config", f"--base-url must be an http(s) URL, not {config.base_url!r}")
+    if not config.model:
+        raise BackendError("bad_config", f"the {what} needs --model NAME (the model to ask the server for)")
+    return config.base_url.rstrip("/")
+
+
+async def open_client(config: OpenAIConfig) -> httpx.AsyncClient:
+    """A connection pool to the server, once it has answered `/models` and taken our key;
+    raises `BackendError` (`backend_unreachable`, `backend_auth`, ...)."""
+    base = config.base_url.rstrip("/")
+    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    timeout = httpx.Timeout(config.read_timeout_s, connect=config.connect_timeout_s)
+    client = httpx.AsyncClient(base_url=base, headers=headers, timeout=timeout)
+    try:
+        reply = await client.get("/models")
+    except httpx.HTTPError as exc:
+        await client.aclose()
+        raise _transport_error(base, exc) from exc
+    if reply.status_code in (401, 403):
+        await client.aclose()
+        raise _http_error(base, reply.status_code, reply.content)
+    served = _model_ids(reply)
+    if served is not None and config.model not in served:
+        log.warning("%s does not list model %r (it lists %s)", base, config.model, served)
+    return client
 
 
 def _parse_chunk(base: str, data: str) -> _Chunk:

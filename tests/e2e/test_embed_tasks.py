@@ -1,0 +1,115 @@
+"""Embed tasks end to end: the SDK, the board, the broker's routing by kind and a real
+sentence-transformers worker on the bundled model."""
+
+from __future__ import annotations
+
+import anyio
+import numpy as np
+import pytest
+
+from client_sdk import AsyncClient, Client, InvalidTaskError, TaskFailedError, TaskStatus
+from kanbanmesh.board.embeddings import MAX_EMBED_INPUTS
+from kanbanmesh.embedding_models import DEFAULT_MODEL
+from tests.conftest import WorkerPool
+from tests.e2e.embed_workers import reference
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+TEXTS = ["The cat sat on the mat.", "Quantum chromodynamics describes the strong force.", "hello"]
+
+
+async def test_sdk_embed_gives_the_models_vectors(
+    server_url: str, embed_workers: WorkerPool, reference_model: object
+) -> None:
+    await embed_workers.start(slots=2)
+    async with AsyncClient(server_url, owner="alice") as client:
+        await client.wait_for_workers(1, kind="embed", timeout_s=30)
+        with anyio.fail_after(60):
+            found = await client.embed(TEXTS)
+        handle = await client.submit_embed("one text", model=DEFAULT_MODEL)
+        with anyio.fail_after(60):
+            single = await handle.embeddings()
+        _, entry = handle.entry()
+    assert found.vectors.shape == (3, 384) and found.vectors.dtype == np.float32
+    assert np.allclose(found.vectors, reference(reference_model, TEXTS), atol=1e-5)
+    assert found.model == DEFAULT_MODEL and found.usage.prompt_tokens > len(TEXTS)
+    assert found.usage.total_tokens == found.usage.prompt_tokens
+    assert np.allclose(single.vectors, reference(reference_model, ["one text"]), atol=1e-5)
+    assert entry.status is TaskStatus.SUCCEEDED and entry.output == "" and entry.dimensions == 384
+    assert entry.result == "" and entry.finish_reason is None
+
+
+async def test_token_arrays_and_concurrent_tasks(
+    server_url: str, embed_workers: WorkerPool, reference_model: object
+) -> None:
+    await embed_workers.start(slots=4)
+    tokenizer = reference_model.tokenizer  # type: ignore[attr-defined]
+    ids = tokenizer("hello world", add_special_tokens=False)["input_ids"]
+    async with AsyncClient(server_url) as client:
+        await client.wait_for_workers(1, kind="embed", timeout_s=30)
+        handles = [await client.submit_embed([text, ids]) for text in TEXTS]
+        with anyio.fail_after(60):
+            results = [await handle.embeddings() for handle in handles]
+    expected_ids = reference(reference_model, ["hello world"])[0]
+    for text, result in zip(TEXTS, results, strict=True):
+        assert np.allclose(result.vectors[0], reference(reference_model, [text])[0], atol=1e-5)
+        assert np.allclose(result.vectors[1], expected_ids, atol=1e-5)
+
+
+async def test_worker_refusals_fail_the_task(server_url: str, embed_workers: WorkerPool) -> None:
+    await embed_workers.start()
+    async with AsyncClient(server_url) as client:
+        await client.wait_for_workers(1, kind="embed", timeout_s=30)
+        with anyio.fail_after(60), pytest.raises(TaskFailedError) as refused:
+            await client.embed(["x"], dimensions=128)
+        assert refused.value.code == "dimensions_unsupported"
+        with anyio.fail_after(60), pytest.raises(TaskFailedError) as refused:
+            await client.embed([[7592] * 300])
+        assert refused.value.code == "input_too_long"
+        with anyio.fail_after(60), pytest.raises(TaskFailedError) as refused:
+            await client.embed([[10**9]])
+        assert refused.value.code == "invalid_input"
+
+
+async def test_sdk_refuses_bad_inputs(server_url: str) -> None:
+    async with AsyncClient(server_url) as client:
+        for bad in ([], [""], ["x"] * (MAX_EMBED_INPUTS + 1), [[-1]], [["a"]]):
+            with pytest.raises(InvalidTaskError):
+                await client.submit_embed(bad)  # type: ignore[arg-type]
+        with pytest.raises(InvalidTaskError):
+            await client.submit("p", input=["x"])  # a chat task carries no `input`
+
+
+async def test_kinds_route_apart(server_url: str, embed_workers: WorkerPool, workers: WorkerPool) -> None:
+    """A chat task never reaches the embedding worker, an embed task never the chat worker;
+    an embed task for a model nobody serves waits in `todo`, as a chat task does."""
+    embedder = await embed_workers.start(slots=4, name="embedder")
+    chatter = await workers.start(slots=4, name="chatter")
+    async with AsyncClient(server_url) as client:
+        await client.wait_for_workers(2, timeout_s=30)
+        chats = [await client.submit(f"chat {i}") for i in range(6)]
+        embeds = [await client.submit_embed([f"text {i}"]) for i in range(6)]
+        stray = await client.submit_embed(["x"], model="no-such-model")
+        with anyio.fail_after(60):
+            chat_entries = [await handle.result() for handle in chats]
+            embed_entries = [await handle.result() for handle in embeds]
+        assert {e.worker for e in chat_entries} == {chatter.id}
+        assert {e.worker for e in embed_entries} == {embedder.id}
+        assert all(e.result and e.result.startswith("echo") for e in chat_entries)
+        column, _ = stray.entry()
+        assert column.value == "todo"
+        await stray.cancel()
+
+
+async def test_blocking_client_embeds(server_url: str, embed_workers: WorkerPool) -> None:
+    await embed_workers.start()
+
+    def use_blocking_client() -> tuple[int, int]:
+        with Client(server_url) as client:
+            client.wait_for_workers(1, kind="embed", timeout_s=30)
+            found = client.embed(["a", "b"], timeout_s=60)
+            handle = client.submit_embed(["c"])
+            return found.vectors.shape[0], handle.embeddings(timeout_s=60).dimensions
+
+    with anyio.fail_after(90):
+        assert await anyio.to_thread.run_sync(use_blocking_client) == (2, 384)
