@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from kanbanmesh.board.graph import Decision, DependencyIndex, Verdict, cyclic, resolve
+from kanbanmesh.board.prefix import task_turns
 from kanbanmesh.board.schema import ChatMessage, TaskEntry, TaskRequest, TaskStatus
 from kanbanmesh.board.templates import MAX_PARENTS, result_ref, result_refs, substitute
 
@@ -205,3 +206,10 @@ def test_a_graph_request_keeps_after() -> None:
     request = TaskRequest.model_validate({"id": "c", "prompt": "{{result:a}} and {{result:b}}", "after": ["a", "b"]})
     assert request.to_fields()["after"] == ["a", "b"]
     assert "after" not in TaskRequest.model_validate({"id": "d", "prompt": "x"}).to_fields()
+
+
+def test_prefix_turns_are_those_of_the_replaced_text() -> None:
+    # The broker routes by the turns the worker's model reads: with the results put in.
+    fields = {"prompt": "sum {{result:a}}", "after": ["a"], "after_results": {"a": "A"}}
+    entry = resolve(TaskEntry.model_validate({"id": "c", **fields}))
+    assert task_turns(fields) == [(m.role, m.content) for m in entry.chat()] == [("user", "sum A")]
