@@ -113,3 +113,32 @@ async def test_blocking_client_embeds(server_url: str, embed_workers: WorkerPool
 
     with anyio.fail_after(90):
         assert await anyio.to_thread.run_sync(use_blocking_client) == (2, 384)
+
+
+async def test_a_short_embedding_finishes_in_one_write_a_long_one_is_seen_started(
+    server_url: str, embed_workers: WorkerPool
+) -> None:
+    """An embed task goes `prepared -> done` in one write when it takes milliseconds, and is
+    written to `doing` once it runs long, before the broker's start deadline."""
+    await embed_workers.start()
+    async with AsyncClient(server_url) as client:
+        await client.wait_for_workers(1, kind="embed", timeout_s=30)
+
+        async def columns_of(inputs: list[str]) -> set[str]:
+            handle = await client.submit_embed(inputs)
+            seen: set[str] = set()
+            with anyio.fail_after(120):
+                while True:
+                    column, _ = handle.entry()
+                    seen.add(column.value)
+                    if column.value == "done":
+                        break
+                    await client.wait_changed(0.05)
+            await handle.embeddings()
+            return seen
+
+        await client.embed(["the model's first pass is slower: not measured"])
+        short = await columns_of(["one short text"])
+        long = await columns_of([f"input {i}: " + "a few more words to read " * 8 for i in range(150)])
+    assert "doing" not in short
+    assert "doing" in long
