@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from kanbanmesh.board.schema import ChatMessage, TaskParams, Usage
+from kanbanmesh.board.tool_schema import Logprobs, NamedToolChoice, ResponseFormat, ToolSpec
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,13 @@ class GenerationRequest:
     # The task's turns as the broker names prefixes (kanbanmesh/board/prefix.py), for a backend
     # that advertises what its prompt cache holds; () when unknown.
     turns: tuple[tuple[str, str], ...] = ()
+    # Tool calling (docs/protocol.md section 12): the tools offered, and the choice in force
+    # (`none` offers none: no tool reaches the prompt). A call is written into the text in
+    # `kanbanmesh.board.tool_calls.render_call`'s form; the worker parses it at the end.
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str | NamedToolChoice = "none"  # auto | none | required | a named function
+    parallel_tool_calls: bool = True  # False: at most one call
+    response_format: ResponseFormat | None = None  # None: text
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,7 @@ class Finished:
     usage: Usage
     finish_reason: str = "stop"  # stop | length | cancelled
     prompt_ms: float = 0.0  # reading the prompt, when the backend knows it
+    logprobs: Logprobs | None = None  # with `params.logprobs`: one item per generated token
 
 
 GenerationEvent = TextChunk | Finished
