@@ -239,3 +239,12 @@ def test_calls_are_valid_for_a_class_of_schemas(backend: LlamaBackend, schema: d
     _, calls = split_output(text)
     assert [call.name for call in calls] == ["act"], text
     jsonschema.validate(json.loads(calls[0].arguments), schema)
+
+
+async def test_greedy_calls_are_valid_and_reproducible(backend: LlamaBackend) -> None:
+    """At temperature 0 the grammar-checked draw is deterministic, as an unconstrained one is."""
+    params = {"temperature": 0.0, "seed": 1, "max_tokens": 200, "cache_prompt": False}
+    requests = [request(tools=TOOLS, tool_choice="required", parallel_tool_calls=False, params=params)] * 2
+    (first, end), (second, _) = await run_all(backend, requests)
+    assert first == second and end.finish_reason == "stop"
+    assert len(check_calls(first, set(SCHEMAS))) == 1
