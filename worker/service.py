@@ -39,6 +39,8 @@ from kanbanmesh.board.prefix import MAX_DIGEST_ENTRIES
 from kanbanmesh.board.reads import plain_fields, read_field, read_items
 from kanbanmesh.board.roles import PeerRole
 from kanbanmesh.board.schema import TaskEntry, TaskKind, TaskStatus, Timings, Usage
+from kanbanmesh.board.tool_calls import MalformedToolCall, call_id, split_output
+from kanbanmesh.board.tool_schema import Logprobs
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import BackendError, InvalidTaskError, KanbanMeshError
 from kanbanmesh.notify import ChangeSignal
@@ -95,6 +97,7 @@ class _Outcome:
     citations: list[dict[str, Any]] | None = None  # the retrieved sources the prompt used
     embeddings: list[str] | None = None  # an embed task's vectors, as the board holds them
     dimensions: int = 0  # their length
+    logprobs: Logprobs | None = None  # from the backend, with `params.logprobs`
 
 
 @dataclass
@@ -484,10 +487,8 @@ class Worker:
     ) -> None:
         task = resolve(task)  # a task graph's `{{result:ID}}` references, replaced by the results
         turns = tuple((m.role, m.content) for m in [*(task.history or []), *task.chat()])
-        request = GenerationRequest(
-            messages=task.messages, prompt=task.prompt, params=task.params, model=task.model,
-            turns=turns,
-        )
+        # Tools go into the prompt before the turns: a cache then holds other text.
+        request = replace(GenerationRequest.for_task(task), turns=turns if task.choice() == "none" else ())
         if task.history or task.context is not None:
             # History and retrieved sources: the template, trimmed to the model's context.
             fits = getattr(backend, "fits", None)
@@ -506,6 +507,7 @@ class Worker:
                         outcome.usage = event.usage
                         outcome.finish_reason = event.finish_reason
                         outcome.prompt_ms = event.prompt_ms
+                        outcome.logprobs = event.logprobs
                         continue
                     if not self._append(task_id, run, event, outcome):
                         run.scope.cancel()  # no longer ours: stop spending the backend
@@ -700,6 +702,16 @@ class Worker:
             if outcome.embeddings is not None and outcome.status is TaskStatus.SUCCEEDED:
                 fields[c.F_EMBEDDINGS] = outcome.embeddings
                 fields[c.F_DIMENSIONS] = outcome.dimensions
+        elif task is not None and outcome.status is TaskStatus.SUCCEEDED:
+            fields.update(_answer_fields(task, outcome))
+        if outcome.logprobs is not None:
+            logprobs = outcome.logprobs.model_dump(mode="json")
+            # Beside the text twice (`output`, `result`): what is left of the entry's limit.
+            room = 2 * (self._text_budget(task_id, run) - json_bytes({"": outcome.text}))
+            if json_bytes({"": logprobs}) <= room:
+                fields[c.F_LOGPROBS] = logprobs
+            else:
+                log.warning("task %s: its logprobs would pass the entry limit; left out", task_id)
         given_up = outcome.error is not None and outcome.error.get("code") == "write_refused"
         if given_up:
             fields[c.F_RESULT] = ""  # the text may be what the server refused
@@ -748,3 +760,28 @@ class Worker:
         context = fields.get(c.F_CONTEXT)
         slack = _ENTRY_SLACK_BYTES + _CITATION_BYTES * (len(context) if isinstance(context, list) else 0)
         return max(0, (run.max_entry_bytes - json_bytes(fields) - slack) // 2)
+
+
+def _answer_fields(task: TaskEntry, outcome: _Outcome) -> dict[str, Any]:
+    """For a task that offered tools: the answer's calls (`tool_calls`, named by `call_id`),
+    its text outside them as `result`, and `finish_reason` `tool_calls` (docs/protocol.md
+    section 14). Text that is not in the calls' form stays text."""
+    if task.choice() == "none":
+        return {}
+    try:
+        content, calls = split_output(outcome.text)
+    except MalformedToolCall:  # an answer cut short inside a call (`length`): text as it is
+        return {}
+    if not calls:
+        return {}
+    fields: dict[str, Any] = {
+        c.F_RESULT: content.strip(),
+        c.F_TOOL_CALLS: [
+            {"id": call_id(task.id, i), "type": "function",
+             "function": {"name": call.name, "arguments": call.arguments}}
+            for i, call in enumerate(calls)
+        ],
+    }
+    if outcome.finish_reason == "stop":
+        fields[c.F_FINISH_REASON] = "tool_calls"
+    return fields

@@ -44,6 +44,11 @@ F_AFTER_RESULTS: Final = "after_results"
 F_KIND: Final = "kind"  # chat (absent) | embed
 F_INPUT: Final = "input"
 F_DIMENSIONS: Final = "dimensions"
+# Tool calling and structured output (docs/protocol.md section 14).
+F_TOOLS: Final = "tools"
+F_TOOL_CHOICE: Final = "tool_choice"
+F_PARALLEL_TOOL_CALLS: Final = "parallel_tool_calls"
+F_RESPONSE_FORMAT: Final = "response_format"
 # Written by the broker.
 F_WORKER: Final = "worker"
 F_ATTEMPT: Final = "attempt"
@@ -64,6 +69,8 @@ F_FINISHED_AT: Final = "finished_at"
 F_FINISH_REASON: Final = "finish_reason"  # stop | length, when the backend finished it
 F_CITATIONS: Final = "citations"  # the retrieved chunks the worker's prompt used
 F_EMBEDDINGS: Final = "embeddings"  # an embed task's vectors: base64 of little-endian float32
+F_TOOL_CALLS: Final = "tool_calls"  # the calls of the answer, parsed (OpenAI's shape)
+F_LOGPROBS: Final = "logprobs"  # OpenAI's chat `logprobs` object, when `params.logprobs`
 # Set by the owner, honoured in every column.
 F_CANCEL: Final = "cancel"
 # Set by the owner on a `done` entry: the result was read, archive it now.

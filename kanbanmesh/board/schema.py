@@ -20,6 +20,17 @@ from kanbanmesh.board.embeddings import (
     MAX_TOKEN_ID,
 )
 from kanbanmesh.board.templates import MAX_PARENTS, REF_START, result_refs
+from kanbanmesh.board.tool_schema import (
+    MAX_TOOL_CALLS,
+    MAX_TOOLS,
+    MAX_TOP_LOGPROBS,
+    Logprobs,
+    NamedToolChoice,
+    ResponseFormat,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+)
 
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
 
@@ -52,8 +63,23 @@ class ChatMessage(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    role: Literal["system", "user", "assistant", "tool"]
-    content: str
+    # `developer` is OpenAI's newer name for `system` (the worker treats it as such).
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str  # null is read as "" where allowed: an assistant turn with `tool_calls`
+    # Tool calling (docs/protocol.md section 14): an assistant turn's calls, and in a `tool`
+    # turn the id of the call it answers (and the function's name, optionally).
+    tool_calls: list[ToolCall] | None = Field(default=None, max_length=MAX_TOOL_CALLS)
+    tool_call_id: str | None = Field(default=None, max_length=256)
+    name: str | None = Field(default=None, max_length=256)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_content(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("content", "") is None:
+            if data.get("role") != "assistant" or not data.get("tool_calls"):
+                raise ValueError("content may be null only in an assistant turn with tool_calls")
+            data = {**data, "content": ""}
+        return data
 
 
 class TaskParams(BaseModel):
@@ -66,6 +92,16 @@ class TaskParams(BaseModel):
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
     stop: list[str] | None = Field(default=None, max_length=16)
     seed: int | None = None
+    # OpenAI's: the log probability of each generated token, and of the `top_logprobs` most
+    # likely ones at each position (docs/protocol.md section 14).
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> TaskParams:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
 
 class RagSpec(BaseModel):
@@ -124,6 +160,11 @@ class TaskRequest(BaseModel):
     kind: TaskKind | None = None
     input: list[EmbedText | EmbedTokens] | None = Field(default=None, min_length=1, max_length=MAX_EMBED_INPUTS)
     dimensions: int | None = Field(default=None, ge=1, le=MAX_EMBED_DIMENSIONS)
+    # Tool calling and structured output (docs/protocol.md section 14).
+    tools: list[ToolSpec] | None = Field(default=None, min_length=1, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice | None = None  # None: "auto" with tools
+    parallel_tool_calls: bool | None = None  # False: at most one call (None: any number)
+    response_format: ResponseFormat | None = None
 
     @model_validator(mode="after")
     def _one_input(self) -> TaskRequest:
@@ -165,6 +206,23 @@ class TaskRequest(BaseModel):
         """`kind`, a chat where the request names none."""
         return self.kind or TaskKind.CHAT
 
+    @model_validator(mode="after")
+    def _tools_agree(self) -> TaskRequest:
+        names = [tool.function.name for tool in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError("two tools have the same name")
+        if self.tool_choice is not None and not names:
+            raise ValueError("tool_choice needs tools")
+        if isinstance(self.tool_choice, NamedToolChoice) and self.tool_choice.function.name not in names:
+            raise ValueError(f"tool_choice names {self.tool_choice.function.name!r}, which is not among tools")
+        return self
+
+    def choice(self) -> str | NamedToolChoice:
+        """The tool choice in force: `none` without tools, `auto` when tools come without one."""
+        if not self.tools:
+            return "none"
+        return self.tool_choice if self.tool_choice is not None else "auto"
+
     def chat(self) -> list[ChatMessage]:
         """The request as chat turns (a bare prompt is one user turn)."""
         if self.messages is not None:
@@ -173,7 +231,7 @@ class TaskRequest(BaseModel):
 
     def to_fields(self) -> dict[str, Any]:
         """The entry fields to write into the board (unset optional fields left out)."""
-        return self.model_dump(mode="json", exclude_none=True)
+        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
 
 
 class TaskError(BaseModel):
@@ -235,6 +293,8 @@ class TaskEntry(TaskRequest):
     finish_reason: str | None = None
     # An embed task's vectors, one per input (kanbanmesh.board.embeddings), by the worker.
     embeddings: list[str] | None = Field(default=None, max_length=MAX_EMBED_INPUTS)
+    tool_calls: list[ToolCall] | None = None  # the answer's calls (worker; section 14)
+    logprobs: Logprobs | None = None  # with `params.logprobs` (worker; section 14)
     cancel: bool = False
     ack: bool = False
 
@@ -273,6 +333,8 @@ WORKER_FIELDS = frozenset(
         c.F_CITATIONS,
         c.F_EMBEDDINGS,
         c.F_DIMENSIONS,  # of an embed task: the length of the vectors it wrote
+        c.F_TOOL_CALLS,
+        c.F_LOGPROBS,
     }
 )
 # Fields only the server writes (its pre-inference pipeline): nobody else may set them.

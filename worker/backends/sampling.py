@@ -37,6 +37,10 @@ class Sampling(BaseModel):
     # Reuse a cached prefix of the prompt (llama-server's; on by default). Off, the prompt is
     # read from an empty sequence: what the answer may depend on is the request alone.
     cache_prompt: bool | None = None
+    # Log probabilities of the generated tokens (checked by `TaskParams`; a backend that
+    # cannot give them refuses the task).
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
     def given(self) -> dict[str, Any]:
         """The fields the client set (for forwarding to another server as they are; not
@@ -68,6 +72,6 @@ def sampling_from(params: TaskParams) -> Sampling:
 def _whole_numbers(raw: dict[str, Any]) -> dict[str, Any]:
     # Numbers come back from the CRDT as floats (JS semantics): 40.0 is a valid top_k.
     return {
-        k: int(v) if k in ("top_k", "seed", "max_tokens") and isinstance(v, float) and v.is_integer() else v
+        k: int(v) if k in ("top_k", "seed", "max_tokens", "top_logprobs") and isinstance(v, float) and v.is_integer() else v
         for k, v in raw.items()
     }
