@@ -10,7 +10,8 @@ The last user turn says what to answer:
 - a JSON object: a call of the offered tool (the named one, else the first) with it as the
   arguments, twice when it holds `"twice": true` (the second with the same arguments);
 - `garbage`: a call that breaks the text form halfway (an upstream writing nonsense);
-- anything else: the echo backend's answer.
+- anything else: the echo backend's answer; with a `json_schema` response format whose schema
+  has string properties, the object that gives each its own name (`{"name": "name"}`).
 
 Text comes in pieces of `piece` characters; with `params.logprobs` the end carries one made-up
 log probability per piece, as a backend reports them.
@@ -40,6 +41,10 @@ def scripted_text(request: GenerationRequest) -> str:
     except ValueError:
         arguments = None
     if not isinstance(arguments, dict) or not request.tools:
+        spec = request.response_format.json_schema if request.response_format else None
+        if spec is not None and spec.json_schema is not None:
+            properties = spec.json_schema.get("properties", {})
+            return json.dumps({k: k for k, v in properties.items() if v.get("type") == "string"})
         return echo_text(request)
     choice = request.tool_choice
     name = choice.function.name if isinstance(choice, NamedToolChoice) else request.tools[0].function.name
