@@ -95,11 +95,16 @@ def malformed_call(task_id: str, reason: str) -> ApiError:
 class ChoiceDeltas:
     """One streamed chat choice: the task's text pieces in, OpenAI's `delta` objects out.
     Without tools the text is content as it comes; with them it goes through a
-    `ToolCallStream` (which raises `MalformedToolCall` on text that departs from the form)."""
+    `ToolCallStream` (which raises `MalformedToolCall` on text that departs from the form).
+    The worker's `result` is the text outside calls stripped, when there are calls (the
+    newline between two calls is no content): content's trailing whitespace waits for what
+    follows, and is left out at the end of an answer with calls. (Leading whitespace streams:
+    whether calls will follow is not known yet.)"""
 
     def __init__(self, task_id: str, *, tools: bool) -> None:
         self._task_id = task_id
         self._stream = ToolCallStream() if tools else None
+        self._blank = ""  # trailing whitespace of the content so far, not yet sent
 
     @property
     def called(self) -> bool:
@@ -115,13 +120,20 @@ class ChoiceDeltas:
         `max_tokens`) stays as streamed, as OpenAI leaves it; otherwise it is malformed."""
         if self._stream is None or (truncated and self._stream.in_call):
             return []
-        return self._deltas(self._stream.finish())
+        deltas = self._deltas(self._stream.finish())
+        if self._blank and not self.called:
+            deltas.append({"content": self._blank})
+        return deltas
 
     def _deltas(self, events: list[ToolCallEvent]) -> list[dict[str, Any]]:
         deltas: list[dict[str, Any]] = []
         for event in events:
             if isinstance(event, Content):
-                deltas.append({"content": event.text})
+                text = self._blank + event.text
+                body = text.rstrip()
+                self._blank = text[len(body):]
+                if body:
+                    deltas.append({"content": body})
             elif isinstance(event, CallStart):
                 deltas.append({"tool_calls": [{
                     "index": event.index, "id": call_id(self._task_id, event.index), "type": "function",
