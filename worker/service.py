@@ -455,13 +455,8 @@ class Worker:
 
     async def _generate(self, task_id: str, run: _Run, task: TaskEntry, outcome: _Outcome) -> None:
         turns = tuple((m.role, m.content) for m in [*(task.history or []), *task.chat()])
-        request = GenerationRequest(
-            messages=task.messages, prompt=task.prompt, params=task.params, model=task.model,
-            turns=turns,
-            tools=tuple(task.tools or ()) if task.choice() != "none" else (),
-            tool_choice=task.choice(), parallel_tool_calls=task.parallel_tool_calls is not False,
-            response_format=task.response_format,
-        )
+        # Tools go into the prompt before the turns: a cache then holds other text.
+        request = replace(GenerationRequest.for_task(task), turns=turns if task.choice() == "none" else ())
         if task.history or task.context is not None:
             # History and retrieved sources: the template, trimmed to the model's context.
             fits = getattr(self._backend, "fits", None)

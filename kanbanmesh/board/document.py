@@ -158,8 +158,10 @@ def entry_from_map(ymap: Map[Any]) -> TaskEntry:
 
 def visible_text(ymap: Map[Any], column: Column) -> str:
     """The text a reader shows for a task: its `result` once it succeeded, else the `output`
-    streamed so far ("" before the first chunk)."""
-    if column is Column.DONE and read_field(ymap, c.F_STATUS) == TaskStatus.SUCCEEDED.value:
+    streamed so far ("" before the first chunk). An answer with tool calls shows its `output`
+    to the end: its `result` is only the text outside the calls (docs/protocol.md section 12)."""
+    if column is Column.DONE and read_field(ymap, c.F_STATUS) == TaskStatus.SUCCEEDED.value \
+            and read_field(ymap, c.F_TOOL_CALLS) is None:
         result = read_field(ymap, c.F_RESULT)
         if isinstance(result, str):
             return result

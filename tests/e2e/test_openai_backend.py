@@ -13,7 +13,6 @@ from typing import Any
 
 import anyio
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -24,6 +23,7 @@ from kanbanmesh.board.schema import ChatMessage, TaskParams
 from kanbanmesh.errors import BackendError
 from tests.conftest import cli
 from tests.e2e.backend_workers import running_worker
+from tests.support.asgi_server import serving
 from worker.backends.base import Finished, GenerationRequest, TextChunk
 from worker.backends.openai_http import OpenAIBackend, OpenAIConfig
 
@@ -99,18 +99,9 @@ class FakeOpenAI:
 @pytest.fixture
 async def fake_openai() -> AsyncIterator[FakeOpenAI]:
     fake = FakeOpenAI()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(fake.app(), log_level="warning", lifespan="off"))
-    fake.base_url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(server.serve, [sock])
-        with anyio.fail_after(10):
-            while not server.started:
-                await anyio.sleep(0.01)
+    async with serving(fake.app()) as url:
+        fake.base_url = f"{url}/v1"
         yield fake
-        server.should_exit = True
-    sock.close()
 
 
 def backend_for(fake: FakeOpenAI, key: str | None = KEY) -> OpenAIBackend:

@@ -14,7 +14,7 @@ from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from kanbanmesh.board.schema import ChatMessage, TaskParams, Usage
+from kanbanmesh.board.schema import ChatMessage, TaskParams, TaskRequest, Usage
 from kanbanmesh.board.tool_schema import Logprobs, NamedToolChoice, ResponseFormat, ToolSpec
 
 
@@ -29,13 +29,31 @@ class GenerationRequest:
     # The task's turns as the broker names prefixes (kanbanmesh/board/prefix.py), for a backend
     # that advertises what its prompt cache holds; () when unknown.
     turns: tuple[tuple[str, str], ...] = ()
-    # Tool calling (docs/protocol.md section 12): the tools offered, and the choice in force
-    # (`none` offers none: no tool reaches the prompt). A call is written into the text in
+    # Tool calling (docs/protocol.md section 12): the task's tools, and the choice in force
+    # (`none`: the model is offered none; an OpenAI-compatible server gets them as they are). A call is written into the text in
     # `kanbanmesh.board.tool_calls.render_call`'s form; the worker parses it at the end.
     tools: tuple[ToolSpec, ...] = ()
     tool_choice: str | NamedToolChoice = "none"  # auto | none | required | a named function
     parallel_tool_calls: bool = True  # False: at most one call
     response_format: ResponseFormat | None = None  # None: text
+
+    @classmethod
+    def for_task(cls, task: TaskRequest) -> GenerationRequest:
+        """The request for a task's own fields (the worker adds history, sources and turns)."""
+        return cls(
+            messages=task.messages, prompt=task.prompt, params=task.params, model=task.model,
+            tools=tuple(task.tools or ()), tool_choice=task.choice(),
+            parallel_tool_calls=task.parallel_tool_calls is not False, response_format=task.response_format,
+        )
+
+    def offered(self) -> tuple[ToolSpec, ...]:
+        """The tools the model may call: those of `tool_choice`, none with `none`."""
+        choice = self.tool_choice
+        if choice == "none":
+            return ()
+        if isinstance(choice, NamedToolChoice):
+            return tuple(t for t in self.tools if t.function.name == choice.function.name)
+        return self.tools
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,12 @@ from llama_cpp import llama_chat_format as lcf
 
 from kanbanmesh.errors import BackendError
 from worker.backends.base import GenerationRequest
+from worker.backends.tool_prompt import (
+    TOOLS_INSTRUCTION,
+    generic_messages,
+    template_messages,
+    template_tools,
+)
 
 RAW = "none"
 TEMPLATE_KEY = "tokenizer.chat_template"
@@ -62,14 +68,19 @@ class TemplateFormat:
     name: str
     formatter: Callable[..., lcf.ChatFormatterResponse]
     stop_token_ids: frozenset[int] = frozenset()
+    # A Jinja template written for tool calling (it reads `tools`) renders tools and tool
+    # turns itself; any other gets them in the generic form (`tool_prompt`).
+    reads_tools: bool = False
 
     def render(self, request: GenerationRequest) -> Prompt:
-        if request.messages is not None:
-            messages = [m.model_dump() for m in request.messages]
-        else:  # a bare prompt is one user turn (docs/protocol.md)
-            messages = [{"role": "user", "content": request.prompt or ""}]
+        # A bare prompt is one user turn (docs/protocol.md).
         try:
-            result = self.formatter(messages=messages)
+            if self.reads_tools:
+                result = self.formatter(messages=template_messages(request), tools=template_tools(request))
+            else:
+                result = self.formatter(messages=generic_messages(request))
+                if request.offered() and TOOLS_INSTRUCTION not in result.prompt:  # it drops system turns
+                    result = self.formatter(messages=generic_messages(request, in_system=False))
         except Exception as exc:  # jinja2 errors and the templates' own raise_exception
             raise BackendError(
                 "bad_params", f"the {self.name} chat format cannot render these messages: {exc}"
@@ -132,7 +143,7 @@ def _jinja(name: str, template: str, specials: Specials) -> TemplateFormat:
         )
     except Exception as exc:  # a template that does not compile
         raise BackendError("no_chat_format", f"the model's chat template {name} is invalid: {exc}") from exc
-    return TemplateFormat(name, formatter, frozenset({specials.eos_id}))
+    return TemplateFormat(name, formatter, frozenset({specials.eos_id}), reads_tools="tools" in template)
 
 
 def _named(name: str) -> TemplateFormat:

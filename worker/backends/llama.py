@@ -32,10 +32,12 @@ from kanbanmesh.errors import BackendError
 from worker.backends.base import Finished, GenerationEvent, GenerationRequest, TextChunk
 from worker.backends.chat_format import ChatFormat, Prompt, resolve_chat_format
 from worker.backends.feed import Feed
+from worker.backends.grammars import grammar_for
 from worker.backends.llama_engine import BatchEngine, EngineConfig, Job
 from worker.backends.llama_generate import Decoding, decoding_for
 from worker.backends.llama_loader import extra_buffers_safe, read_vocabulary
 from worker.backends.llama_pool import Slot
+from worker.backends.llama_sampler import free_sampler, grammar_sampler
 from worker.backends.models import ModelFile, resolve_model
 from worker.backends.sampling import sampling_from
 from worker.backends.text_stream import TextStream
@@ -218,7 +220,8 @@ class LlamaBackend:
                 "model_not_found",
                 f"this worker serves {', '.join(self._file.names)}, not {request.model!r}",
             )
-        decoding = decoding_for(sampling_from(request.params))
+        sampling = sampling_from(request.params)
+        decoding = decoding_for(sampling)
         engine = self._engine
         if self._format is None or engine is None:
             raise BackendError("not_ready", "the model is not loaded (start() was not called)")
@@ -230,14 +233,24 @@ class LlamaBackend:
                 f"the prompt is {len(tokens)} tokens but this worker's context holds {self._config.n_ctx} "
                 "(answer included); shorten the prompt or start the worker with a larger --n-ctx",
             )
+        grammar = grammar_for(request)
         feed: Feed[str | Finished | BaseException] = Feed()
         seed = decoding.seed if decoding.seed is not None else secrets.randbelow(_RANDOM_SEED)
         job = Job(
             tokens, decoding, seed, TextStream(decoding.stops + prompt.stops), prompt.stop_token_ids,
             feed.put, reuse=self._config.cache_prompt and decoding.cache_prompt,
             on_done=_remember(request.turns, len(tokens)),
+            top_logprobs=(sampling.top_logprobs or 0) if sampling.logprobs else None,
         )
-        engine.submit(job)
+        if grammar is not None:  # parsed here: a grammar llama.cpp refuses fails the task
+            assert self._model is not None  # loaded (the engine is)
+            job.grammar = grammar_sampler(self._model.vocab, grammar)
+        try:
+            engine.submit(job)
+        except BaseException:
+            if job.grammar is not None:
+                free_sampler(job.grammar)
+            raise
         finished = False
         try:
             while True:

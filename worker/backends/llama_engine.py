@@ -28,12 +28,14 @@ from typing import Any
 import llama_cpp
 
 from kanbanmesh.board.schema import Usage
+from kanbanmesh.board.tool_schema import Logprobs, TokenLogprob
 from kanbanmesh.errors import BackendError
 from worker.backends.base import Finished
 from worker.backends.host_cache import HostCache
 from worker.backends.llama_generate import Decoding
+from worker.backends.llama_logprobs import token_logprob
 from worker.backends.llama_pool import Choice, SequencePool, Slot, common_prefix
-from worker.backends.llama_sampler import SamplerChain
+from worker.backends.llama_sampler import SamplerChain, free_sampler
 from worker.backends.text_stream import TextStream
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,10 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     # Called in the engine thread when the job ended with its sequence kept (not cancelled).
     on_done: Callable[[Slot, Job], None] | None = None
+    # A grammar sampler (`llama_sampler.grammar_sampler`), the job's until its chain takes it.
+    grammar: Any = None
+    # With `params.logprobs`: how many of the likeliest tokens to give beside each chosen one.
+    top_logprobs: int | None = None
     # Progress, set by the engine.
     slot: Slot | None = None
     sampler: SamplerChain | None = None
@@ -83,6 +89,7 @@ class Job:
     cached: int = 0  # of which were there before (a prefix reused)
     next_token: int | None = None
     answer: list[int] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
     text: str = ""  # what was emitted
     admitted_at: float = 0.0
     prompt_ms: float = 0.0
@@ -205,6 +212,7 @@ class BatchEngine:
         still: list[Job] = []
         for job in self._waiting:
             if job.cancelled.is_set():
+                _free_grammar(job)
                 job.emit(Finished(Usage(prompt_tokens=len(job.tokens)), "cancelled"))
                 continue
             choice = self.pool.choose(job.tokens, reuse=job.reuse)
@@ -241,7 +249,8 @@ class BatchEngine:
         self.digest = self.pool.digest()
         job.slot = slot
         job.evaluated = job.cached = reused
-        job.sampler = SamplerChain(job.decoding, job.seed, self._n_vocab)
+        job.sampler = SamplerChain(job.decoding, job.seed, self._n_vocab, job.grammar)
+        job.grammar = None
         job.admitted_at = time.perf_counter()
         self._active.append(job)
 
@@ -350,6 +359,9 @@ class BatchEngine:
             self._finish(job, "stop")
             return
         job.answer.append(token)
+        if job.top_logprobs is not None:
+            job.logprobs.append(token_logprob(self._ctx, self._n_vocab, row, token, job.top_logprobs,
+                                              self._token_bytes))
         piece = job.stops.feed(self._token_bytes(token))
         if piece:
             job.text += piece
@@ -383,9 +395,11 @@ class BatchEngine:
         # The sequence is free before the caller learns the job ended: after `Finished`, a
         # next job never waits for it.
         self._release(job, clear=reason == "cancelled")
-        job.emit(Finished(usage, reason, prompt_ms=job.prompt_ms))
+        logprobs = Logprobs(content=job.logprobs) if job.top_logprobs is not None else None
+        job.emit(Finished(usage, reason, prompt_ms=job.prompt_ms, logprobs=logprobs))
 
     def _release(self, job: Job, *, clear: bool) -> None:
+        _free_grammar(job)
         if job in self._active:
             self._active.remove(job)
         if job.sampler is not None:
@@ -402,3 +416,10 @@ class BatchEngine:
             job.on_done(slot, job)
         self.pool.release(slot)
         self.digest = self.pool.digest()  # replaced whole: the event loop reads it as it is
+
+
+def _free_grammar(job: Job) -> None:
+    """Free a job's grammar sampler that no chain took (the job ended before it was placed)."""
+    if job.grammar is not None:
+        free_sampler(job.grammar)
+        job.grammar = None

@@ -40,5 +40,6 @@ def decoding_for(sampling: Sampling) -> Decoding:
     """llama.cpp sampling for a checked request; raises `BackendError("bad_params")`."""
     if sampling.seed is not None and not 0 <= sampling.seed < _RANDOM_SEED:
         raise BackendError("bad_params", f"seed must be between 0 and {_RANDOM_SEED - 1}")
-    given = {k: v for k, v in sampling.model_dump(exclude_none=True).items() if k != "stop"}
+    # `logprobs` is no sampling: the engine reads it off the request (`Job.top_logprobs`).
+    given = sampling.model_dump(exclude_none=True, exclude={"stop", "logprobs", "top_logprobs"})
     return Decoding(**given, stops=sampling.stop)

@@ -6,6 +6,13 @@ legacy `/v1/completions` endpoint is gone from OpenAI and would apply no chat te
 Parameters the client set are forwarded as they are, and nothing else, so the server's own
 defaults apply. Closing the generation closes the HTTP stream, which is how such servers
 learn to stop generating.
+
+Tool calling, structured output and logprobs (docs/protocol.md section 12) pass through:
+`tools`, `tool_choice`, `parallel_tool_calls`, `response_format`, `logprobs` and `top_logprobs`
+go to the server as they are; the calls it streams (`delta.tool_calls`: an index, then an id
+and a name, then pieces of the arguments' JSON) are written into the text in
+`kanbanmesh.board.tool_calls.render_call`'s form as they arrive, and its `logprobs` end up in
+`Finished`.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from kanbanmesh.board.schema import Usage
+from kanbanmesh.board.schema import ChatMessage, Usage
+from kanbanmesh.board.tool_calls import CLOSE, OPEN
+from kanbanmesh.board.tool_schema import Logprobs, TokenLogprob
 from kanbanmesh.errors import BackendError
 from worker.backends.base import Finished, GenerationEvent, GenerationRequest, TextChunk
 from worker.backends.sampling import sampling_from
@@ -42,15 +51,73 @@ class OpenAIConfig:
     read_timeout_s: float = 300.0  # the longest silence between two streamed chunks
 
 
+class _FunctionDelta(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str | None = None
+    arguments: str | None = None
+
+
+class _ToolCallDelta(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    index: int = 0
+    function: _FunctionDelta = _FunctionDelta()
+
+
 class _Delta(BaseModel):
     model_config = ConfigDict(extra="ignore")
     content: str | None = None
+    tool_calls: list[_ToolCallDelta] | None = None
+
+
+class _ChoiceLogprobs(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    content: list[TokenLogprob] | None = None
 
 
 class _Choice(BaseModel):
     model_config = ConfigDict(extra="ignore")
     delta: _Delta = _Delta()
     finish_reason: str | None = None
+    logprobs: _ChoiceLogprobs | None = None
+
+
+class _CallWriter:
+    """Writes streamed `delta.tool_calls` as `render_call` text, piece by piece: the head once
+    the call's name is known, its arguments as they come, the tail when the next call begins
+    or the stream ends."""
+
+    def __init__(self, base: str) -> None:
+        self._base = base
+        self._index: int | None = None  # the call being written
+        self._arguments: list[str] = []
+
+    def feed(self, delta: _ToolCallDelta) -> str:
+        text = ""
+        if delta.index != self._index:
+            text += self.close()
+            if not delta.function.name:
+                raise BackendError("backend_error", f"{self._base} streamed a tool call without a name")
+            self._index = delta.index
+            text += f"{OPEN}{{\"name\": {json.dumps(delta.function.name)}, \"arguments\": "
+        if delta.function.arguments:
+            self._arguments.append(delta.function.arguments)
+            text += delta.function.arguments
+        return text
+
+    def close(self) -> str:
+        """The end of the call being written ("" when none is)."""
+        if self._index is None:
+            return ""
+        arguments, self._index, self._arguments = "".join(self._arguments), None, []
+        if not arguments.strip():  # a function without parameters: OpenAI may stream none
+            return f"{{}}}}{CLOSE}"
+        try:
+            parsed = json.loads(arguments)
+        except (ValueError, RecursionError):
+            parsed = None
+        if not isinstance(parsed, dict):
+            raise BackendError("backend_error", f"{self._base} streamed tool call arguments that are not a JSON object")
+        return f"}}{CLOSE}"
 
 
 class _Chunk(BaseModel):
@@ -115,6 +182,8 @@ class OpenAIBackend:
         usage: Usage | None = None
         reason = "stop"
         produced = 0
+        calls = _CallWriter(self._base)
+        logprobs: list[TokenLogprob] | None = [] if body.get("logprobs") else None
         try:
             async with self._client.stream("POST", "/chat/completions", json=body) as response:
                 if response.status_code >= 400:
@@ -128,29 +197,59 @@ class OpenAIBackend:
                     chunk = _parse_chunk(self._base, event.data)
                     usage = chunk.usage or usage
                     for choice in chunk.choices:
-                        if choice.delta.content:
+                        text = calls.close() if choice.delta.content else ""
+                        text += choice.delta.content or ""
+                        for call in choice.delta.tool_calls or ():
+                            text += calls.feed(call)
+                        if text:
                             produced += 1
-                            yield TextChunk(choice.delta.content)
+                            yield TextChunk(text)
+                        if logprobs is not None and choice.logprobs is not None:
+                            logprobs.extend(choice.logprobs.content or ())
                         if choice.finish_reason:
+                            # `tool_calls` too: the worker finds the calls in the text.
                             reason = "length" if choice.finish_reason == "length" else "stop"
         except httpx.HTTPError as exc:
             raise _transport_error(self._base, exc) from exc
+        tail = calls.close()
+        if tail:
+            yield TextChunk(tail, tokens=0)
         if usage is None:  # a server that ignores stream_options: count what streamed
             usage = Usage(completion_tokens=produced, total_tokens=produced)
-        yield Finished(usage, reason)
+        yield Finished(usage, reason, logprobs=Logprobs(content=logprobs) if logprobs is not None else None)
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
         if request.messages is not None:
-            messages = [m.model_dump() for m in request.messages]
+            messages = [_message(m) for m in request.messages]
         else:
             messages = [{"role": "user", "content": request.prompt or ""}]
-        return {
+        body: dict[str, Any] = {
             "model": self._config.model,
             "messages": messages,
             **sampling_from(request.params).given(),
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if request.tools:  # as the client gave them (`tool_choice` none included)
+            body["tools"] = [tool.model_dump(exclude_none=True) for tool in request.tools]
+            choice = request.tool_choice
+            body["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump()
+            if not request.parallel_tool_calls:
+                body["parallel_tool_calls"] = False
+        if request.response_format is not None:
+            body["response_format"] = request.response_format.model_dump(exclude_none=True, by_alias=True)
+        return body
+
+
+def _message(message: ChatMessage) -> dict[str, Any]:
+    """A turn as OpenAI takes it: `developer` as `system` (which every such server knows), and
+    an assistant turn's null content where it only holds calls."""
+    turn = message.model_dump(exclude_none=True)
+    if message.role == "developer":
+        turn["role"] = "system"
+    if message.tool_calls and not message.content:
+        turn["content"] = None
+    return turn
 
 
 def _parse_chunk(base: str, data: str) -> _Chunk:

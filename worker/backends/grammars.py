@@ -1,0 +1,132 @@
+"""llama.cpp grammars (GBNF) for tool calls and structured output, from their JSON Schemas.
+
+Each schema goes through llama-cpp-python's JSON-Schema-to-GBNF converter (`SchemaConverter`,
+what `LlamaGrammar.from_json_schema` uses); this module only adds the rules around the
+arguments, so that a call is exactly `kanbanmesh.board.tool_calls.render_call`'s form:
+
+    root      ::= calls                       (tool_choice required or named; auto: lazy)
+    calls     ::= tool-call ("\\n" tool-call)*  (one call only with parallel_tool_calls false)
+    tool-call ::= "<tool_call>" (call-0 | call-1 | ...) "</tool_call>"
+    call-0    ::= "{\\"name\\": \\"get_weather\\", \\"arguments\\": " args-0 "}"
+
+With `tool_choice` `auto` the grammar is lazy: free text until the model writes `<tool_call>`,
+the grammar from there on (llama.cpp's `llama_sampler_init_grammar_lazy_patterns`). With a
+`response_format` and `auto`, the answer is that JSON or calls (`root ::= json | calls`).
+Once the grammar is complete the sampler allows only the end of generation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from llama_cpp.llama_grammar import SchemaConverter
+
+from kanbanmesh.board.tool_calls import CLOSE, OPEN
+from kanbanmesh.board.tool_schema import ResponseFormat
+from kanbanmesh.errors import BackendError
+from worker.backends.base import GenerationRequest
+
+# What makes a lazy grammar start: the whole text so far, the first `<tool_call>` in it being
+# where the grammar begins (llama.cpp matches the pattern against all the text generated, and
+# constrains from the start of its first group).
+TRIGGER_PATTERN = r"[\s\S]*?(" + OPEN + r")[\s\S]*"
+_ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+@dataclass(frozen=True)
+class Grammar:
+    """A GBNF grammar with its root rule `root`; `lazy`: it applies from `TRIGGER_PATTERN` on."""
+
+    text: str
+    lazy: bool = False
+
+
+def grammar_for(request: GenerationRequest) -> Grammar | None:
+    """The grammar `request` is generated under, None when it is free text; raises
+    `BackendError("bad_params")` for a schema the converter cannot compile."""
+    json_schema = _response_schema(request.response_format)
+    tools = request.offered()
+    if not tools:
+        if json_schema is None:
+            return None
+        converter = _converter()
+        _visit(converter, json_schema, "json", "response_format")
+        return Grammar(_format(converter, root="json"))
+    converter = _converter()
+    alternatives = []
+    for i, tool in enumerate(tools):
+        what = f"the parameters of tool {tool.function.name!r}"
+        args = _visit(converter, tool.function.parameters or _ANY_OBJECT, f"args-{i}", what)
+        head = json.dumps({"name": tool.function.name, "arguments": None})[: -len("null}")]
+        converter._rules[f"call-{i}"] = f"{_literal(head)} {args} \"}}\""
+        alternatives.append(f"call-{i}")
+    converter._rules["tool-call"] = f"{_literal(OPEN)} ({' | '.join(alternatives)}) {_literal(CLOSE)}"
+    converter._rules["calls"] = 'tool-call ("\\n" tool-call)*' if request.parallel_tool_calls else "tool-call"
+    if request.tool_choice != "auto":  # required, or a named function
+        return Grammar(_format(converter, root="calls"))
+    if json_schema is not None:  # the JSON asked for, or calls
+        json_rule = _visit(converter, json_schema, "json", "response_format")
+        return Grammar(_format(converter, root=f"{json_rule} | calls"))
+    return Grammar(_format(converter, root="calls"), lazy=True)
+
+
+def _response_schema(response_format: ResponseFormat | None) -> dict[str, Any] | None:
+    if response_format is None or response_format.type == "text":
+        return None
+    spec = response_format.json_schema
+    if spec is not None and spec.json_schema is not None:
+        return spec.json_schema
+    return _ANY_OBJECT
+
+
+def _converter() -> SchemaConverter:
+    return SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)  # type: ignore[no-untyped-call]
+
+
+def _visit(converter: SchemaConverter, schema: dict[str, Any], name: str, what: str) -> str:
+    """Add the rules of `schema` under `name`; the name of its rule."""
+    for ref in _refs(schema):
+        if not ref.startswith("#/"):  # never fetched: a worker reaches no URL a task names
+            raise BackendError("bad_params", f"{what}: only local $ref (#/...) is supported, not {ref[:80]!r}")
+    copy = json.loads(json.dumps(schema))  # the converter rewrites `$ref`s in place
+    try:
+        resolved = converter.resolve_refs(copy, name)
+        return str(converter.visit(resolved, name))  # type: ignore[no-untyped-call]
+    except Exception as exc:  # the converter raises what it meets: ValueError, KeyError, ...
+        raise BackendError(
+            "bad_params", f"{what}: the JSON Schema cannot be compiled to a grammar: {type(exc).__name__}: {exc}"[:500]
+        ) from exc
+
+
+def _refs(schema: Any) -> Iterator[str]:
+    stack = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ref = item.get("$ref")
+            if ref is not None:
+                yield ref if isinstance(ref, str) else repr(ref)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+# The converter's `char` takes any character but `"` and `\`: a raw newline or control
+# character in a string is not JSON (`json.loads` refuses it). llama.cpp's own converter's rule.
+_JSON_CHAR = r'[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F] [0-9a-fA-F])'
+
+
+def _format(converter: SchemaConverter, *, root: str) -> str:
+    converter._rules["root"] = root
+    if "char" in converter._rules:
+        converter._rules["char"] = _JSON_CHAR
+    return str(converter.format_grammar())  # type: ignore[no-untyped-call]
+
+
+def _literal(text: str) -> str:
+    """`text` as a GBNF string literal."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("\r", "\\r")
+    return f'"{escaped}"'
