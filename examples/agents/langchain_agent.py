@@ -36,10 +36,10 @@ class City(BaseModel):
 
 
 def run(base_url: str, model: str, api_key: str, question: str) -> dict[str, Any]:
-    llm = ChatOpenAI(base_url=base_url, api_key=api_key, model=model, temperature=0, max_tokens=96)  # type: ignore[arg-type]
-    # A small model rarely chooses a tool on its own: require this one (`tool_choice`); the
-    # grammar makes its call valid against the tool's schema.
-    with_tools = llm.bind_tools([get_weather], tool_choice="get_weather")
+    llm = ChatOpenAI(base_url=base_url, api_key=api_key, model=model, temperature=0, max_tokens=160)  # type: ignore[arg-type]
+    # A small model rarely chooses a tool on its own: require this one (`tool_choice`), once
+    # (`parallel_tool_calls`); the grammar makes its call valid against the tool's schema.
+    with_tools = llm.bind_tools([get_weather], tool_choice="get_weather", parallel_tool_calls=False)
     messages: list[BaseMessage] = [SystemMessage("You answer questions about the weather."), HumanMessage(question)]
     reply = with_tools.invoke(messages)
     messages.append(reply)
@@ -49,8 +49,10 @@ def run(base_url: str, model: str, api_key: str, question: str) -> dict[str, Any
         results.append({"name": call["name"], "args": call["args"], "id": call["id"], "result": result})
         messages.append(ToolMessage(result, tool_call_id=call["id"]))
     final = llm.invoke(messages)  # the tool's result back to the model: its answer
+    # The grammar makes the answer JSON valid against City's schema; a question that holds its
+    # answer keeps a small model's strings short.
     city = llm.with_structured_output(City, method="json_schema").invoke(
-        "Name a big city in France and its country.")
+        "Paris is a city in France. Give the city and its country.")
     return {"calls": results, "answer": final.content, "structured": City.model_validate(city).model_dump()}
 
 

@@ -106,6 +106,7 @@ async def test_the_agents_speak_the_protocol_with_the_scripted_backend(server: s
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 async def test_the_agents_on_the_bundled_model(server: str) -> None:
     """SmolLM2 135M (the bundled model `kanbanmesh up` serves) on the llama backend."""
     from tests.worker.llama_direct import loaded_backend
