@@ -26,7 +26,7 @@ import anyio
 
 from kanbanmesh.board.schema import Usage
 from kanbanmesh.board.tool_calls import render_call
-from kanbanmesh.board.tool_schema import Logprobs, NamedToolChoice, TokenLogprob, TopLogprob
+from kanbanmesh.board.tool_schema import Logprobs, TokenLogprob, TopLogprob
 from worker.backends.base import Finished, GenerationEvent, GenerationRequest, TextChunk
 from worker.backends.echo import echo_text
 
@@ -40,14 +40,14 @@ def scripted_text(request: GenerationRequest) -> str:
         arguments = json.loads(last)
     except ValueError:
         arguments = None
-    if not isinstance(arguments, dict) or not request.tools:
+    offered = request.offered()
+    if not isinstance(arguments, dict) or not offered:
         spec = request.response_format.json_schema if request.response_format else None
         if spec is not None and spec.json_schema is not None:
             properties = spec.json_schema.get("properties", {})
             return json.dumps({k: k for k, v in properties.items() if v.get("type") == "string"})
         return echo_text(request)
-    choice = request.tool_choice
-    name = choice.function.name if isinstance(choice, NamedToolChoice) else request.tools[0].function.name
+    name = offered[0].function.name  # the named one, else the first
     twice = arguments.pop("twice", False) is True
     call = render_call(name, json.dumps(arguments))
     return call + call if twice else call
