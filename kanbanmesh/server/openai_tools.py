@@ -53,11 +53,14 @@ def _json_schema(value: dict[str, Any]) -> dict[str, Any]:
     size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
     if size > MAX_SCHEMA_BYTES:
         raise ValueError(f"a JSON Schema of {size} bytes, over {MAX_SCHEMA_BYTES}")
-    checker = validators.validator_for(value, default=validators.Draft202012Validator)
     try:
+        # The draft the schema names (`$schema`), else the newest.
+        checker = validators.validator_for(value, default=validators.Draft202012Validator)
         checker.check_schema(value)
     except schema_errors.SchemaError as exc:
         raise ValueError(f"not a valid JSON Schema: {exc.message[:200]}") from None
+    except Exception:  # noqa: BLE001  (fail closed: a hostile `$schema` breaks the lookup itself)
+        raise ValueError("not a valid JSON Schema") from None
     return value
 
 

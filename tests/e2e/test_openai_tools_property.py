@@ -36,8 +36,12 @@ schemas = st.sampled_from([
     {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
     {"type": "object", "properties": {"n": {"type": "integer", "minimum": 0}}, "additionalProperties": False},
     {"type": "array"}, {"type": 7}, {"properties": 3}, {"$ref": "http://example.com/x"},
+    {"$schema": 5}, {"$schema": ["a"]}, {"$schema": "http://json-schema.org/draft-04/schema#", "type": "object"},
+    {"type": "object", "pattern": "("},
     {"type": "object", "properties": {"a": {"type": "object", "properties": {"b": {"enum": [1, "2", None]}}}}},
-]) | st.dictionaries(st.sampled_from(["type", "properties", "required", "enum", "items", "x"]), json_value, max_size=3)
+]) | st.dictionaries(
+    st.sampled_from(["type", "properties", "required", "enum", "items", "pattern", "$schema", "$ref", "$id", "x"]),
+    json_value, max_size=3)
 functions = st.fixed_dictionaries(
     {"name": names}, optional={"description": st.text(max_size=10) | json_value, "parameters": schemas | json_value,
                                "strict": st.booleans() | json_value})
@@ -80,15 +84,19 @@ extras: dict[str, st.SearchStrategy[Any]] = {
 
 good_schemas = st.sampled_from([
     {"type": "object"}, {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}])
+# Well-formed tools whose schemas are good or, now and then, anything: a hostile schema meets
+# its check with nothing else wrong beside it.
 good_tools = st.lists(st.fixed_dictionaries({"type": st.just("function"), "function": st.fixed_dictionaries(
-    {"name": st.sampled_from(["f", "g", "get_weather"])}, optional={"parameters": good_schemas})}),
+    {"name": st.sampled_from(["f", "g", "get_weather"])},
+    optional={"parameters": good_schemas | good_schemas | good_schemas | schemas})}),
     min_size=1, max_size=3, unique_by=lambda t: t["function"]["name"])
 # Values an agent framework sends, all valid: to reach the answering paths too.
 good_extras: dict[str, st.SearchStrategy[Any]] = {
     "tool_choice": st.sampled_from(["auto", "none", "required"]),
     "parallel_tool_calls": st.booleans(),
     "response_format": st.sampled_from([{"type": "text"}, {"type": "json_object"}, {"type": "json_schema", "json_schema": {
-        "name": "answer", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}}]),
+        "name": "answer", "schema": {"type": "object", "properties": {"a": {"type": "integer"}}}}}])
+    | st.builds(lambda schema: {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}}, schemas),
     "logprobs": st.booleans(),
     "n": st.integers(1, 3),
     "seed": st.integers(-5, 5),
