@@ -217,25 +217,25 @@ def _tasks(identity: Identity, body: Sampling, conversation: str | None) -> list
     """The request's tasks: one per choice (`n`), told apart by their seeds when a seed is
     given (the same seed would sample the same answer n times)."""
     base = f"api-{uuid.uuid4().hex}"
-    params = task_params(body)
-    fields: dict[str, Any] = {
-        "owner": identity.subject if identity.role is TokenRole.CLIENT else "",
-        "model": body.model,
-        "conversation": conversation,
-        "rag": rag_spec(body),
-        **body.task_input(),
-    }
     tasks = []
-    for i in range(body.choices):
-        seeded = params
-        if params.seed is not None and i:
-            seed = params.seed + i if params.seed + i <= MAX_SAFE_INTEGER else params.seed - i
-            seeded = params.model_copy(update={"seed": seed})
-        task_id = base if body.choices == 1 else f"{base}-{i}"
-        try:
+    try:  # the body's checks cover the schema's: a bug if seen, refused all the same
+        params = task_params(body)
+        fields: dict[str, Any] = {
+            "owner": identity.subject if identity.role is TokenRole.CLIENT else "",
+            "model": body.model,
+            "conversation": conversation,
+            "rag": rag_spec(body),
+            **body.task_input(),
+        }
+        for i in range(body.choices):
+            seeded = params
+            if params.seed is not None and i:
+                seed = params.seed + i if params.seed + i <= MAX_SAFE_INTEGER else params.seed - i
+                seeded = params.model_copy(update={"seed": seed})
+            task_id = base if body.choices == 1 else f"{base}-{i}"
             tasks.append(TaskRequest.model_validate({**fields, "id": task_id, "params": seeded}))
-        except ValidationError as exc:  # the body's checks cover the schema's: a bug if seen
-            raise invalid(str(exc.errors()[0]["msg"]), code="invalid_request") from exc
+    except ValidationError as exc:
+        raise invalid(str(exc.errors()[0]["msg"]), code="invalid_request") from exc
     return tasks
 
 
