@@ -216,6 +216,11 @@ class AsyncClient:
             durable_timeout_s: How long to wait for the server to confirm the task is stored
                 (it survives a server crash from then on); None returns at once, when the
                 task is only written locally (it is still sent, and re-sent after reconnects).
+            **extra: Other request fields, as docs/protocol.md section 2 names them: for
+                instance `tools`, `tool_choice`, `parallel_tool_calls` and
+                `response_format` (tool calling and structured output, section 12); the
+                finished entry then has `tool_calls`, and with `params={"logprobs": True}`,
+                `logprobs`.
 
         Raises:
             InvalidTaskError: the request fails the task schema or the server's value bounds

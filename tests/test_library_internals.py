@@ -3,7 +3,8 @@
 uvicorn's websockets-sansio protocol (kanbanmesh/server/direct_ws.py), pycrdt's transactions
 and integrated types (kanbanmesh/board/reads.py, document.py, events.py) and
 llama-cpp-python's `_internals.LlamaModel` (worker/backends/llama.py, llama_loader.py) are no
-public API. Each of these libraries is pinned to one version in pyproject.toml, and these
+public API, nor is the rule table of llama-cpp-python's JSON-Schema-to-GBNF converter
+(`llama_grammar.SchemaConverter._rules`, worker/backends/grammars.py). Each of these libraries is pinned to one version in pyproject.toml, and these
 tests name what kanbanmesh reaches into: a new version that moves any of it fails here, by
 name, rather than somewhere deep in the server or a worker. Move a pin only with this file.
 """
@@ -112,3 +113,14 @@ def test_llama_cpp_model_has_what_the_llama_backend_uses() -> None:
     for name in ("metadata", "token_eos", "token_bos", "token_get_text", "tokenize", "close"):
         assert callable(getattr(model, name)), name
     assert parameters(model.tokenize) == ["self", "text", "add_bos", "special"]
+
+
+def test_llama_cpp_schema_converter_has_what_the_grammars_use() -> None:
+    grammar = pytest.importorskip("llama_cpp.llama_grammar")
+    converter = grammar.SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    assert parameters(converter.resolve_refs) == ["schema", "url"]
+    assert parameters(converter.visit) == ["schema", "name"]
+    name = converter.visit(converter.resolve_refs({"type": "object", "properties": {"a": {"type": "string"}}}, "x"), "x")
+    assert isinstance(converter._rules, dict) and name in converter._rules and "char" in converter._rules
+    converter._rules["root"] = name
+    assert f"root ::= {name}" in converter.format_grammar()

@@ -44,7 +44,9 @@ def task_turns(fields: Mapping[str, Any]) -> list[tuple[str, str]]:
         value = fields.get(key)
         if isinstance(value, list):
             turns.extend(
-                (str(m.get("role")), str(m.get("content"))) for m in value if isinstance(m, Mapping)
+                # A null content (an assistant turn with only tool calls) reads as "", as the
+                # worker's schema reads it.
+                (str(m.get("role")), str(m.get("content") or "")) for m in value if isinstance(m, Mapping)
             )
     prompt = fields.get(c.F_PROMPT)
     if isinstance(prompt, str) and not isinstance(fields.get(c.F_MESSAGES), list):
