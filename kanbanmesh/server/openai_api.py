@@ -1,10 +1,11 @@
 """The OpenAI-compatible HTTP API: `/v1/chat/completions`, `/v1/completions`, `/v1/models`.
 
 Each request becomes a task on a board (the `X-Kanbanmesh-Board` header, else the one board
-the API key opens, else `default`), written by the server itself through the board's gate for
-new tasks, so it shows on the live board and runs on the mesh's workers like any other.
-Streaming answers are server-sent events in OpenAI's chunk format; a client that goes away,
-streaming or not, cancels its task. With auth on, API keys are the server's tokens
+the API key opens, else `default`), one per choice (`n`), written by the server itself through
+the board's gate for new tasks, so it shows on the live board and runs on the mesh's workers
+like any other. Streaming answers are server-sent events in OpenAI's chunk format, tool calls
+as `delta.tool_calls` (`openai_choices`); a client that goes away, streaming or not, cancels
+its tasks. With auth on, API keys are the server's tokens
 (`Authorization: Bearer`); the task's owner is the key's subject.
 
 Hostile input fails closed: the body is bounded before it is read (`http_io`), checked key by
