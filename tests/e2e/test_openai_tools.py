@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 
-from client_sdk import AsyncClient
+from client_sdk import AsyncClient, TaskStatus
 from kanbanmesh.auth import Identity, create_token
 from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.board.tool_calls import call_id
@@ -316,3 +316,32 @@ async def test_n_is_all_or_nothing_against_the_owner_limits(tmp_path: Path) -> N
                 snapshot = watcher.snapshot()
         tg.cancel_scope.cancel()
     assert not snapshot.todo, "none of the three was created"
+
+
+LONG = [{"role": "user", "content": " ".join(f"w{i}" for i in range(100))}]  # ~10 s of slow echo
+
+
+async def cancelled_ids(watcher: AsyncClient, count: int) -> set[str]:
+    with anyio.fail_after(15):
+        while len(done := {e.id for e in watcher.snapshot().done if e.status is TaskStatus.CANCELLED}) < count:
+            await watcher.wait_changed(0.5)
+    return done
+
+
+async def test_a_client_that_hangs_up_cancels_every_choice(mesh: Mesh, oai: openai.AsyncOpenAI) -> None:
+    await mesh.pool.start(delay_ms=100, slots=4)
+    async with AsyncClient(mesh.url) as watcher:
+        stream = await oai.chat.completions.create(model="echo", messages=LONG, n=2, stream=True)  # type: ignore[call-overload]
+        async for chunk in stream:
+            if chunk.choices and (chunk.choices[0].delta.content or "").startswith("w"):
+                break
+        await stream.close()
+        assert await cancelled_ids(watcher, 2) == {f"{chunk.id}-0", f"{chunk.id}-1"}
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: oai.chat.completions.create(model="echo", messages=LONG, n=2))  # type: ignore[arg-type]
+            with anyio.fail_after(15):
+                while len(watcher.snapshot().doing) < 2:
+                    await watcher.wait_changed(0.5)
+            tg.cancel_scope.cancel()  # hang up before the answer
+        assert len(await cancelled_ids(watcher, 4)) == 4
