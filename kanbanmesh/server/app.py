@@ -123,12 +123,13 @@ def create_app(
             except (TaskNotFoundError, InvalidTaskError):
                 pass
             else:
-                return JSONResponse({"column": column.value, "entry": entry.model_dump(mode="json")})
+                # By the wire names (`response_format.json_schema.schema` is an alias).
+                return JSONResponse({"column": column.value, "entry": entry.model_dump(mode="json", by_alias=True)})
         archived = await hub.archive.get(board, task_id)
         if archived is None:
             return JSONResponse({"error": f"no task {task_id!r} on board {board!r}"}, status_code=404)
         try:
-            archived = entry_from_fields(archived).model_dump(mode="json")
+            archived = entry_from_fields(archived).model_dump(mode="json", by_alias=True)
         except InvalidTaskError:
             pass  # archived as it was on the board: show it as it is
         return JSONResponse({"column": "archived", "entry": archived})

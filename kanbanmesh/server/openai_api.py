@@ -1,10 +1,11 @@
 """The OpenAI-compatible HTTP API: `/v1/chat/completions`, `/v1/completions`, `/v1/models`.
 
 Each request becomes a task on a board (the `X-Kanbanmesh-Board` header, else the one board
-the API key opens, else `default`), written by the server itself through the board's gate for
-new tasks, so it shows on the live board and runs on the mesh's workers like any other.
-Streaming answers are server-sent events in OpenAI's chunk format; a client that goes away,
-streaming or not, cancels its task. With auth on, API keys are the server's tokens
+the API key opens, else `default`), one per choice (`n`), written by the server itself through
+the board's gate for new tasks, so it shows on the live board and runs on the mesh's workers
+like any other. Streaming answers are server-sent events in OpenAI's chunk format, tool calls
+as `delta.tool_calls` (`openai_choices`); a client that goes away, streaming or not, cancels
+its tasks. With auth on, API keys are the server's tokens
 (`Authorization: Bearer`); the task's owner is the key's subject.
 
 Hostile input fails closed: the body is bounded before it is read (`http_io`), checked key by
@@ -23,6 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
+from anyio.streams.memory import MemoryObjectSendStream
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -34,12 +36,24 @@ from kanbanmesh.auth import ALL_BOARDS, AuthError, Identity
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, entry_from_map
 from kanbanmesh.board.follow import TaskFollower
+from kanbanmesh.board.limits import MAX_SAFE_INTEGER
 from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.board.schema import TaskEntry, TaskRequest
+from kanbanmesh.board.tool_calls import MalformedToolCall
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import InvalidTaskError, StreamRestartedError, TaskNotFoundError
 from kanbanmesh.server.http_io import ClientGone, check_declared_length, read_body, wait_disconnect
 from kanbanmesh.server.hub import Hub, TooManyBoardsError
+from kanbanmesh.server.openai_choices import (
+    ChoiceDeltas,
+    finish_reason,
+    malformed_call,
+    message_choice,
+    text_choice,
+    tool_calls,
+    usage,
+)
+from kanbanmesh.server.openai_choices import logprobs as entry_logprobs
 from kanbanmesh.server.openai_errors import (
     INVALID_REQUEST,
     SERVER_ERROR,
@@ -127,13 +141,17 @@ def openai_routes(
         identity, room = await caller(request)
         body = parse_request(await read_body(request, max_request_bytes), model)
         conversation = body.conversation or _conversation_header(request)
+        if conversation is not None and body.choices > 1:
+            raise invalid("n > 1 cannot continue a conversation: its next turn would be which "
+                          "choice?", param="n")
         _check_model(room, body.model)
-        task = _task(identity, body, conversation)
-        _create(room, task, identity)
-        follower = _Follower(room, task.id, queue_timeout_s)
+        tasks = _tasks(identity, body, conversation)
+        _create(room, tasks, identity)
+        followers = [_Follower(room, task.id, queue_timeout_s) for task in tasks]
+        answer = _Answer(followers, body, kind)
         if body.stream:
-            return _TaskStream(follower, _stream(follower, body, kind))
-        return await _answer(request.receive, follower, body, kind)
+            return _TaskStream(followers, answer.stream)
+        return await answer.whole(request.receive)
 
     async def not_found(request: Request) -> Response:
         raise ApiError(404, f"invalid URL ({request.method} {request.url.path[:200]})",
@@ -195,11 +213,11 @@ def _check_model(room: BoardRoom, model: str) -> None:
                        kind=INVALID_REQUEST, code="model_not_found", param="model")
 
 
-def _create(room: BoardRoom, task: TaskRequest, identity: Identity) -> None:
+def _create(room: BoardRoom, tasks: list[TaskRequest], identity: Identity) -> None:
     """Through the board's one gate for new tasks: the same schema, size and per-owner limits
-    as websocket submissions."""
+    as websocket submissions; all of them or none."""
     try:
-        room.create_task(task, identity)
+        room.create_tasks(tasks, identity)
     except UpdateRefused as exc:
         if exc.code == c.CLOSE_TOO_MANY:
             raise ApiError(429, exc.reason, kind="requests", code="rate_limit_exceeded") from exc
@@ -208,34 +226,158 @@ def _create(room: BoardRoom, task: TaskRequest, identity: Identity) -> None:
         raise invalid(exc.reason, code="invalid_request") from exc
 
 
-def _task(identity: Identity, body: Sampling, conversation: str | None) -> TaskRequest:
-    fields: dict[str, Any] = {
-        "id": f"api-{uuid.uuid4().hex}",
-        "owner": identity.subject if identity.role is TokenRole.CLIENT else "",
-        "model": body.model,
-        "params": task_params(body),
-        "conversation": conversation,
-        "rag": rag_spec(body),
-        **body.task_input(),
-    }
-    try:
-        return TaskRequest.model_validate(fields)
-    except ValidationError as exc:  # the body's checks cover the schema's: a bug if seen
+def _tasks(identity: Identity, body: Sampling, conversation: str | None) -> list[TaskRequest]:
+    """The request's tasks: one per choice (`n`), told apart by their seeds when a seed is
+    given (the same seed would sample the same answer n times)."""
+    base = f"api-{uuid.uuid4().hex}"
+    tasks = []
+    try:  # the body's checks cover the schema's: a bug if seen, refused all the same
+        params = task_params(body)
+        fields: dict[str, Any] = {
+            "owner": identity.subject if identity.role is TokenRole.CLIENT else "",
+            "model": body.model,
+            "conversation": conversation,
+            "rag": rag_spec(body),
+            **body.task_input(),
+        }
+        for i in range(body.choices):
+            seeded = params
+            if params.seed is not None and i:
+                seed = params.seed + i if params.seed + i <= MAX_SAFE_INTEGER else params.seed - i
+                seeded = params.model_copy(update={"seed": seed})
+            task_id = base if body.choices == 1 else f"{base}-{i}"
+            tasks.append(TaskRequest.model_validate({**fields, "id": task_id, "params": seeded}))
+    except ValidationError as exc:
         raise invalid(str(exc.errors()[0]["msg"]), code="invalid_request") from exc
+    return tasks
 
 
-async def _answer(receive: Receive, follower: _Follower, body: Sampling, kind: str) -> Response:
-    """The whole answer of a non-streaming request, once its task is done."""
-    outcome = await finished_or_gone(receive, follower)
-    if outcome is None:
-        return Response(status_code=499)  # the client hung up: nobody reads this
-    if isinstance(outcome, ApiError):
-        return outcome.response()
-    return JSONResponse(_final_object(outcome, body, kind))
+class _Answer:
+    """The answer of one request: its tasks' choices, whole or streamed."""
+
+    def __init__(self, followers: list[_Follower], body: Sampling, kind: str) -> None:
+        self.followers, self.body, self.kind = followers, body, kind
+        self.chat = kind == "chat.completion"
+        self.tools = isinstance(body, ChatRequest) and body.offers_tools
+        self.id = followers[0].task_id if len(followers) == 1 else followers[0].task_id.rsplit("-", 1)[0]
+        self.model = body.model or "kanbanmesh"
+
+    async def whole(self, receive: Receive) -> Response:
+        """The whole answer, once every task is done. A client that hangs up meanwhile cancels
+        them (the ASGI receive channel says `http.disconnect`), and so does one failed task
+        its siblings: the answer is that failure."""
+        entries: list[TaskEntry | None] = [None] * len(self.followers)
+        failure: ApiError | None = None
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def cancel_on_disconnect() -> None:
+                    await wait_disconnect(receive)
+                    tg.cancel_scope.cancel()
+
+                async def finish(i: int, follower: _Follower) -> None:
+                    nonlocal failure
+                    try:
+                        entries[i] = await follower.finished()
+                    except ApiError as exc:
+                        failure = failure or exc
+                        tg.cancel_scope.cancel()
+
+                tg.start_soon(cancel_on_disconnect)
+                async with anyio.create_task_group() as choices:
+                    for i, follower in enumerate(self.followers):
+                        choices.start_soon(finish, i, follower)
+                tg.cancel_scope.cancel()
+        finally:
+            for follower in self.followers:
+                follower.cancel_unless_done()
+        if failure is not None:
+            return failure.response()
+        done = [e for e in entries if e is not None]
+        if len(done) < len(entries):
+            return Response(status_code=499)  # the client hung up: nobody reads this
+        return JSONResponse(self._final_object(done))
+
+    def _final_object(self, entries: list[TaskEntry]) -> dict[str, Any]:
+        choice = message_choice if self.chat else text_choice
+        return {"id": self.id, "object": self.kind, "created": int((entries[0].created_at or 0) / 1000),
+                "model": self.model, "choices": [choice(i, e) for i, e in enumerate(entries)],
+                "usage": usage(entries)}
+
+    async def stream(self, send: MemoryObjectSendStream[str]) -> None:
+        """Server-sent events: each choice's chunks as they come, interleaved, then the usage
+        chunk (when asked) and `[DONE]`; an error after the first event is an event."""
+        created = int(time.time())
+        chunk_kind = "chat.completion.chunk" if self.chat else "text_completion"
+
+        def event(choices: list[dict[str, Any]], **extra: Any) -> str:
+            payload = {"id": self.id, "object": chunk_kind, "created": created, "model": self.model,
+                       "choices": choices, **extra}
+            return f"data: {json.dumps(payload)}\n\n"
+
+        def chunk(i: int, delta: dict[str, Any], finish: str | None = None,
+                  logprobs: dict[str, Any] | None = None) -> str:
+            if self.chat:
+                return event([{"index": i, "delta": delta, "finish_reason": finish, "logprobs": logprobs}])
+            return event([{"index": i, "text": delta.get("content", ""), "finish_reason": finish,
+                           "logprobs": None}])
+
+        entries: list[TaskEntry | None] = [None] * len(self.followers)
+        failure: ApiError | None = None
+
+        async def one(i: int, follower: _Follower, scope: anyio.CancelScope) -> None:
+            nonlocal failure
+            deltas = ChoiceDeltas(follower.task_id, tools=self.tools)
+            try:
+                if self.chat:
+                    await send.send(chunk(i, {"role": "assistant", "content": ""}))
+                async for text in follower.pieces():
+                    for delta in deltas.feed(text):
+                        await send.send(chunk(i, delta))
+                entry = await follower.finished()
+                for delta in deltas.finish(truncated=entry.finish_reason == "length"):
+                    await send.send(chunk(i, delta))
+                called = deltas.called or bool(tool_calls(entry))
+                await send.send(chunk(i, {}, finish_reason(entry, called), entry_logprobs(entry)))
+                entries[i] = entry
+            except ApiError as exc:
+                failure = failure or exc
+            except StreamRestartedError as exc:
+                failure = failure or _restarted(exc, follower.room.name)
+            except MalformedToolCall as exc:
+                failure = failure or malformed_call(follower.task_id, str(exc))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                scope.cancel()  # nobody reads any more
+                return
+            except Exception:
+                log.exception("OpenAI API: streaming task %s failed", follower.task_id)
+                failure = failure or internal()
+            if failure is not None:
+                scope.cancel()
+
+        try:
+            tail = ""
+            try:
+                async with anyio.create_task_group() as tg:
+                    for i, follower in enumerate(self.followers):
+                        tg.start_soon(one, i, follower, tg.cancel_scope)
+                if failure is None and self.body.include_usage:
+                    tail = event([], usage=usage([e for e in entries if e is not None]))
+            except Exception:
+                log.exception("OpenAI API: streaming %s failed", self.id)
+                failure = internal()
+            if failure is not None:
+                # The status line went out with the first event: the error is an event.
+                tail = f"data: {json.dumps(failure.body())}\n\n"
+            await send.send(f"{tail}data: [DONE]\n\n")
+        finally:
+            # The client went away (or we are done): a task still running is cancelled.
+            for follower in self.followers:
+                follower.cancel_unless_done()
 
 
 async def finished_or_gone(receive: Receive, follower: _Follower) -> TaskEntry | ApiError | None:
-    """The task's entry once it succeeded, the error it answers otherwise; None when the
+    """One task's entry once it succeeded, the error it answers otherwise; None when the
     client hung up first, which cancels the task (the ASGI receive channel says
     `http.disconnect`)."""
     outcome: TaskEntry | ApiError | None = None
@@ -258,20 +400,47 @@ async def finished_or_gone(receive: Receive, follower: _Follower) -> TaskEntry |
 
 
 class _TaskStream(StreamingResponse):
-    """Server-sent events of one task, cancelled however the response ends. Starlette watches
-    the client while it streams and stops the stream when it hangs up; a client gone before
-    the first event never starts the generator, whose own `finally` would then not run."""
+    """Server-sent events of a request's tasks, cancelled however the response ends. The
+    events come from `produce`, run beside the response in a task group of its own (one
+    follower per choice), through a channel without a buffer: a slow client slows the
+    followers, nothing piles up. Starlette watches the client while it streams and stops the
+    stream when it hangs up; a client gone before the first event never reads the channel."""
 
-    def __init__(self, follower: _Follower, events: AsyncIterator[str]) -> None:
-        super().__init__(events, media_type="text/event-stream",
-                         headers={"Cache-Control": "no-cache"})
-        self._follower = follower
+    def __init__(self, followers: list[_Follower],
+                 produce: Callable[[MemoryObjectSendStream[str]], Awaitable[None]]) -> None:
+        super().__init__(iter(()), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        self._followers, self._produce = followers, produce
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        sender, receiver = anyio.create_memory_object_stream[str]()
+
+        async def produce() -> None:
+            async with sender:
+                try:
+                    await self._produce(sender)
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    pass  # nobody reads any more: the response is over
+
+        async def events() -> AsyncIterator[str]:
+            async with receiver:
+                async for item in receiver:
+                    yield item
+
+        self.body_iterator = events()
+        failed: Exception | None = None
         try:
-            await super().__call__(scope, receive, send)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(produce)
+                try:
+                    await super().__call__(scope, receive, send)
+                except Exception as exc:  # noqa: BLE001  (raised as itself below, not in a group)
+                    failed = exc
+                tg.cancel_scope.cancel()
         finally:
-            self._follower.cancel_unless_done()
+            for follower in self._followers:
+                follower.cancel_unless_done()
+        if failed is not None:
+            raise failed
 
 
 _SAFETY_WAKE_S = 5.0
@@ -360,67 +529,3 @@ def _restarted(exc: StreamRestartedError, board: str) -> ApiError:
     """The error event of a stream that ended on a diverging retry (protocol section 5)."""
     return ApiError(500, f"{exc}; the task goes on, its final text at /boards/{board}/tasks/{exc.task_id}",
                     kind=SERVER_ERROR, code="stream_restarted")
-
-
-def _usage(entry: TaskEntry) -> dict[str, Any]:
-    usage = entry.usage
-    prompt = usage.prompt_tokens if usage else 0
-    completion = usage.completion_tokens if usage else entry.tokens
-    cached = usage.cached_tokens if usage else 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
-
-
-def _final_object(entry: TaskEntry, body: Sampling, kind: str) -> dict[str, Any]:
-    text = entry.result or ""
-    base = {"id": entry.id, "object": kind, "created": int((entry.created_at or 0) / 1000),
-            "model": body.model or "kanbanmesh", "usage": _usage(entry)}
-    if kind == "chat.completion":
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
-                                  "finish_reason": entry.finish_reason or "stop"}
-    else:
-        choice = {"index": 0, "text": text, "finish_reason": entry.finish_reason or "stop", "logprobs": None}
-    return {**base, "choices": [choice]}
-
-
-async def _stream(follower: _Follower, body: Sampling, kind: str) -> AsyncIterator[str]:
-    """Server-sent events: the answer in OpenAI's chunk format, then `[DONE]`."""
-    chunk_kind = "chat.completion.chunk" if kind == "chat.completion" else "text_completion"
-    created = int(time.time())
-    model = body.model or "kanbanmesh"
-
-    def event(choices: list[dict[str, Any]], **extra: Any) -> str:
-        payload = {"id": follower.task_id, "object": chunk_kind, "created": created, "model": model,
-                   "choices": choices, **extra}
-        return f"data: {json.dumps(payload)}\n\n"
-
-    def piece(text: str, finish: str | None = None) -> dict[str, Any]:
-        if kind == "chat.completion":
-            return {"index": 0, "delta": {"content": text} if text else {}, "finish_reason": finish}
-        return {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-
-    try:
-        if kind == "chat.completion":
-            yield event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])
-        async for text in follower.pieces():
-            yield event([piece(text)])
-        entry = await follower.finished()
-        yield event([piece("", entry.finish_reason or "stop")])
-        if body.include_usage:
-            yield event([], usage=_usage(entry))
-        yield "data: [DONE]\n\n"
-    except ApiError as exc:
-        # The status line went out with the first event: the error is an event.
-        yield f"data: {json.dumps(exc.body())}\n\n"
-        yield "data: [DONE]\n\n"
-    except StreamRestartedError as exc:
-        yield f"data: {json.dumps(_restarted(exc, follower.room.name).body())}\n\n"
-        yield "data: [DONE]\n\n"
-    except Exception:
-        log.exception("OpenAI API: streaming task %s failed", follower.task_id)
-        yield f"data: {json.dumps(internal().body())}\n\n"
-        yield "data: [DONE]\n\n"
-    finally:
-        # The client went away (or we are done): a task still running is cancelled.
-        follower.cancel_unless_done()
-

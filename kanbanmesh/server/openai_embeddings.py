@@ -114,7 +114,7 @@ def embedding_routes(
         body = parse_embeddings_request(await read_body(request, max_request_bytes))
         _check_model(room, body.model)
         task = _task(identity, body)
-        _create(room, task, identity)
+        _create(room, [task], identity)
         outcome = await finished_or_gone(request.receive, _Follower(room, task.id, queue_timeout_s))
         if outcome is None:
             return Response(status_code=499)  # the client hung up: nobody reads this

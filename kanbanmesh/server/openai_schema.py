@@ -4,20 +4,23 @@ The policy (docs/protocol.md section 8), in the order a body is checked:
 
 1. The body is a JSON object (UTF-8, no NaN or Infinity, nested at most 200 levels).
 2. Every key is known. A parameter that would change what the answer means and that the mesh
-   does not implement (`tools`, `logprobs`, `n` > 1, `response_format` other than text...) is
-   refused with `unsupported_parameter`; its neutral value (`tools: []`, `n: 1`,
-   `logprobs: false`, `{"type": "text"}`) is accepted, since the answer is the one asked for.
-   A key that is neither OpenAI's nor kanbanmesh's is refused with `unknown_parameter`, as
-   OpenAI refuses it: a typo (`temprature`) or another server's knob would otherwise be dropped
-   and the client would get an answer it did not ask for.
+   does not implement (`logit_bias`, legacy `functions`, audio...) is refused with
+   `unsupported_parameter`; its neutral value (`logit_bias: {}`, `functions: []`...) is
+   accepted, since the answer is the one asked for. A key that is neither OpenAI's nor
+   kanbanmesh's is refused with `unknown_parameter`, as OpenAI refuses it: a typo
+   (`temprature`) or another server's knob would otherwise be dropped and the client would
+   get an answer it did not ask for.
 3. Each value has its type and range: strict types (no `"0.5"` for a number, no `true` for an
    integer; a whole float such as `100.0` is an integer), and the board's bounds
-   (`max_tokens` <= 1,000,000, `seed` within +-(2^53 - 1), at most 16 `stop` strings).
-4. Metadata (`user`, `metadata`, `store`, `service_tier`, `stream_options`,
-   `parallel_tool_calls`, ...) is type-checked and not written to the task.
+   (`max_tokens` <= 1,000,000, `seed` within +-(2^53 - 1), at most 16 `stop` strings, `n` <= 8,
+   the tools' and schemas' bounds of `openai_tools`).
+4. What no one field says (`check`): tool names are unique, `tool_choice` names one of them,
+   `top_logprobs` comes with `logprobs`, each `tool` turn answers an earlier call.
+5. Metadata (`user`, `metadata`, `store`, `service_tier`, `stream_options`, ...) is
+   type-checked and not written to the task.
 
-What passes becomes a `TaskRequest` (`task_fields`); sampling knobs the backends honour
-(`worker/backends/sampling.py`) go into its `params`.
+What passes becomes the `TaskRequest` of each choice (`task_input`, `task_params`); sampling
+knobs the backends honour (`worker/backends/sampling.py`) go into its `params`.
 """
 
 from __future__ import annotations
@@ -32,10 +35,23 @@ from pydantic_core import ErrorDetails, from_json
 from kanbanmesh.board.limits import MAX_SAFE_INTEGER
 from kanbanmesh.board.schema import ChatMessage, RagSpec, TaskParams
 from kanbanmesh.server.openai_errors import ApiError, invalid, unknown, unsupported
+from kanbanmesh.server.openai_tools import (
+    MAX_CALL_ID_CHARS,
+    MAX_TOOL_CALLS,
+    MAX_TOOLS,
+    NamedToolChoice,
+    ResponseFormat,
+    Tool,
+    ToolCall,
+    ToolChoice,
+    response_format_field,
+)
 
 MAX_TOKENS = 1_000_000  # TaskParams.max_tokens' bound: refused here with `param` named
 MAX_STOPS = 16  # TaskParams.stop's
 MAX_NAME_CHARS = 256  # a model, conversation or participant name
+MAX_CHOICES = 8  # `n`: one task each
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound
 
 
 def _whole(value: object) -> object:
@@ -66,19 +82,31 @@ class TextPart(_Strict):
 
 class Message(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart]
+    # None only in an assistant turn with `tool_calls` (`check_turns`).
+    content: str | list[TextPart] | None = None
     name: Name | None = None
-    tool_call_id: str | None = None  # metadata of a `tool` turn
+    tool_calls: Annotated[list[ToolCall], Field(max_length=MAX_TOOL_CALLS)] | None = None
+    tool_call_id: Annotated[str, Field(min_length=1, max_length=MAX_CALL_ID_CHARS)] | None = None
+    refusal: str | None = None  # an assistant turn echoed back as the `openai` package read it
+
+    @property
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "\n".join(p.text for p in self.content)
+        return self.content or ""
 
     def board_message(self) -> ChatMessage:
-        # `developer` is OpenAI's newer name for `system`; text parts are one text.
+        # `developer` is OpenAI's newer name for `system`; text parts are one text; an
+        # assistant turn of calls only has the text "".
         role = "system" if self.role == "developer" else self.role
-        if isinstance(self.content, str):
-            text = self.content
-        else:
-            text = "\n".join(p.text for p in self.content)
-        extra = {"name": self.name} if self.name else {}
-        return ChatMessage.model_validate({"role": role, "content": text, **extra})
+        fields: dict[str, Any] = {"role": role, "content": self.text}
+        if self.name:
+            fields["name"] = self.name
+        if self.tool_calls:
+            fields["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            fields["tool_call_id"] = self.tool_call_id
+        return ChatMessage.model_validate(fields)
 
 
 class StreamOptions(_Strict):
@@ -111,15 +139,15 @@ class Sampling(_Strict):
     repeat_penalty: float | None = Field(default=None, gt=0)
     # llama-server's: reuse a cached prefix of the prompt (on unless false).
     cache_prompt: bool | None = None
-    # The neutral values of parameters refused otherwise (see `_UNSUPPORTED`).
-    n: Whole | None = Field(default=None, ge=1, le=1)
+    # Choices: one task each (`MAX_CHOICES`).
+    n: Whole | None = Field(default=None, ge=1, le=MAX_CHOICES)
+    parallel_tool_calls: bool | None = None  # written to a chat's task with its tools
     # Metadata: checked, not written to the task.
     stream_options: StreamOptions | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
     store: bool | None = None
     service_tier: str | None = None
-    parallel_tool_calls: bool | None = None
     prompt_cache_key: str | None = None
     safety_identifier: str | None = None
     # kanbanmesh's extra body fields.
@@ -137,24 +165,97 @@ class Sampling(_Strict):
             fields.pop("stop", None)
         return fields
 
+    @property
+    def choices(self) -> int:
+        return self.n or 1
+
     def task_input(self) -> dict[str, Any]:
-        """The task's `messages` or `prompt`."""
+        """The task's input fields: `messages` or `prompt`, and what a chat adds (`tools`...)."""
         raise NotImplementedError
+
+    def check(self) -> None:
+        """What no one field says: raises `ApiError` 400 when the fields disagree."""
 
 
 class ChatRequest(Sampling):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: Whole | None = Field(default=None, ge=1, le=MAX_TOKENS)
-    logprobs: bool | None = None  # true is refused before (`_UNSUPPORTED_CHAT`)
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
+    tool_choice: ToolChoice | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: Whole | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     def params(self) -> dict[str, Any]:
         fields = super().params()
         if self.max_completion_tokens is not None:  # the newer name wins
             fields["max_tokens"] = self.max_completion_tokens
+        if self.logprobs:
+            fields["logprobs"] = True
+            if self.top_logprobs:
+                fields["top_logprobs"] = self.top_logprobs
         return fields
 
+    @property
+    def offers_tools(self) -> bool:
+        """Whether the answer may hold calls: tools given, and `tool_choice` not "none"."""
+        return bool(self.tools) and self.tool_choice != "none"
+
     def task_input(self) -> dict[str, Any]:
-        return {"messages": [m.board_message() for m in self.messages]}
+        fields: dict[str, Any] = {"messages": [m.board_message() for m in self.messages]}
+        if self.tools:
+            fields["tools"] = [t.model_dump(exclude_none=True) for t in self.tools]
+            if self.tool_choice is not None:
+                choice = self.tool_choice
+                fields["tool_choice"] = choice if isinstance(choice, str) else choice.model_dump()
+            if self.parallel_tool_calls is not None:
+                fields["parallel_tool_calls"] = self.parallel_tool_calls
+        answer_form = response_format_field(self.response_format)
+        if answer_form is not None:
+            fields["response_format"] = answer_form
+        return fields
+
+    def check(self) -> None:
+        names = [t.function.name for t in self.tools or []]
+        for j, name in enumerate(names):
+            if name in names[:j]:
+                raise invalid(f"tools[{j}].function.name: {name!r} is named twice",
+                              param=f"tools[{j}].function.name")
+        choice = self.tool_choice
+        if not names and choice not in (None, "auto", "none"):
+            raise invalid("tool_choice is only allowed when tools are specified",
+                          param="tool_choice")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise invalid(f"tool_choice names the function {choice.function.name!r}, which is not "
+                          "among the tools", param="tool_choice.function.name")
+        if self.top_logprobs and not self.logprobs:
+            raise invalid("top_logprobs needs logprobs: true", param="top_logprobs")
+        check_turns(self.messages)
+
+
+def check_turns(messages: Sequence[Message]) -> None:
+    """Raise `ApiError` 400 where a turn's tool fields do not fit its role, or a `tool` turn
+    answers no call of an earlier assistant turn (as OpenAI refuses it)."""
+    called: set[str] = set()
+    for i, m in enumerate(messages):
+        if m.content is None and not (m.role == "assistant" and m.tool_calls):
+            raise invalid(f"messages[{i}].content: only an assistant turn with tool_calls may have "
+                          "no content", param=f"messages[{i}].content",
+                          code="missing_required_parameter")
+        if m.tool_calls and m.role != "assistant":
+            raise invalid(f"messages[{i}].tool_calls: only an assistant turn makes calls",
+                          param=f"messages[{i}].tool_calls")
+        called.update(call.id for call in m.tool_calls or [])
+        if m.role != "tool":
+            if m.tool_call_id is not None:
+                raise invalid(f"messages[{i}].tool_call_id: only a tool turn answers a call",
+                              param=f"messages[{i}].tool_call_id")
+        elif m.tool_call_id is None:
+            raise invalid(f"messages[{i}].tool_call_id: a tool turn names the call it answers",
+                          param=f"messages[{i}].tool_call_id", code="missing_required_parameter")
+        elif m.tool_call_id not in called:
+            raise invalid(f"messages[{i}].tool_call_id: a tool turn must answer a call of an "
+                          "earlier assistant turn's tool_calls", param=f"messages[{i}].tool_call_id")
 
 
 class CompletionRequest(Sampling):
@@ -214,22 +315,15 @@ def _more_than_one(value: object) -> bool:
 
 
 _COMMON_UNSUPPORTED: dict[str, _Rule] = {
-    # `n`'s neutral value is checked as a field (`Sampling.n`): 0 or "2" is invalid, not
-    # unsupported.
-    "n": _Rule(neutral=lambda v: False, asks=_more_than_one, what="more than one choice"),
     "logit_bias": _Rule(neutral=_empty, what="biasing tokens"),
 }
+# OpenAI's legacy function calling answers in `message.function_call`, which no framework
+# still reads: refused with the names to send instead, rather than answered in another shape.
+_LEGACY_FUNCTIONS = "legacy function calling (send tools and tool_choice)"
 _UNSUPPORTED_CHAT: dict[str, _Rule] = {
     **_COMMON_UNSUPPORTED,
-    "tools": _Rule(neutral=_empty, what="tool calling"),
-    "functions": _Rule(neutral=_empty, what="tool calling"),
-    "tool_choice": _Rule(neutral=lambda v: v is None or v == "none", what="tool calling"),
-    "function_call": _Rule(neutral=lambda v: v is None or v == "none", what="tool calling"),
-    "response_format": _Rule(neutral=lambda v: v is None or v == {"type": "text"},
-                             what="structured output (only {\"type\": \"text\"})"),
-    "logprobs": _Rule(neutral=lambda v: False, asks=lambda v: v is True, what="log probabilities"),
-    "top_logprobs": _Rule(neutral=lambda v: v is None or _whole_number(v) == 0,
-                          asks=lambda v: (_whole_number(v) or 0) > 0, what="log probabilities"),
+    "functions": _Rule(neutral=_empty, what=_LEGACY_FUNCTIONS),
+    "function_call": _Rule(neutral=lambda v: v is None or v == "none", what=_LEGACY_FUNCTIONS),
     "modalities": _Rule(neutral=lambda v: v is None or v == ["text"],
                         what="output other than text"),
     "audio": _Rule(neutral=_is_none, what="audio output"),
@@ -249,8 +343,8 @@ _UNSUPPORTED_COMPLETION: dict[str, _Rule] = {
     "suffix": _Rule(neutral=lambda v: v is None or v == "", asks=lambda v: isinstance(v, str),
                     what="insertion (a suffix)"),
 }
-# Keys of a chat message that ask for tool calling or audio.
-_UNSUPPORTED_IN_MESSAGE = ("tool_calls", "function_call", "audio")
+# Keys of a chat message that ask for legacy function calling or audio.
+_UNSUPPORTED_IN_MESSAGE = ("function_call", "audio")
 
 
 def _check_unsupported(
@@ -284,7 +378,7 @@ def _check_messages(messages: object) -> None:
         for key in _UNSUPPORTED_IN_MESSAGE:
             if key in message:
                 if not _empty(message[key]):
-                    raise unsupported(f"messages[{i}].{key}", "tool calls and audio in messages")
+                    raise unsupported(f"messages[{i}].{key}", "function_call and audio in messages")
                 del message[key]
         content = message.get("content")
         if isinstance(content, list):
@@ -337,9 +431,11 @@ def parse_request(raw: bytes, model: type[Sampling]) -> Sampling:
     else:
         _check_prompt(body)
     try:
-        return model.model_validate(body)
+        request = model.model_validate(body)
     except ValidationError as exc:
         raise _validation_error(exc.errors(include_url=False, include_input=False)) from None
+    request.check()
+    return request
 
 
 def _validation_error(errors: Sequence[ErrorDetails]) -> ApiError:
@@ -364,14 +460,18 @@ def _validation_error(errors: Sequence[ErrorDetails]) -> ApiError:
 def _param(loc: Sequence[int | str]) -> str:
     """A location as OpenAI names a parameter: `messages[0].content`."""
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part.startswith(("function-", "constrained-")) or part in ("str", "list[TextPart]"):
-            continue  # a union member's tag, not a key
+        elif (part.startswith(("function-", "constrained-", "literal[")) or part in _UNION_MEMBERS
+              or (i > 0 and loc[i - 1] == "response_format")):
+            continue  # a union member's tag (`response_format`'s: its `type`), not a key
         else:
             out += f".{part}" if out else part
     return out
+
+
+_UNION_MEMBERS = frozenset({"str", "list[TextPart]", "NamedToolChoice"})
 
 
 def rag_spec(body: Sampling) -> RagSpec | None:

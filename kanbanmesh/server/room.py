@@ -21,7 +21,8 @@ one it came from.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -221,15 +222,29 @@ class BoardRoom:
         a websocket client's: the entry limits, the schema, and for a client the per-owner
         limits. Raises `UpdateRefused` with the code a websocket client would get (4413,
         4422, 4429) and writes nothing then."""
-        fields = request.to_fields()
-        if not fields.get(c.F_CREATED_AT):
-            fields[c.F_CREATED_AT] = now_ms()
-        check_new_task(fields, self._settings.limits)
-        if self.board.locate(request.id) is not None:
-            raise UpdateRefused(c.CLOSE_FORBIDDEN, f"forbidden: task {request.id[:24]!r} exists already")
+        self.create_tasks([request], identity)
+
+    def create_tasks(self, requests: Sequence[TaskRequest], identity: Identity) -> None:
+        """`create_task` for several tasks at once (the choices of one request): all of them,
+        in one write, or none."""
+        entries: list[tuple[str, dict[str, Any]]] = []
+        for request in requests:
+            fields = request.to_fields()
+            if not fields.get(c.F_CREATED_AT):
+                fields[c.F_CREATED_AT] = now_ms()
+            check_new_task(fields, self._settings.limits)
+            if self.board.locate(request.id) is not None:
+                raise UpdateRefused(c.CLOSE_FORBIDDEN, f"forbidden: task {request.id[:24]!r} exists already")
+            entries.append((request.id, fields))
         if identity.role is TokenRole.CLIENT:
-            self._document.quota.admit_new({request.owner: 1}, anyio.current_time())
-        self.server_write(lambda board: board.put_fields(Column.TODO, request.id, fields), created=(request.id,))
+            owners = Counter(request.owner for request in requests)
+            self._document.quota.admit_new(dict(owners), anyio.current_time())
+
+        def write(board: BoardDoc) -> None:
+            for task_id, fields in entries:
+                board.put_fields(Column.TODO, task_id, fields)
+
+        self.server_write(write, created=tuple(task_id for task_id, _ in entries))
 
     def server_write(self, write: Callable[[BoardDoc], None], created: tuple[str, ...] = ()) -> None:
         """A write of the server's own (the HTTP API creating or cancelling a task): applied
