@@ -65,6 +65,8 @@ class LoadOptions:
     n_ctx: int
     threads: int
     extra_buffers: bool
+    # `Llama`'s own default is off; the worker's engine runs with it on (`llama_engine`).
+    flash_attn: bool = False
 
 
 def load_llama(path: Path, options: LoadOptions) -> Llama:
@@ -76,6 +78,7 @@ def load_llama(path: Path, options: LoadOptions) -> Llama:
             n_ctx=options.n_ctx,
             n_threads=options.threads,
             n_threads_batch=options.threads,
+            flash_attn=options.flash_attn,
             verbose=False,
         )
     except (ValueError, RuntimeError, OSError) as exc:
