@@ -53,6 +53,10 @@ PROMPT_BATCH = 512
 PREFILL_CHUNK = 128
 
 
+# What a job's `emit` receives: text pieces, then one `Finished` or an exception.
+Emitted = str | Finished | BaseException
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     n_ctx: int  # tokens per sequence, prompt and answer together
@@ -72,7 +76,7 @@ class Job:
     seed: int
     stops: TextStream
     stop_token_ids: frozenset[int]
-    emit: Callable[[str | Finished | BaseException], None]
+    emit: Callable[[Emitted], None]
     reuse: bool = True  # `cache_prompt`
     cancelled: threading.Event = field(default_factory=threading.Event)
     # Called in the engine thread when the job ended with its sequence kept (not cancelled).
@@ -135,6 +139,12 @@ class BatchEngine:
         self._abort = False
         self._abort_callback = llama_cpp.ggml_abort_callback(lambda _data: self._abort)
         self._piece = ctypes.create_string_buffer(256)
+        # What the step emits, handed over once every row is sampled (`_flush`): an emit wakes
+        # the event loop, whose thread then takes the GIL at this thread's next llama.cpp call
+        # and holds it for up to the switch interval (5 ms) a time, so emitting row by row
+        # would make the step wait for the loop's work instead of overlapping it with the
+        # next decode (which runs without the GIL).
+        self._outbox: list[tuple[Callable[[Emitted], None], Emitted]] = []
         self.digest: dict[str, int] = {}  # what the sequences hold (`SequencePool.digest`)
 
     # -- the caller's side (any thread) --------------------------------------------------
@@ -182,15 +192,17 @@ class BatchEngine:
         try:
             while not self._stop.is_set():
                 self._admit()
+                self._drop_cancelled()
+                self._flush()
                 if not self._active:
                     self._wake.wait()
                     self._wake.clear()
                     continue
-                self._drop_cancelled()
-                if self._active:
-                    self._step()
+                self._step()
+                self._flush()
         except BaseException as exc:
             log.exception("the llama engine stopped")
+            self._flush()
             for job in self._active + self._waiting:
                 job.emit(exc)
             self._active, self._waiting = [], []
@@ -198,6 +210,15 @@ class BatchEngine:
         finally:
             for job in self._active + self._waiting:
                 self._finish(job, "cancelled")
+            self._flush()
+
+    def _emit(self, job: Job, item: Emitted) -> None:
+        self._outbox.append((job.emit, item))
+
+    def _flush(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        for emit, item in outbox:
+            emit(item)
 
     def _admit(self) -> None:
         while True:
@@ -208,7 +229,7 @@ class BatchEngine:
         still: list[Job] = []
         for job in self._waiting:
             if job.cancelled.is_set():
-                job.emit(Finished(Usage(prompt_tokens=len(job.tokens)), "cancelled"))
+                self._emit(job, Finished(Usage(prompt_tokens=len(job.tokens)), "cancelled"))
                 continue
             choice = self.pool.choose(job.tokens, reuse=job.reuse)
             if choice is None:
@@ -328,7 +349,7 @@ class BatchEngine:
             failed = BackendError("generation_failed", f"llama.cpp could not decode (status {status})")
             for job in list(self._active):
                 self._release(job, clear=True)
-                job.emit(failed)
+                self._emit(job, failed)
             return
         for job, row in rows:
             self._sampled(job, row)
@@ -356,7 +377,7 @@ class BatchEngine:
         piece = job.stops.feed(self._token_bytes(token))
         if piece:
             job.text += piece
-            job.emit(piece)
+            self._emit(job, piece)
         if job.stops.stopped:
             self._finish(job, "stop")
         elif len(job.answer) >= self._limit(job):
@@ -379,14 +400,14 @@ class BatchEngine:
         tail = job.stops.finish()
         if tail:
             job.text += tail
-            job.emit(tail)
+            self._emit(job, tail)
         completion = len(job.answer)
         usage = Usage(prompt_tokens=len(job.tokens), completion_tokens=completion,
                       total_tokens=len(job.tokens) + completion, cached_tokens=job.cached)
         # The sequence is free before the caller learns the job ended: after `Finished`, a
         # next job never waits for it.
         self._release(job, clear=reason == "cancelled")
-        job.emit(Finished(usage, reason, prompt_ms=job.prompt_ms))
+        self._emit(job, Finished(usage, reason, prompt_ms=job.prompt_ms))
 
     def _release(self, job: Job, *, clear: bool) -> None:
         if job in self._active:
