@@ -93,6 +93,10 @@ class Job:
     prompt_ms: float = 0.0
 
 
+def _sequence_id(job: Job) -> int:
+    return job.slot.seq_id if job.slot is not None else -1
+
+
 class BatchEngine:
     """Serves generations for one model; `submit` from any thread, results through each job's
     `emit` (text pieces, then one `Finished`, or an exception)."""
@@ -181,6 +185,10 @@ class BatchEngine:
             slot.cached = []
             slot.prefixes = []
         self.digest = self.pool.digest()
+
+    def graphs_reused(self) -> int:
+        """How many decodes so far ran on the graph of the decode before (llama.cpp's count)."""
+        return int(llama_cpp.llama_perf_context(self._ctx).n_reused)
 
     def sequence_tokens(self, seq_id: int) -> int:
         """How many positions sequence `seq_id` holds in the KV cache (0 when empty)."""
@@ -287,7 +295,10 @@ class BatchEngine:
         rows: list[tuple[Job, int]] = []  # jobs whose next token comes from this decode
         undo: list[tuple[Job, int, int, int | None]] = []  # (job, cached, evaluated, next token)
         n = 0
-        for job in self._active:  # the next token of every generating sequence
+        # The next token of every generating sequence, in the order of their sequence ids:
+        # llama.cpp reuses the last step's graph only for rows in that order (with the rows of
+        # 16 sequences in another order it built the graph anew every step, ~30% more CPU).
+        for job in sorted(self._active, key=_sequence_id):
             slot = job.slot
             if job.next_token is not None and slot is not None:
                 undo.append((job, len(slot.cached), job.evaluated, job.next_token))
@@ -347,7 +358,7 @@ class BatchEngine:
             return
         if status != 0:
             failed = BackendError("generation_failed", f"llama.cpp could not decode (status {status})")
-            for job in list(self._active):
+            for job in sorted(self._active, key=_sequence_id):
                 self._release(job, clear=True)
                 self._emit(job, failed)
             return
