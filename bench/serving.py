@@ -676,7 +676,8 @@ async def one_stream(endpoint: Endpoint, reps: int, max_tokens: int) -> Stream:
 
 
 def load_direct(model: Model, args: argparse.Namespace) -> Any:
-    """A llama-cpp-python `Llama` in this process, loaded as the mesh's worker loads it."""
+    """A llama-cpp-python `Llama` in this process, as its users load it: its defaults (flash
+    attention off, where the mesh's engine runs it on) and the worker's AMX guard."""
     from llama_cpp import Llama
 
     kwargs: dict[str, Any] = {

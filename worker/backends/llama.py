@@ -206,6 +206,12 @@ class LlamaBackend:
         engine = self._engine
         return [engine.sequence_tokens(i) for i in range(self._config.slots)] if engine is not None else []
 
+    def graphs_reused(self) -> int:
+        """How many of the context's decodes reused the graph of the one before: every step
+        of the same sequences generating should (llama.cpp then skips building the graph)."""
+        engine = self._engine
+        return engine.graphs_reused() if engine is not None else 0
+
     def cache_digest(self) -> dict[str, int]:
         """What the sequences hold, as prefix hashes of turns (kanbanmesh/board/prefix.py) and
         the tokens each covers: advertised in awareness for the broker's routing."""

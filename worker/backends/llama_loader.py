@@ -69,6 +69,8 @@ class LoadOptions:
     # whole batch (up to n_ctx tokens) in one pass, as pooling over a sequence needs.
     embedding: bool = False
     pooling_type: int = llama_cpp.LLAMA_POOLING_TYPE_UNSPECIFIED
+    # `Llama`'s own default is off; the worker's engine runs with it on (`llama_engine`).
+    flash_attn: bool = False
 
 
 def load_llama(path: Path, options: LoadOptions) -> Llama:
@@ -84,6 +86,7 @@ def load_llama(path: Path, options: LoadOptions) -> Llama:
             n_ctx=options.n_ctx,
             n_threads=options.threads,
             n_threads_batch=options.threads,
+            flash_attn=options.flash_attn,
             verbose=False,
             **embedding,
         )
