@@ -408,6 +408,8 @@ def mesh_side(
         argv = [sys.executable, "-m", "kanbanmesh", "up"]
         for flag, value in required + [(f, v) for f, v in optional if f in flags]:
             argv += [flag, value]
+        if args.flash_attn and "--flash-attn" in flags:
+            argv.append("--flash-attn")
         argv += args.mesh_arg
         show_command("mesh", argv, {sys.executable: "python", data: "TMP", str(model.path): "MODEL",
                                     str(port): "PORT"})
@@ -462,6 +464,7 @@ def llama_servers(
                 "-np", str(slots), "-c", str(slots * args.n_ctx),
                 "--host", "127.0.0.1", "--port", str(port), "--cache-ram", str(args.cache_ram),
             ]
+            argv += ["--flash-attn", "on" if args.flash_attn else "off"]
             if cpu_has_amx():
                 argv.append("--no-repack")
             if model.chat_format:
@@ -676,13 +679,13 @@ async def one_stream(endpoint: Endpoint, reps: int, max_tokens: int) -> Stream:
 
 
 def load_direct(model: Model, args: argparse.Namespace) -> Any:
-    """A llama-cpp-python `Llama` in this process, as its users load it: its defaults (flash
-    attention off, where the mesh's engine runs it on) and the worker's AMX guard."""
+    """A llama-cpp-python `Llama` in this process, as its users load it: its defaults but flash
+    attention, which follows `--flash-attn` as on the other sides, and the worker's AMX guard."""
     from llama_cpp import Llama
 
     kwargs: dict[str, Any] = {
         "n_ctx": args.n_ctx, "n_threads": args.threads, "n_threads_batch": args.threads,
-        "verbose": False,
+        "verbose": False, "flash_attn": args.flash_attn,
     }
     if model.chat_format:
         kwargs["chat_format"] = model.chat_format
@@ -926,6 +929,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--cache-ram", type=int, default=8192,
         help="MiB of host memory for evicted prompts: llama-server's --cache-ram (its default, "
              "8192), and the mesh's where `kanbanmesh up` has the option")
+    add("--flash-attn", action=argparse.BooleanOptionalAction, default=True,
+        help="flash attention on every side: llama-server (`-fa on|off`; its `auto` picks on "
+             "for a CPU), the mesh (`--flash-attn`, off by default) and the direct `Llama`")
     add("--llama-server", type=Path,
         default=Path(os.environ.get("LLAMA_SERVER", DEFAULT_LLAMA_SERVER)))
     add("--mesh-src", type=Path, default=None,

@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     threads: int = Field(default=0, ge=0, le=1024)  # llama/st-embed CPU threads; 0 = automatic
     cache_prompt: bool = True  # llama: reuse cached prompt prefixes
     cache_ram_mb: int = Field(default=0, ge=0, le=1 << 20)  # llama: host RAM for evicted prefixes
+    flash_attn: bool = False  # llama: flash attention in the worker's context
     base_url: str = ""  # openai: e.g. https://api.openai.com/v1
     # llama, openai: serve `embed` tasks with the backend's embedding model instead of chat.
     embedding: bool = False

@@ -43,6 +43,7 @@ def worker_command(settings: Settings, url: str, index: int) -> list[str]:
         command += ["--chat-format", settings.chat_format] if settings.chat_format else []
         command += [] if settings.cache_prompt else ["--no-cache-prompt"]
         command += ["--cache-ram", str(settings.cache_ram_mb)] if settings.cache_ram_mb else []
+        command += ["--flash-attn"] if settings.flash_attn else []
     if settings.backend == "openai":
         command += ["--base-url", settings.base_url]
         command += ["--api-key-env", settings.api_key_env] if settings.api_key_env else []

@@ -54,7 +54,7 @@ def make_backend(settings: Settings, environ: Mapping[str, str] | None = None) -
     return LlamaBackend(LlamaConfig(
         model=settings.model, chat_format=settings.chat_format, n_ctx=settings.n_ctx,
         threads=settings.threads, slots=settings.slots, cache_prompt=settings.cache_prompt,
-        cache_ram_mb=settings.cache_ram_mb,
+        cache_ram_mb=settings.cache_ram_mb, flash_attn=settings.flash_attn,
     ))
 
 

@@ -39,10 +39,12 @@ async def loaded_backend(*, n_ctx: int, threads: int, slots: int, **config: Any)
 
 
 @contextmanager
-def direct_llama(*, n_ctx: int, threads: int) -> Iterator[Llama]:
+def direct_llama(*, n_ctx: int, threads: int, flash_attn: bool = False) -> Iterator[Llama]:
     """A plain `Llama` on the bundled model (through the AMX guard: no test may segfault), with
-    flash attention on as the worker's engine runs it."""
-    options = LoadOptions(n_ctx=n_ctx, threads=threads, extra_buffers=extra_buffers_safe(), flash_attn=True)
+    flash attention as the worker's engine is asked to run (`--flash-attn`; off by default)."""
+    options = LoadOptions(
+        n_ctx=n_ctx, threads=threads, extra_buffers=extra_buffers_safe(), flash_attn=flash_attn
+    )
     llama = load_llama(bundled_model(), options)
     try:
         yield llama

@@ -12,7 +12,7 @@ from llama_cpp import Llama
 
 from kanbanmesh.board.schema import ChatMessage, TaskParams
 from kanbanmesh.errors import BackendError
-from tests.worker.llama_direct import direct_chat, llama_fixtures
+from tests.worker.llama_direct import direct_chat, direct_llama, llama_fixtures, loaded_backend
 from worker.backends.base import Finished, GenerationEvent, GenerationRequest, TextChunk
 from worker.backends.llama import LlamaBackend
 
@@ -50,6 +50,17 @@ async def test_streamed_text_equals_llama_cpp_python_called_directly(
     expected = direct_chat(direct, [{"role": "user", "content": "Write a haiku about the sea"}], max_tokens=40, **GREEDY)
     assert len(chunks) > 3 and "".join(chunks) == expected
     assert finished.usage.completion_tokens > 0 and finished.usage.prompt_tokens > 10
+
+
+async def test_with_flash_attention_the_text_equals_llama_cpp_pythons_with_it() -> None:
+    # `--flash-attn` changes the floats: the answer is then `Llama(flash_attn=True)`'s.
+    prompt = "Name three rivers of Europe and say one thing about each."
+    messages = [{"role": "user", "content": prompt}]
+    with direct_llama(n_ctx=N_CTX, threads=THREADS, flash_attn=True) as flash:
+        expected = direct_chat(flash, messages, max_tokens=48, **GREEDY)
+    async with loaded_backend(n_ctx=N_CTX, threads=THREADS, slots=2, flash_attn=True) as fast:
+        chunks, _ = await collect(fast.generate(ask(prompt, max_tokens=48, **GREEDY)))
+    assert "".join(chunks) == expected
 
 
 async def test_split_utf8_characters_never_stream_as_replacement_characters(

@@ -57,6 +57,7 @@ class LlamaConfig:
     slots: int = 1  # sequences served at once, in one context
     cache_prompt: bool = True  # reuse cached prefixes (a task may still turn it off)
     cache_ram_mb: int = 0  # host memory for prefixes evicted from their sequence
+    flash_attn: bool = False  # flash attention in the context (llama-cpp-python's default: off)
 
 
 def usable_cores() -> int:
@@ -145,7 +146,7 @@ class LlamaBackend:
         try:
             engine = BatchEngine(model.model, model.vocab, EngineConfig(
                 n_ctx=config.n_ctx, slots=config.slots, threads=self._threads,
-                cache_ram_bytes=config.cache_ram_mb << 20,
+                cache_ram_bytes=config.cache_ram_mb << 20, flash_attn=config.flash_attn,
             ))
         except BaseException:
             model.close()  # type: ignore[no-untyped-call]

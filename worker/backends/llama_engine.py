@@ -44,10 +44,10 @@ _NO_ABORT = llama_cpp.ggml_abort_callback()  # a NULL function pointer: no callb
 
 # A prompt read without the cache (`cache_prompt` off) is read in these chunks, each whole in
 # one step, as llama-cpp-python's `Llama.eval` reads it (`n_batch` 512): the same rows per
-# chunk give the same floats, so such an answer is llama-cpp-python's own (flash attention on,
-# as here). (Evaluated in other shapes, a prompt's last tokens give slightly different logits:
-# a cached prefix leaves a short rest, one row after a fully cached prompt, and greedy answers
-# then differ.)
+# chunk give the same floats, so such an answer is llama-cpp-python's own (with flash attention
+# on or off, as the engine runs). (Evaluated in other shapes, a prompt's last tokens give
+# slightly different logits: a cached prefix leaves a short rest, one row after a fully cached
+# prompt, and greedy answers then differ.)
 PROMPT_BATCH = 512
 # With the cache on, prompt tokens read in one step, all sequences together: what a long
 # prompt may hold the other sequences' streams for (~0.5-1 s on one CPU thread for a small
@@ -67,6 +67,7 @@ class EngineConfig:
     prompt_batch: int = PROMPT_BATCH
     prefill_chunk: int = PREFILL_CHUNK
     cache_ram_bytes: int = 0  # host memory for evicted prefixes (0: none)
+    flash_attn: bool = False
 
 
 @dataclass
@@ -123,11 +124,15 @@ class BatchEngine:
         params.n_threads = config.threads
         params.n_threads_batch = config.threads
         params.no_perf = True
-        # Flash attention on, as llama-server runs it on a CPU (its `auto` picks it): a step of
-        # 16 generating sequences took ~20% less CPU than with the separate attention kernels,
-        # and one sequence's a little less. A sequence's rows still never meet another's, so an
-        # answer read without the cache is what `Llama(flash_attn=True)` gives.
-        params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        # Flash attention (`--flash-attn`), as llama-server runs it on a CPU (its `auto` picks
+        # it): a step of 16 generating sequences took ~20% less CPU than with the separate
+        # attention kernels, and one sequence's a little less; but its floats differ, so it is
+        # off unless asked, as in llama-cpp-python's `Llama`: an answer read without the cache
+        # is then `Llama()`'s own, and with it `Llama(flash_attn=True)`'s.
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if config.flash_attn
+            else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        )
         self._ctx = llama_cpp.llama_init_from_model(model, params)
         if not self._ctx:
             raise BackendError("model_load_failed", "llama.cpp could not create a context")
