@@ -18,6 +18,7 @@ from kanbanmesh.board.embeddings import (
     MAX_EMBED_INPUT_TOKENS,
     MAX_EMBED_INPUTS,
     MAX_TOKEN_ID,
+    encoded_length,
 )
 from kanbanmesh.board.templates import MAX_PARENTS, REF_START, result_refs
 
@@ -237,6 +238,20 @@ class TaskEntry(TaskRequest):
     embeddings: list[str] | None = Field(default=None, max_length=MAX_EMBED_INPUTS)
     cancel: bool = False
     ack: bool = False
+
+    @model_validator(mode="after")
+    def _vectors_fit(self) -> TaskEntry:
+        # Their shape only (string lengths: no decoding); readers decode and check the values.
+        if self.embeddings is None:
+            return self
+        if self.kind is not TaskKind.EMBED or self.dimensions is None:
+            raise ValueError("`embeddings` belong to an embed task, with its `dimensions`")
+        if len(self.embeddings) != len(self.input or ()):
+            raise ValueError(f"{len(self.embeddings)} embeddings for {len(self.input or ())} inputs")
+        width = encoded_length(self.dimensions)
+        if any(len(vector) != width for vector in self.embeddings):
+            raise ValueError(f"an embedding is not {self.dimensions} float32 values in base64")
+        return self
 
 
 # The fields of a request (what the client writes when it creates a task).
