@@ -1,0 +1,53 @@
+"""Task graphs under hostile shapes: long chains and wide fans cost time in proportion to the
+tasks, and a parent's result is put in once, never read as a template itself. Classes of
+input (hypothesis), not examples."""
+
+from __future__ import annotations
+
+import time
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from kanbanmesh.board.graph import DependencyIndex, Verdict
+from kanbanmesh.board.schema import TaskStatus
+from kanbanmesh.board.templates import result_ref, substitute
+
+# Task ids as TASK_ID_PATTERN spells them.
+ids = st.builds(str.__add__, st.sampled_from("aZ09"), st.text(alphabet="aZ09_.:-", max_size=12))
+
+
+def test_a_long_chain_fails_in_time_linear_in_its_length() -> None:
+    # Each task's reason quotes its parent's: were the quotes not cut as they are passed on, a
+    # chain of N would build N reasons of up to N quotes (80,000 tasks: ~80 s on the loop).
+    index = DependencyIndex()
+    length = 80_000
+    for i in range(1, length):
+        index.wait(f"t{i}", [f"t{i - 1}"])
+    started = time.perf_counter()
+    decisions = index.ended("t0", TaskStatus.FAILED, None, "x" * 10_000)
+    assert time.perf_counter() - started < 15
+    assert len(decisions) == length - 1 and len(index) == 0
+    assert all(d.verdict is Verdict.FAILED and len(d.reason) <= 400 for d in decisions)
+    assert decisions[-1].reason.startswith(f"parent task 't{length - 2}' failed")
+
+
+@given(parents=st.lists(ids, min_size=1, max_size=64, unique=True), data=st.data())
+def test_a_result_is_put_in_once_and_never_expanded(parents: list[str], data: st.DataObject) -> None:
+    # Results that themselves hold references, to these parents or to others.
+    results = {p: data.draw(st.lists(st.one_of(st.text(max_size=8), ids.map(result_ref)), max_size=4).map("".join))
+               for p in parents}
+    text = "|".join(result_ref(p) for p in parents)
+    assert substitute(text, results) == "|".join(results[p] for p in parents)
+
+
+def test_a_wide_fan_in_decides_once_every_parent_ended() -> None:
+    index = DependencyIndex()
+    parents = [f"p{i}" for i in range(64)]
+    children = [f"c{i}" for i in range(2000)]
+    for child in children:
+        index.wait(child, parents, refs=parents[:1])
+    decided = [d for p in parents for d in index.ended(p, TaskStatus.SUCCEEDED, f"r-{p}")]
+    assert sorted(d.task_id for d in decided) == sorted(children)
+    assert all(d.verdict is Verdict.READY and d.parent == "p63" for d in decided)
+    assert index.results("c0") == {"p0": "r-p0"}
