@@ -151,3 +151,31 @@ async def test_a_hostile_worker_writes_no_malformed_vectors(
                     assert hostile.error.code == code, hostile.error
                     assert alice.peer.board.locate(handle.id) is Column.PREPARED
         tg.cancel_scope.cancel()
+
+
+async def test_concurrent_requests_without_an_embedding_worker_are_bounded_per_owner(tmp_path: Path) -> None:
+    """Requests wait for an embedding worker holding a task each: the API key's open-task quota
+    bounds them (429 beyond it, in OpenAI's shape), and every one leaves nothing behind."""
+    settings = Settings(port=0, data_dir=tmp_path, queue_timeout_s=2.0, max_open_tasks=10,
+                        auth_secret=SECRET)  # type: ignore[arg-type]
+    key = {"Authorization": f"Bearer {token(TokenRole.CLIENT, 'alice')}"}
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(serve, settings)
+        statuses: list[tuple[int, str]] = []
+        async with httpx.AsyncClient(base_url="http" + url[2:] + "/v1", timeout=30, headers=key) as http:
+
+            async def one() -> None:
+                reply = await http.post("/embeddings", json={"input": ["a"] * 64})
+                statuses.append((reply.status_code, reply.json()["error"]["code"]))
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as requests:
+                    for _ in range(40):
+                        requests.start_soon(one)
+        assert sorted(set(statuses)) == [(429, "rate_limit_exceeded"), (503, "no_worker")], statuses
+        assert statuses.count((503, "no_worker")) <= 10
+        async with AsyncClient(url, token=token(TokenRole.CLIENT, "alice")) as watcher:
+            with anyio.fail_after(10):
+                while watcher.snapshot().counts()["todo"]:
+                    await watcher.wait_changed(0.5)
+        tg.cancel_scope.cancel()
