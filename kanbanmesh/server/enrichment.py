@@ -136,6 +136,8 @@ class Enricher:
 
     async def _enrich(self, task_id: str) -> None:
         async with self._limiter:
+            # Taken first: a task cancelled or gone meanwhile must not leave them held.
+            results = self._results.pop(task_id, None)
             entry = self._pending(task_id)
             if entry is None:
                 return
@@ -143,7 +145,6 @@ class Enricher:
             names = set(fields.get(c.F_ENRICHING) or [])
             written: dict[str, Any] = {}
             if AFTER in names:
-                results = self._results.pop(task_id, None)
                 if results is None:
                     return  # still waiting for its parents (the gate sends it again)
                 if results:
