@@ -1,18 +1,27 @@
 """Task graphs against hostile shapes on a real server: a wide fan-in of large parents costs
-the server no read of their requests per child; a graph outlives a SIGKILL of the server."""
+the server no read of their requests per child; a graph outlives a SIGKILL of the server and
+a rotation of the board."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import anyio
 import pytest
 from pycrdt import Map
 
-from client_sdk import AsyncClient, TaskFailedError, TaskStatus, result_ref
+from client_sdk import AsyncClient, TaskCancelledError, TaskFailedError, TaskStatus, result_ref
+from kanbanmesh.board import constants as c
+from kanbanmesh.board.roles import TokenRole
 from kanbanmesh.board.templates import MAX_PARENTS
 from kanbanmesh.board.transitions import Column
+from kanbanmesh.peer import BoardPeer
+from kanbanmesh.server.runner import serve
+from kanbanmesh.settings import Settings
 from tests.conftest import ServerProcess, WorkerPool
+from tests.e2e.test_security import SECRET, new_task, refused, token
 
 pytestmark = pytest.mark.anyio
 
@@ -66,3 +75,62 @@ async def test_a_graph_waiting_in_todo_survives_a_sigkill_of_the_server(server_p
         tg.cancel_scope.cancel()
     assert end.result == "echo: end echo: mid echo: root echo: side"
     assert end.attempt == 1
+
+
+async def test_a_graph_waiting_in_todo_carries_over_a_rotation(tmp_path: Path) -> None:
+    """The board rotates (section 9) while a child waits for a parent still in `todo`: in the
+    new generation the child still waits, and runs with the parent's result."""
+    settings = Settings(port=0, data_dir=tmp_path, retention_s=0, rotate_after=10, orphan_grace_s=0.5)
+    async with anyio.create_task_group() as tg:
+        url = await tg.start(serve, settings)
+        async with AsyncClient(url) as client:
+            with anyio.fail_after(60):
+                await client.submit("root", task_id="p")
+                await client.submit(f"then {result_ref('p')}", after=["p"], task_id="c")
+                await client.submit("other root", task_id="q")
+                await client.submit("never", after=["q"], task_id="d")
+                for i in range(30):  # tasks that leave the board: the rotation's trigger
+                    await (await client.submit(f"filler {i}")).cancel()
+                while int(client.peer.doc.get("meta", type=Map).get("generation") or 0) < 1:
+                    await client.wait_changed(0.5)
+                assert client.peer.board.locate("c") is Column.TODO
+                await client.task("q").cancel()
+                await WorkerPool(url, tg).start()
+                child = await client.task("c").result(30)
+                with pytest.raises(TaskCancelledError):
+                    await client.task("d").result(30)
+        tg.cancel_scope.cancel()
+    assert child.result == "echo: then echo: root"
+
+
+@pytest.fixture
+async def secure_url(tmp_path: Path) -> AsyncIterator[str]:
+    settings = Settings(port=0, data_dir=tmp_path, auth_secret=SECRET)  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        yield await tg.start(serve, settings)
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    "write, reason",
+    [
+        (lambda p: p.board.column_map(Column.TODO).__setitem__(
+            "t-r", new_task("t-r", after=["mine"], after_results={"mine": "forged"})), "may not set 'after_results'"),
+        (lambda p: p.board.column_map(Column.TODO).__setitem__(
+            "t-e", new_task("t-e", enriching=[])), "may not set 'enriching'"),
+        (lambda p: p.board.column_map(Column.TODO)["waits"].__setitem__("after", []), "only cancel/ack"),
+        (lambda p: p.board.column_map(Column.TODO)["waits"].__setitem__("after_results", {}), "only cancel/ack"),
+    ],
+    ids=["after_results", "enriching", "after-edited", "after_results-later"],
+)
+async def test_a_client_writes_no_graph_field_of_the_servers_nor_edits_after(
+    secure_url: str, write: Callable[[BoardPeer], None], reason: str
+) -> None:
+    async with AsyncClient(secure_url, token=token(TokenRole.CLIENT, "alice")) as alice:
+        with anyio.fail_after(20):
+            await alice.submit("first", task_id="mine")
+            await alice.submit(f"then {result_ref('mine')}", after=["mine"], task_id="waits")
+            error = await refused(secure_url, TokenRole.CLIENT, "alice", write)
+            assert error.code == c.CLOSE_FORBIDDEN and reason in error.reason, error
+            entry = alice.peer.board.read("waits")[1]
+    assert entry.after == ["mine"] and entry.enriching == ["after"] and entry.after_results is None
