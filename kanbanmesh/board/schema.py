@@ -240,6 +240,14 @@ class TaskEntry(TaskRequest):
     ack: bool = False
 
     @model_validator(mode="after")
+    def _results_of_parents(self) -> TaskEntry:
+        # The results a worker puts into the text: only ever those of the task's own parents
+        # (a task without `after` is no graph, and its text is taken as it is).
+        if self.after_results and not set(self.after_results) <= set(self.after or ()):
+            raise ValueError("`after_results` names a task not in `after`")
+        return self
+
+    @model_validator(mode="after")
     def _vectors_fit(self) -> TaskEntry:
         # Their shape only (string lengths: no decoding); readers decode and check the values.
         if self.embeddings is None:

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from kanbanmesh.board.document import entry_from_fields
 from kanbanmesh.board.graph import DependencyIndex, Verdict
 from kanbanmesh.board.schema import TaskStatus
 from kanbanmesh.board.templates import result_ref, substitute
+from kanbanmesh.errors import InvalidTaskError
 
 # Task ids as TASK_ID_PATTERN spells them.
 ids = st.builds(str.__add__, st.sampled_from("aZ09"), st.text(alphabet="aZ09_.:-", max_size=12))
@@ -51,3 +54,16 @@ def test_a_wide_fan_in_decides_once_every_parent_ended() -> None:
     assert sorted(d.task_id for d in decided) == sorted(children)
     assert all(d.verdict is Verdict.READY and d.parent == "p63" for d in decided)
     assert index.results("c0") == {"p0": "r-p0"}
+
+
+@given(after=st.lists(ids, max_size=5, unique=True), named=st.lists(ids, min_size=1, max_size=5, unique=True))
+def test_after_results_name_only_the_tasks_parents(after: list[str], named: list[str]) -> None:
+    """Whoever writes the entry (an open server trusts every peer with the schema only): the
+    results a worker puts into the text are never those of a task outside `after`."""
+    fields = {"id": "child-x", "prompt": "{{result:" + named[0] + "}}", "after": after or None,
+              "after_results": {name: "r" for name in named}}
+    if after and set(named) <= set(after) and "child-x" not in after:
+        assert entry_from_fields(fields).after_results == {name: "r" for name in named}
+    else:
+        with pytest.raises(InvalidTaskError):
+            entry_from_fields(fields)
