@@ -134,3 +134,38 @@ async def test_a_client_writes_no_graph_field_of_the_servers_nor_edits_after(
             assert error.code == c.CLOSE_FORBIDDEN and reason in error.reason, error
             entry = alice.peer.board.read("waits")[1]
     assert entry.after == ["mine"] and entry.enriching == ["after"] and entry.after_results is None
+
+
+async def test_an_archived_parent_of_another_owner_is_no_parent(secure_url: str) -> None:
+    """Looked up in the archive (section 9), a parent is its owner's only: another tenant's
+    child naming it fails as for no task, and reads nothing of it."""
+    async with anyio.create_task_group() as tg:
+        await WorkerPool(secure_url, tg, token=token(TokenRole.WORKER, "worker-host")).start()
+        async with AsyncClient(secure_url, token=token(TokenRole.CLIENT, "alice")) as alice, \
+                AsyncClient(secure_url, token=token(TokenRole.CLIENT, "bob")) as bob:
+            with anyio.fail_after(30):
+                secret = await alice.submit("alice's secret", task_id="secret")
+                await secret.result()
+                await secret.ack()  # archived now: off the live board
+                while alice.peer.board.locate("secret") is not None:
+                    await alice.wait_changed(0.5)
+                theirs = await bob.submit(f"leak: {result_ref('secret')}", after=["secret"])
+                mine = await alice.submit(f"mine: {result_ref('secret')}", after=["secret"])
+                leak = await theirs.wait()
+                assert (await mine.result()).result == "echo: mine: echo: alice's secret"
+        tg.cancel_scope.cancel()
+    assert leak.status is TaskStatus.FAILED and leak.after_results is None
+    assert leak.error is not None and "no task 'secret' of this owner" in leak.error.message
+    assert "alice's secret" not in (leak.result or "")
+
+
+async def test_a_cycle_across_two_updates_ends_both_tasks(server_url: str) -> None:
+    """`x` names `y` before `y` exists, then `y` names `x`: no deadlock, both end failed."""
+    async with AsyncClient(server_url) as client:
+        with anyio.fail_after(30):
+            x = await client.submit("x", after=["y"], task_id="x")
+            y = await client.submit("y", after=["x"], task_id="y")
+            ends = [await x.wait(), await y.wait()]
+    assert [e.status for e in ends] == [TaskStatus.FAILED, TaskStatus.FAILED]
+    assert "no task 'y'" in (ends[0].error.message if ends[0].error else "")
+    assert "parent task 'x' failed" in (ends[1].error.message if ends[1].error else "")
