@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from kanbanmesh.board.document import entry_from_fields
 from kanbanmesh.board.graph import DependencyIndex, Verdict
 from kanbanmesh.board.schema import TaskStatus
-from kanbanmesh.board.templates import result_ref, substitute
+from kanbanmesh.board.templates import resolved_length, result_ref, substitute
 from kanbanmesh.errors import InvalidTaskError
 
 # Task ids as TASK_ID_PATTERN spells them.
@@ -67,3 +67,11 @@ def test_after_results_name_only_the_tasks_parents(after: list[str], named: list
     else:
         with pytest.raises(InvalidTaskError):
             entry_from_fields(fields)
+
+
+@given(parents=st.lists(ids, min_size=1, max_size=6, unique=True), data=st.data())
+def test_the_resolved_length_is_that_of_the_replaced_text(parents: list[str], data: st.DataObject) -> None:
+    results = {p: data.draw(st.text(max_size=30)) for p in data.draw(st.lists(st.sampled_from(parents), unique=True))}
+    pieces = st.one_of(st.text(max_size=6), st.sampled_from(parents).map(result_ref), st.just("{{result:"))
+    texts = data.draw(st.lists(st.lists(pieces, max_size=8).map("".join), max_size=3))
+    assert resolved_length(texts, results) == sum(len(substitute(text, results)) for text in texts)

@@ -169,3 +169,20 @@ async def test_a_cycle_across_two_updates_ends_both_tasks(server_url: str) -> No
     assert [e.status for e in ends] == [TaskStatus.FAILED, TaskStatus.FAILED]
     assert "no task 'y'" in (ends[0].error.message if ends[0].error else "")
     assert "parent task 'x' failed" in (ends[1].error.message if ends[1].error else "")
+
+
+async def test_a_child_that_repeats_a_reference_fails_before_its_text_is_built(
+    server_url: str, workers: WorkerPool
+) -> None:
+    """~80,000 references to a 20 kB result in a 1 MB prompt would be a 1.6 GB text: the
+    server measures it before replacing anything, and fails the child."""
+    await workers.start()
+    async with AsyncClient(server_url) as client:
+        with anyio.fail_after(60):
+            parent = await client.submit("r" * 20_000, task_id="p")
+            await parent.result()
+            prompt = result_ref("p") * 80_000
+            child = await client.submit(prompt, after=["p"], task_id="c")
+            entry = await child.wait()
+    assert entry.status is TaskStatus.FAILED and entry.error is not None
+    assert entry.error.code == "dependency_too_large" and "characters" in entry.error.message
