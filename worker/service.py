@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
+import numpy as np
 from anyio.abc import TaskGroup
 from anyio.abc import TaskStatus as StartStatus
 from pycrdt import Map, Text
@@ -122,6 +123,20 @@ class _Run:
     # it, the most text (as JSON bytes) the entry may hold twice within it (`_within_limit`).
     max_entry_bytes: int = 1 << 62
     text_budget: int | None = None
+
+
+def _wrong_vectors(vectors: object, count: int, dimensions: int | None) -> str:
+    """Why a backend's vectors are none the board can carry for `count` inputs (of
+    `dimensions` values, where asked): "" when they are."""
+    if not isinstance(vectors, np.ndarray) or vectors.ndim != 2 or vectors.shape[1] < 1:
+        return "the backend gave no matrix of vectors"
+    if vectors.shape[0] != count:
+        return f"the backend gave {vectors.shape[0]} vectors for {count} inputs"
+    if dimensions is not None and vectors.shape[1] != dimensions:
+        return f"the backend gave {vectors.shape[1]} dimensions, not {dimensions}"
+    if not np.isfinite(vectors).all():
+        return "the backend gave values that are not finite"
+    return ""
 
 
 class Worker:
@@ -533,6 +548,10 @@ class Worker:
         if error is not None:
             outcome.status = TaskStatus.FAILED
             outcome.error = {"code": error.code, "message": error.message}
+            return
+        wrong = _wrong_vectors(found.vectors, len(request.inputs), request.dimensions)
+        if wrong:
+            outcome.status, outcome.error = TaskStatus.FAILED, {"code": "backend_error", "message": wrong}
             return
         encoded = encode_vectors(found.vectors)
         room = run.max_entry_bytes - json_bytes(task.to_fields()) - _ENTRY_SLACK_BYTES

@@ -47,7 +47,8 @@ def encode_vectors(vectors: Vectors) -> list[str]:
 def decode_vectors(encoded: Sequence[str], dimensions: int) -> Vectors:
     """The vectors of an entry's `embeddings` (shape `(len(encoded), dimensions)`, native
     float32); raises `InvalidTaskError` for a string that is not base64 of `dimensions`
-    little-endian float32 values."""
+    little-endian float32 values, or holds a value that is not finite (NaN, infinity: no
+    vector a caller can use, and no number JSON can carry)."""
     out = np.empty((len(encoded), dimensions), dtype=np.float32)
     for row, text in enumerate(encoded):
         try:
@@ -57,4 +58,11 @@ def decode_vectors(encoded: Sequence[str], dimensions: int) -> Vectors:
         if len(raw) != 4 * dimensions:
             raise InvalidTaskError(f"embedding {row} holds {len(raw)} bytes, not {dimensions} float32 values")
         out[row] = np.frombuffer(raw, dtype=_LITTLE_F32)
+    if not np.isfinite(out).all():
+        raise InvalidTaskError(f"embedding {int(np.nonzero(~np.isfinite(out))[0][0])} holds a value that is not finite")
     return out
+
+
+def encoded_length(dimensions: int) -> int:
+    """The length of one vector of `dimensions` values as `encode_vector` writes it."""
+    return 4 * -(-4 * dimensions // 3)

@@ -140,7 +140,8 @@ class DependencyIndex:
         if task_id not in self._waiting:
             return []
         self._drop(task_id)
-        decisions = [Decision(task_id, Verdict.FAILED, task_id, reason[:_MAX_REASON])]
+        reason = reason[:_MAX_REASON]
+        decisions = [Decision(task_id, Verdict.FAILED, task_id, reason)]
         children = sorted(self._children.pop(task_id, ()))
         return decisions + self._cascade(
             [(child, task_id, TaskStatus.FAILED, None, reason) for child in children]
@@ -168,9 +169,11 @@ class DependencyIndex:
                 continue
             verdict = Verdict.CANCELLED if status is TaskStatus.CANCELLED else Verdict.FAILED
             said = f"task {parent!r} {'was cancelled' if verdict is Verdict.CANCELLED else 'failed'}"
-            said = f"parent {said}: {reason}" if reason else f"parent {said}"
+            # Cut before it is passed on: each grandchild's reason quotes its parent's, and a
+            # chain of N tasks would otherwise build N reasons of up to N quotes each.
+            said = (f"parent {said}: {reason}" if reason else f"parent {said}")[:_MAX_REASON]
             self._drop(child)
-            decisions.append(Decision(child, verdict, parent, said[:_MAX_REASON]))
+            decisions.append(Decision(child, verdict, parent, said))
             edges.extend((grandchild, child, status, None, said)
                          for grandchild in sorted(self._children.pop(child, ()), reverse=True))
         return decisions

@@ -18,6 +18,7 @@ from kanbanmesh.board.embeddings import (
     MAX_EMBED_INPUT_TOKENS,
     MAX_EMBED_INPUTS,
     MAX_TOKEN_ID,
+    encoded_length,
 )
 from kanbanmesh.board.templates import MAX_PARENTS, REF_START, result_refs
 from kanbanmesh.board.tool_schema import (
@@ -297,6 +298,28 @@ class TaskEntry(TaskRequest):
     logprobs: Logprobs | None = None  # with `params.logprobs` (worker; section 14)
     cancel: bool = False
     ack: bool = False
+
+    @model_validator(mode="after")
+    def _results_of_parents(self) -> TaskEntry:
+        # The results a worker puts into the text: only ever those of the task's own parents
+        # (a task without `after` is no graph, and its text is taken as it is).
+        if self.after_results and not set(self.after_results) <= set(self.after or ()):
+            raise ValueError("`after_results` names a task not in `after`")
+        return self
+
+    @model_validator(mode="after")
+    def _vectors_fit(self) -> TaskEntry:
+        # Their shape only (string lengths: no decoding); readers decode and check the values.
+        if self.embeddings is None:
+            return self
+        if self.kind is not TaskKind.EMBED or self.dimensions is None:
+            raise ValueError("`embeddings` belong to an embed task, with its `dimensions`")
+        if len(self.embeddings) != len(self.input or ()):
+            raise ValueError(f"{len(self.embeddings)} embeddings for {len(self.input or ())} inputs")
+        width = encoded_length(self.dimensions)
+        if any(len(vector) != width for vector in self.embeddings):
+            raise ValueError(f"an embedding is not {self.dimensions} float32 values in base64")
+        return self
 
 
 # The fields of a request (what the client writes when it creates a task).

@@ -32,6 +32,16 @@ def substitute(text: str, results: Mapping[str, str]) -> str:
     return RESULT_REF.sub(lambda m: results.get(m.group(1), m.group(0)), text)
 
 
+def resolved_length(texts: Iterable[str], results: Mapping[str, str]) -> int:
+    """The characters `texts` would hold with their references replaced by `results`,
+    counted without replacing them: a text of a megabyte may hold ~80,000 references, each
+    to a result of a megabyte."""
+    return sum(
+        len(text) + sum(len(results.get(m.group(1), m.group(0))) - len(m.group(0)) for m in RESULT_REF.finditer(text))
+        for text in texts
+    )
+
+
 def request_texts(messages: Iterable[Mapping[str, Any]] | None, prompt: object) -> list[str]:
     """The texts of a request that may hold references: each message's content, the prompt."""
     texts = [str(m.get("content") or "") for m in messages or () if isinstance(m, Mapping)]

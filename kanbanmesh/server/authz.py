@@ -8,7 +8,8 @@ not applied yet). Any breach refuses the whole update with 4403 and a reason.
   whose owner is S. Nothing else.
 - `worker`: only tasks assigned to one of the worker ids its connection announced in
   awareness: their moves `prepared -> doing -> done` (deleting its own copies), the fields a
-  worker writes, appends to their `output`; and removing its own drain request.
+  worker writes (an embed task's `dimensions` only where the task named none), appends to
+  their `output`; and removing its own drain request.
 - `broker`: moves of existing tasks between columns, deletions, the fields a broker writes; the
   `control` map. It creates no task and writes no output.
 - `admin`: anything the schema allows.
@@ -143,11 +144,15 @@ class WriteRules:
                 raise _forbid(f"a worker may only move its own tasks on ({key[:24]!r})")
             # The owner may set cancel/ack while the copy is on its way: not the mover's doing.
             _unchanged_except(plain_fields(held), fields, set(WORKER_FIELDS | CLIENT_FIELDS), key)
+            _dimensions_kept(held, fields.get(c.F_DIMENSIONS), key)
         for place, names in changes.fields.items():
             if place[1] not in held_before and place not in changes.written:
                 raise _forbid(f"task {place[1][:24]!r} is not assigned to you")
             if not names <= WORKER_FIELDS:
                 raise _forbid(f"a worker may not set {min(names - WORKER_FIELDS)!r}")
+            held = held_before.get(place[1])
+            if c.F_DIMENSIONS in names and place not in changes.written and held is not None:
+                _dimensions_kept(held, _ABSENT, place[1])
         for place in changes.texts:
             task = place[1]
             if task not in held_before and place not in changes.written:
@@ -176,6 +181,17 @@ class WriteRules:
 def _entry(board: BoardDoc, column: str, task_id: str) -> Map[Any] | None:
     entry = read_field(board.column_map(Column(column)), task_id)
     return entry if isinstance(entry, Map) else None
+
+
+_ABSENT = object()  # a value no field holds
+
+
+def _dimensions_kept(held: Map[Any], written: object, task_id: str) -> None:
+    """Refuse a worker's `dimensions` other than those the embed task asked for (it writes
+    the vectors' length only where the request named none)."""
+    asked = read_field(held, c.F_DIMENSIONS)
+    if asked is not None and written != asked:
+        raise _forbid(f"task {task_id[:24]!r} asked for {asked!r} dimensions")
 
 
 def _unchanged_except(

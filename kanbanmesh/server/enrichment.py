@@ -42,7 +42,7 @@ from kanbanmesh.board.graph import DEPENDENCY_TOO_LARGE
 from kanbanmesh.board.reads import plain_fields, read_entry, read_field
 from kanbanmesh.board.roles import PeerRole
 from kanbanmesh.board.schema import TaskStatus as Status
-from kanbanmesh.board.templates import resolved_fields
+from kanbanmesh.board.templates import request_texts, resolved_fields, resolved_length
 from kanbanmesh.board.transitions import Column
 from kanbanmesh.errors import MiddlewareError
 from kanbanmesh.pipeline.base import Middleware, PendingTask
@@ -136,6 +136,8 @@ class Enricher:
 
     async def _enrich(self, task_id: str) -> None:
         async with self._limiter:
+            # Taken first: a task cancelled or gone meanwhile must not leave them held.
+            results = self._results.pop(task_id, None)
             entry = self._pending(task_id)
             if entry is None:
                 return
@@ -143,11 +145,14 @@ class Enricher:
             names = set(fields.get(c.F_ENRICHING) or [])
             written: dict[str, Any] = {}
             if AFTER in names:
-                results = self._results.pop(task_id, None)
                 if results is None:
                     return  # still waiting for its parents (the gate sends it again)
                 if results:
                     written[c.F_AFTER_RESULTS] = results
+                    too_large = self._too_large(fields, results)
+                    if too_large is not None:
+                        self._room.server_write(lambda board: self._complete(board, task_id, {}, too_large))
+                        return
                     # The middlewares see the text the model will (retrieval asks with it).
                     fields = {**fields, **resolved_fields(fields, results)}
             task = PendingTask(self._room.name, task_id, fields)
@@ -175,6 +180,17 @@ class Enricher:
             if error is None:
                 error = self._over_limits(task_id, fields, written)
             self._room.server_write(lambda board: self._complete(board, task_id, written, error))
+
+    def _too_large(self, fields: dict[str, Any], results: dict[str, str]) -> dict[str, str] | None:
+        """The error of a task whose text, its references replaced, would be over the request
+        limit: measured before anything is replaced (the replaced text could be thousands of
+        times the size of the task)."""
+        limit = self._room.limits.max_task_bytes
+        length = resolved_length(request_texts(fields.get(c.F_MESSAGES), fields.get(c.F_PROMPT)), results)
+        if length <= limit:
+            return None  # characters: the bytes are measured once it is replaced
+        return {"code": DEPENDENCY_TOO_LARGE, "message": f"the parents' results would make the request "
+                f"{length} characters long, over the limit of {limit} bytes"}
 
     def _over_limits(self, task_id: str, fields: dict[str, Any], written: dict[str, Any]) -> dict[str, str] | None:
         """The pipeline's fields pass the checks a peer's write would: an entry they would

@@ -34,7 +34,7 @@ from pycrdt import Map
 from kanbanmesh.board import constants as c
 from kanbanmesh.board.document import BoardDoc, now_ms
 from kanbanmesh.board.graph import DEPENDENCY_FAILED, Decision, DependencyIndex, Verdict, cyclic
-from kanbanmesh.board.reads import read_entry, read_field
+from kanbanmesh.board.reads import read_field
 from kanbanmesh.board.roles import PeerRole
 from kanbanmesh.board.schema import TaskStatus
 from kanbanmesh.board.templates import request_texts, result_refs
@@ -165,13 +165,20 @@ class GraphGate:
             self._room.server_write(lambda board: _end(board, ends))
 
     def _live(self, task_id: str) -> tuple[Column, dict[str, Any]] | None:
-        """Where `task_id` is on the live board, and its plain fields."""
+        """Where `task_id` is on the live board, and what a child reads of it: its owner, and
+        once done its status and result. Never the whole entry: 64 parents a child, each
+        named by every child of one update, would cost a read of each parent's request (up to
+        `max_task_bytes`) per child."""
         board = self._room.board
         column = board.locate(task_id)
         if column is None:
             return None
-        fields = read_entry(board.column_map(column), task_id)
-        return (column, fields) if isinstance(fields, dict) else None
+        with board.doc.transaction():
+            entry = read_field(board.column_map(column), task_id)
+            if not isinstance(entry, Map):
+                return None
+            names = (c.F_OWNER, c.F_STATUS, c.F_RESULT) if column is Column.DONE else (c.F_OWNER,)
+            return column, {name: read_field(entry, name) for name in names}
 
 
 def _unknown(parent: str) -> str:
