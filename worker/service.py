@@ -59,6 +59,9 @@ _MAX_UNCONFIRMED_FINISHES = 1024
 # Refusals one run may see before it gives up: a refusal may be another task's, but one whose
 # own writes are refused would otherwise be written again at every reconnect.
 _MAX_RUN_REFUSALS = 2
+# An embed task not finished after this long is written as started (`prepared -> doing`):
+# well within the broker's start deadline (10 s by default), past most embeddings' time.
+_EMBED_START_AFTER_S = 0.5
 
 log = logging.getLogger(__name__)
 
@@ -450,8 +453,12 @@ class Worker:
             self._finish(task_id, run, None, started_at, _Outcome(
                 TaskStatus.FAILED, error={"code": "invalid_task", "message": str(exc)}))
             return
-        self._starts[task_id] = run
-        self._peer.flush_soon()
+        if self._embedder is None or task.task_kind is not TaskKind.EMBED:
+            self._starts[task_id] = run
+            self._peer.flush_soon()
+        # else an embedding, done in milliseconds: its start goes out with its finish
+        # (`prepared -> done`, one update for the server to check and send, not two), unless
+        # it runs long enough that the broker's start deadline must see it started (`_embed`).
         if task.cancel:
             self._finish(task_id, run, task, started_at, _Outcome(TaskStatus.CANCELLED))
             return
@@ -462,7 +469,7 @@ class Worker:
                     "code": "unsupported_kind",
                     "message": f"a {self._kind.value} worker cannot run a {task.task_kind.value} task"}
             elif self._embedder is not None:
-                await self._embed(self._embedder, run, task, outcome)
+                await self._embed(self._embedder, task_id, run, task, outcome)
             elif self._llm is not None:
                 await self._generate(self._llm, task_id, run, task, outcome)
         if run.cancelled:
@@ -505,15 +512,23 @@ class Worker:
             outcome.status = TaskStatus.FAILED
             outcome.error = {"code": exc.code, "message": exc.message}
 
-    async def _embed(self, backend: EmbeddingBackend, run: _Run, task: TaskEntry, outcome: _Outcome) -> None:
+    async def _embed(
+        self, backend: EmbeddingBackend, task_id: str, run: _Run, task: TaskEntry, outcome: _Outcome
+    ) -> None:
         """An embed task: the backend's vectors of its inputs, encoded as the board holds
         them (kanbanmesh.board.embeddings), unless the entry could not hold them."""
         request = EmbeddingRequest(inputs=task.input or [], model=task.model, dimensions=task.dimensions)
-        try:
-            found = await backend.embed(request)
-        except BackendError as exc:
+        error: BackendError | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._start_after, task_id, run, _EMBED_START_AFTER_S)
+            try:
+                found = await backend.embed(request)
+            except BackendError as exc:
+                error = exc
+            tg.cancel_scope.cancel()
+        if error is not None:
             outcome.status = TaskStatus.FAILED
-            outcome.error = {"code": exc.code, "message": exc.message}
+            outcome.error = {"code": error.code, "message": error.message}
             return
         encoded = encode_vectors(found.vectors)
         room = run.max_entry_bytes - json_bytes(task.to_fields()) - _ENTRY_SLACK_BYTES
@@ -525,6 +540,13 @@ class Worker:
             return
         outcome.embeddings, outcome.dimensions = encoded, int(found.vectors.shape[1])
         outcome.usage = Usage(prompt_tokens=found.prompt_tokens, total_tokens=found.prompt_tokens)
+
+    async def _start_after(self, task_id: str, run: _Run, delay_s: float) -> None:
+        """Write the move to `doing` of a run still unstarted after `delay_s`."""
+        await anyio.sleep(delay_s)
+        if run.start is not None:
+            self._starts[task_id] = run
+            self._peer.flush_soon()
 
     def _write_starts(self) -> None:
         """Write the moves to `doing` still pending, each with the text produced so far (the

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from awareness.states import WorkerPresence, WorkerState
+from awareness.states import MAX_KINDS, WorkerPresence, WorkerState, workers_from_states
 from broker.scheduler import QueuedTask, TodoQueue, plan
+from kanbanmesh.board.schema import TaskKind
 
 
 def queue_of(*tasks: QueuedTask) -> TodoQueue:
@@ -72,3 +73,35 @@ def test_a_worker_in_backoff_gets_nothing_even_when_nobody_else_can_take_it() ->
     queue = queue_of(QueuedTask.make("t0", "", 0, 0.0))
     w = WorkerPresence(id="w", slots=4)
     assert plan(queue, [w], {}, limits={"w": 0}) == []
+
+
+def test_kinds_must_match_and_an_unserved_kind_waits() -> None:
+    """A chat never goes to an embedding worker, nor an embed task to a chat worker (one that
+    announces no `kinds` runs chats); a task no worker can take waits, the others pass it."""
+
+    def embed(task_id: str, model: str, at: float) -> QueuedTask:
+        return QueuedTask.make(task_id, model, 0, at, kind=TaskKind.EMBED)
+
+    queue = queue_of(
+        embed("e-unserved", "other-embedder", 0.5), QueuedTask.make("c1", "", 0, 1.0),
+        embed("e1", "", 2.0), QueuedTask.make("c2", "", 0, 3.0), embed("e2", "minilm", 4.0),
+    )
+    chatter = WorkerPresence(id="chat", models=["smol"], slots=4)
+    embedder = WorkerPresence.model_validate({"id": "emb", "models": ["minilm"], "slots": 4, "kinds": ["embed"]})
+    assignments = dict(plan(queue, [chatter, embedder], {}))
+    assert assignments == {"c1": "chat", "c2": "chat", "e1": "emb", "e2": "emb"}
+    assert plan(queue_of(embed("e", "", 1.0)), [chatter], {}) == []
+    assert plan(queue_of(QueuedTask.make("c", "", 0, 1.0)), [embedder], {}) == []
+
+
+def test_a_worker_announcing_too_many_or_odd_kinds() -> None:
+
+    states = {
+        1: {"role": "worker", "id": "many", "kinds": ["embed"] * (MAX_KINDS + 1)},
+        2: {"role": "worker", "id": "odd", "kinds": ["vision"]},
+        3: {"role": "worker", "id": "typed", "kinds": "embed"},
+    }
+    workers = {w.id: w for w in workers_from_states(states)}
+    assert set(workers) == {"odd"}  # out of bounds: ignored, as any invalid state
+    queue = queue_of(QueuedTask.make("c", "", 0, 1.0))
+    assert plan(queue, list(workers.values()), {}) == []  # a kind it does not know draws nothing

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 
 from client_sdk import AsyncClient, Client, InvalidTaskError, TaskFailedError, TaskStatus
+from kanbanmesh.board import constants as c
 from kanbanmesh.board.embeddings import MAX_EMBED_INPUTS
 from kanbanmesh.embedding_models import DEFAULT_MODEL
+from kanbanmesh.protocol import codec
 from tests.conftest import WorkerPool
 from tests.e2e.embed_workers import reference
+from tests.e2e.test_faults import refused_with, task_update
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -113,3 +116,55 @@ async def test_blocking_client_embeds(server_url: str, embed_workers: WorkerPool
 
     with anyio.fail_after(90):
         assert await anyio.to_thread.run_sync(use_blocking_client) == (2, 384)
+
+
+async def test_a_short_embedding_finishes_in_one_write_a_long_one_is_seen_started(
+    server_url: str, embed_workers: WorkerPool
+) -> None:
+    """An embed task goes `prepared -> done` in one write when it takes milliseconds, and is
+    written to `doing` once it runs long, before the broker's start deadline."""
+    await embed_workers.start()
+    async with AsyncClient(server_url) as client:
+        await client.wait_for_workers(1, kind="embed", timeout_s=30)
+
+        async def columns_of(inputs: list[str]) -> set[str]:
+            handle = await client.submit_embed(inputs)
+            seen: set[str] = set()
+            with anyio.fail_after(120):
+                while True:
+                    column, _ = handle.entry()
+                    seen.add(column.value)
+                    if column.value == "done":
+                        break
+                    await client.wait_changed(0.05)
+            await handle.embeddings()
+            return seen
+
+        await client.embed(["the model's first pass is slower: not measured"])
+        short = await columns_of(["one short text"])
+        long = await columns_of([f"input {i}: " + "a few more words to read " * 8 for i in range(150)])
+    assert "doing" not in short
+    assert "doing" in long
+
+
+@pytest.mark.parametrize(
+    "fields, reason",
+    [
+        ({"prompt": "p", "input": ["x"]}, "belong to an embed task"),
+        ({"prompt": "p", "dimensions": 8}, "belong to an embed task"),
+        ({"kind": "embed", "input": ["x"], "prompt": "p"}, "not `messages` or `prompt`"),
+        ({"kind": "embed", "input": ["x"], "rag": {"collection": "c"}}, "no `rag`"),
+        ({"kind": "embed"}, "needs `input`"),
+        ({"kind": "embed", "input": []}, "input"),
+        ({"kind": "embed", "input": ["x"] * (MAX_EMBED_INPUTS + 1)}, "input"),
+        ({"kind": "embed", "input": [[-1]]}, "input"),
+        ({"kind": "embed", "input": ["x"], "dimensions": 0}, "dimensions"),
+        ({"kind": "unknown", "prompt": "p"}, "kind"),
+    ],
+)
+async def test_the_server_refuses_malformed_embed_and_chat_entries(
+    server_url: str, fields: dict[str, object], reason: str
+) -> None:
+    """What a stock client writes straight into `todo` is held to the same schema."""
+    code, said = await refused_with(server_url, codec.sync_update(task_update("t1", {"id": "t1", **fields})))
+    assert code == c.CLOSE_INVALID_TASK and reason in said, said

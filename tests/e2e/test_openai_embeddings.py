@@ -66,6 +66,7 @@ async def test_the_openai_client_gets_the_models_vectors(
         packed = await client.embeddings.create(model=DEFAULT_MODEL, input=TEXTS, encoding_format="base64")
         single = await client.embeddings.create(model="", input="hello")
         tokens = await client.embeddings.create(model=DEFAULT_MODEL, input=[[7592, 2088], [1037]])
+        one_array = await client.embeddings.create(model=DEFAULT_MODEL, input=[7592, 2088])
         models = await client.models.list()
     assert [d.index for d in floats.data] == [0, 1, 2]
     assert np.allclose(np.array([d.embedding for d in floats.data]), expected, atol=1e-5)
@@ -77,6 +78,8 @@ async def test_the_openai_client_gets_the_models_vectors(
     assert floats.usage.prompt_tokens == floats.usage.total_tokens > len(TEXTS)
     assert np.allclose(single.data[0].embedding, reference(reference_model, ["hello"])[0], atol=1e-5)
     assert np.allclose(tokens.data[0].embedding, reference(reference_model, ["hello world"])[0], atol=1e-5)
+    assert len(tokens.data) == 2 and len(one_array.data) == 1
+    assert np.allclose(one_array.data[0].embedding, tokens.data[0].embedding, atol=1e-6)
     assert DEFAULT_MODEL in [m.id for m in models.data]
 
 

@@ -87,12 +87,17 @@ class SentenceTransformerBackend:
         self._model = None
 
     def _load(self) -> tuple[Any, int]:
+        self._set_threads()
+        return load_sentence_transformer(self._path, BackendError)
+
+    def _set_threads(self) -> None:
+        """`threads` for torch, in the calling thread: OpenMP keeps the count per thread (a
+        thread that existed before another set it keeps its own), and each round may run in
+        another of anyio's worker threads. A call costs well under a microsecond."""
         if self._threads:
             import torch
 
-            # In the thread that runs the model: torch's intra-op pool is the process's.
             torch.set_num_threads(self._threads)
-        return load_sentence_transformer(self._path, BackendError)
 
     def _check_model(self, model: str) -> None:
         if model and model != self._name:
@@ -155,6 +160,7 @@ class SentenceTransformerBackend:
     def _embed_jobs(self, jobs: list[_Job]) -> None:
         """In the model's thread: each job's vectors, or its error (one job's bad input fails
         that job alone)."""
+        self._set_threads()
         tokenized: list[tuple[_Job, list[list[int]]]] = []
         for job in jobs:
             try:
