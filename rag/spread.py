@@ -110,6 +110,8 @@ async def _keep(state: _Progress, batch: list[tuple[int, int]], vectors: Vectors
     if vectors.shape != (len(batch), dim):
         raise RagError("model_mismatch", f"the embedder gave vectors of shape {vectors.shape} for "
                        f"{len(batch)} chunks; collection {state.collection.name!r} holds {dim} dimensions")
+    if not np.isfinite(vectors).all():
+        raise RagError("bad_vectors", "the embedder gave vectors that are not finite")
     by_file: dict[int, list[int]] = {}
     for row, (number, position) in enumerate(batch):
         by_file.setdefault(number, []).append(row)

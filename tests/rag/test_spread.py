@@ -123,10 +123,16 @@ async def test_vectors_of_the_wrong_length_are_refused(tmp_path: Path, rag_model
     async def wrong(texts: list[str]) -> Vectors:
         return np.zeros((len(texts), 16), dtype=np.float32)
 
+    async def not_finite(texts: list[str]) -> Vectors:
+        return np.full((len(texts), 384), np.nan, dtype=np.float32)
+
     with policy_collection(tmp_path / "b", rag_models, "c") as collection:
         with pytest.raises(BaseExceptionGroup) as caught:
             await ingest_spread(collection, [corpus], wrong)
         assert caught.group_contains(RagError, match="384 dimensions")
+        with pytest.raises(BaseExceptionGroup) as caught:
+            await ingest_spread(collection, [corpus], not_finite)
+        assert caught.group_contains(RagError, match="not finite")
         assert rows(collection) == []
     with pytest.raises(RagError, match="not 16"):
         Collection.create(tmp_path / "b", "c", rag_models, dim=16)
