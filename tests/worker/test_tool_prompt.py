@@ -22,6 +22,10 @@ from worker.backends.llama_sampler import free_sampler, grammar_sampler
 from worker.backends.tool_prompt import TOOLS_INSTRUCTION
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+BOUNDED = {"type": "object", "properties": {  # integer ranges: worker/backends/integer_ranges.py
+    "hour": {"type": "integer", "minimum": 0, "maximum": 23}, "at": {"type": "integer", "exclusiveMinimum": -40},
+    "integer": {"type": "integer", "maximum": -7}, "days": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+    "either": {"anyOf": [{"type": "integer", "minimum": 100}, {"type": "string", "maxLength": 3}]}}}
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather now", "parameters": WEATHER}},
          {"type": "function", "function": {"name": "now"}}]
 LOOP = [
@@ -92,6 +96,8 @@ def vocab(bundled_gguf: Path) -> Any:
     {"tools": TOOLS, "response_format": {"type": "json_object"}},
     {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": WEATHER}}},
     {"response_format": {"type": "json_object"}},
+    {"tools": [{"type": "function", "function": {"name": "b", "parameters": BOUNDED}}], "tool_choice": "required"},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "b", "schema": BOUNDED}}},
 ])
 def test_every_grammar_llama_cpp_accepts(vocab: Any, fields: dict[str, Any]) -> None:
     grammar = grammar_for(request(**fields))
@@ -118,4 +124,22 @@ def test_remote_refs_are_refused_before_the_converter_sees_them() -> None:
         "type": "object", "properties": {"x": {"$ref": "https://example.com/x.json"}}}}}]
     with pytest.raises(BackendError, match="only local \\$ref") as caught:
         grammar_for(request(tools=tools, tool_choice="required"))
+    assert caught.value.code == "bad_params"
+
+
+def test_integer_bounds_become_range_rules() -> None:
+    grammar = grammar_for(request(response_format={"type": "json_schema", "json_schema": {"name": "b", "schema": BOUNDED}}))
+    assert grammar is not None
+    rules = dict(line.split(" ::= ", 1) for line in grammar.text.splitlines())
+    assert rules["json-hour"] == '([0-9] | "1" [0-9] | "2" [0-3]) space'
+    assert rules["json-integer"].startswith('("-" [7-9] | "-" [1-9] [0-9] |')  # not the converter's `integer`
+    assert rules["json-days-item"].startswith("([1-9] | [1-9] [0-9] |")  # an array's items too
+    assert '[1-9] [0-9] [0-9]' in grammar.text  # anyOf's integer branch: from 100 on
+
+
+def test_an_integer_range_without_integers_fails_the_task() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 5, "exclusiveMaximum": 5}}}
+    with pytest.raises(BackendError, match="no integer") as caught:
+        grammar_for(request(tools=[{"type": "function", "function": {"name": "f", "parameters": schema}}],
+                            tool_choice="required"))
     assert caught.value.code == "bad_params"

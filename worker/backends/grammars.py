@@ -12,7 +12,9 @@ arguments, so that a call is exactly `kanbanmesh.board.tool_calls.render_call`'s
 With `tool_choice` `auto` the grammar is lazy: free text until the model writes `<tool_call>`,
 the grammar from there on (llama.cpp's `llama_sampler_init_grammar_lazy_patterns`). With a
 `response_format` and `auto`, the answer is that JSON or calls (`root ::= json | calls`).
-Once the grammar is complete the sampler allows only the end of generation.
+Once the grammar is complete the sampler allows only the end of generation. The converter
+ignores numeric bounds; an integer's are enforced by `_Converter` (worker/backends/integer_ranges.py),
+and what no grammar enforces is checked after generation (worker/backends/answer_check.py).
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from llama_cpp.llama_grammar import SchemaConverter
+from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
 
 from kanbanmesh.board.tool_calls import CLOSE, OPEN
 from kanbanmesh.board.tool_schema import ResponseFormat
 from kanbanmesh.errors import BackendError
 from worker.backends.base import GenerationRequest
+from worker.backends.integer_ranges import integer_bounds, integer_range
 
 # What makes a lazy grammar start: the whole text so far, the first `<tool_call>` in it being
 # where the grammar begins (llama.cpp matches the pattern against all the text generated, and
@@ -82,8 +85,32 @@ def _response_schema(response_format: ResponseFormat | None) -> dict[str, Any] |
     return _ANY_OBJECT
 
 
+class _Converter(SchemaConverter):
+    """The converter, with integer bounds: its own `integer` is any integer (`minimum` and
+    `maximum` ignored), so an integer with bounds gets a rule of exactly its range
+    (worker/backends/integer_ranges.py). Fractional bounds of a `number` are not enforced here:
+    the check after generation (worker/backends/answer_check.py) fails an answer that breaks them."""
+
+    def visit(self, schema: dict[str, Any], name: str) -> str:
+        if schema.get("type") == "integer" and not _BEFORE_TYPE.intersection(schema):
+            low, high = integer_bounds(schema)
+            if low is not None or high is not None:
+                try:
+                    rule = integer_range(low, high)
+                except ValueError as exc:
+                    raise BackendError("bad_params", f"an integer schema no integer satisfies: {exc}") from exc
+                # The rule's name as the converter names its own (a reserved name gets a "-").
+                rule_name = name + "-" if name in RESERVED_NAMES else name or "root"
+                return str(self._add_rule(rule_name, f"{rule} space"))  # type: ignore[no-untyped-call]
+        return str(super().visit(schema, name))  # type: ignore[no-untyped-call]
+
+
+# What the converter looks at before an integer's type (and then ignores the type for).
+_BEFORE_TYPE = frozenset({"$ref", "oneOf", "anyOf", "const", "enum"})
+
+
 def _converter() -> SchemaConverter:
-    return SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)  # type: ignore[no-untyped-call]
+    return _Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)  # type: ignore[no-untyped-call]
 
 
 def _visit(converter: SchemaConverter, schema: dict[str, Any], name: str, what: str) -> str:
@@ -95,6 +122,8 @@ def _visit(converter: SchemaConverter, schema: dict[str, Any], name: str, what: 
     try:
         resolved = converter.resolve_refs(copy, name)
         return str(converter.visit(resolved, name))  # type: ignore[no-untyped-call]
+    except BackendError:
+        raise
     except Exception as exc:  # the converter raises what it meets: ValueError, KeyError, ...
         raise BackendError(
             "bad_params", f"{what}: the JSON Schema cannot be compiled to a grammar: {type(exc).__name__}: {exc}"[:500]
