@@ -26,7 +26,8 @@ ALARM = {
     "properties": {"hour": {"type": "integer", "minimum": 0, "maximum": 23},
                    "label": {"type": "string", "maxLength": 8},
                    "ratio": {"type": "number", "exclusiveMinimum": 0.5},
-                   "day": {"type": "string", "format": "date"}},
+                   "day": {"type": "string", "format": "date"},
+                   "note": {"type": "string", "maxLength": 1000}},  # longer than a grammar holds
     "required": ["hour"],
 }
 TOOLS = [{"type": "function", "function": {"name": "set_alarm", "parameters": ALARM}},
@@ -57,6 +58,7 @@ def test_free_text_has_no_check() -> None:
     ({"hour": 7, "label": "much too long"}, "maxLength", "$.label"),
     ({"hour": 7, "ratio": 0.5}, "exclusiveMinimum", "$.ratio"),
     ({"hour": 7, "day": "2025-02-30"}, "format", "$.day"),
+    ({"hour": 7, "note": "x" * 1001}, "maxLength", "$.note"),
     ({"label": "x"}, "required", "$"),
     ({"hour": 7.5}, "type", "$.hour"),
 ])

@@ -22,6 +22,12 @@ from worker.backends.llama_sampler import free_sampler, grammar_sampler
 from worker.backends.tool_prompt import TOOLS_INSTRUCTION
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+# Lengths the converter would nest one group per repetition for (llama.cpp's parser refuses
+# some thousand levels and overflows its stack at 20,000): left to the check after generation.
+LONG = {"type": "object", "properties": {
+    "s": {"type": "string", "maxLength": 20_000}, "t": {"type": "string", "minLength": 10**9},
+    "a": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 50_000},
+    "p": {"type": "string", "pattern": "^a{0,1000000000}$"}, "q": {"type": "string", "pattern": "^[a-z]{2,8}$"}}}
 BOUNDED = {"type": "object", "properties": {  # integer ranges: worker/backends/integer_ranges.py
     "hour": {"type": "integer", "minimum": 0, "maximum": 23}, "at": {"type": "integer", "exclusiveMinimum": -40},
     "integer": {"type": "integer", "maximum": -7}, "days": {"type": "array", "items": {"type": "integer", "minimum": 1}},
@@ -98,6 +104,7 @@ def vocab(bundled_gguf: Path) -> Any:
     {"response_format": {"type": "json_object"}},
     {"tools": [{"type": "function", "function": {"name": "b", "parameters": BOUNDED}}], "tool_choice": "required"},
     {"response_format": {"type": "json_schema", "json_schema": {"name": "b", "schema": BOUNDED}}},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "long", "schema": LONG}}},
 ])
 def test_every_grammar_llama_cpp_accepts(vocab: Any, fields: dict[str, Any]) -> None:
     grammar = grammar_for(request(**fields))
@@ -142,4 +149,21 @@ def test_an_integer_range_without_integers_fails_the_task() -> None:
     with pytest.raises(BackendError, match="no integer") as caught:
         grammar_for(request(tools=[{"type": "function", "function": {"name": "f", "parameters": schema}}],
                             tool_choice="required"))
+    assert caught.value.code == "bad_params"
+
+
+def test_long_lengths_are_left_out_of_the_grammar_short_ones_kept() -> None:
+    grammar = grammar_for(request(response_format={"type": "json_schema", "json_schema": {"name": "l", "schema": LONG}}))
+    assert grammar is not None and len(grammar.text) < 10_000
+    rules = dict(line.split(" ::= ", 1) for line in grammar.text.splitlines())
+    for name in "stp":  # any string: checked after generation
+        assert rules[f"json-{name}-kv"].endswith(" string")
+    assert rules["json-a"] == '"[" space integer ("," space integer)* "]" space'  # one item or more
+    assert rules["json-q"].startswith('"\\"" json-q-1 json-q-1 (')  # a short quantifier stays
+
+
+def test_a_grammar_nested_too_deep_is_refused_before_llama_cpp() -> None:
+    deep = {"type": "object", "properties": {"p": {"type": "string", "pattern": "^" + "(" * 600 + "a" + ")" * 600 + "$"}}}
+    with pytest.raises(BackendError, match="nested") as caught:
+        grammar_for(request(response_format={"type": "json_schema", "json_schema": {"name": "d", "schema": deep}}))
     assert caught.value.code == "bad_params"

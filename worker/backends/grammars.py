@@ -20,6 +20,7 @@ and what no grammar enforces is checked after generation (worker/backends/answer
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -89,9 +90,13 @@ class _Converter(SchemaConverter):
     """The converter, with integer bounds: its own `integer` is any integer (`minimum` and
     `maximum` ignored), so an integer with bounds gets a rule of exactly its range
     (worker/backends/integer_ranges.py). Fractional bounds of a `number` are not enforced here:
-    the check after generation (worker/backends/answer_check.py) fails an answer that breaks them."""
+    the check after generation (worker/backends/answer_check.py) fails an answer that breaks them.
+    Lengths of strings and arrays beyond `MAX_GRAMMAR_REPEAT` are left to that check too: the
+    converter nests one group per optional repetition, and llama.cpp's recursive parser refuses
+    a grammar nested some thousand levels deep, or overflows its stack on deeper ones."""
 
     def visit(self, schema: dict[str, Any], name: str) -> str:
+        schema = _long_lengths_dropped(schema)
         if schema.get("type") == "integer" and not _BEFORE_TYPE.intersection(schema):
             low, high = integer_bounds(schema)
             if low is not None or high is not None:
@@ -107,6 +112,29 @@ class _Converter(SchemaConverter):
 
 # What the converter looks at before an integer's type (and then ignores the type for).
 _BEFORE_TYPE = frozenset({"$ref", "oneOf", "anyOf", "const", "enum"})
+MAX_GRAMMAR_REPEAT = 256
+# Deeper grammars are refused before llama.cpp parses them (a pattern's `{0,20000}`, ...).
+MAX_GRAMMAR_NESTING = 512
+
+
+def _long_lengths_dropped(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` without the length bounds the grammar leaves to the check (a copy if any)."""
+    dropped = dict(schema)
+    for low_key, high_key in (("minLength", "maxLength"), ("minItems", "maxItems")):
+        low, high = schema.get(low_key, 0), schema.get(high_key)
+        if not isinstance(low, int) or isinstance(low, bool) or low > MAX_GRAMMAR_REPEAT:
+            dropped.pop(low_key, None)
+            low = 0
+        if high is not None and (not isinstance(high, int) or isinstance(high, bool) or high - low > MAX_GRAMMAR_REPEAT):
+            dropped.pop(high_key, None)
+    pattern = schema.get("pattern")
+    counts = _COUNTS.findall(pattern) if isinstance(pattern, str) else []
+    if any(len(n) > 6 or int(n) > MAX_GRAMMAR_REPEAT for quantifier in counts for n in re.findall(r"\d+", quantifier)):
+        dropped.pop("pattern")  # the converter would unroll `{0,1000000}` into the grammar
+    return dropped if len(dropped) != len(schema) else schema
+
+
+_COUNTS = re.compile(r"\{([\d\s,]*)\}")  # a regex quantifier's inside
 
 
 def _converter() -> SchemaConverter:
@@ -152,7 +180,36 @@ def _format(converter: SchemaConverter, *, root: str) -> str:
     converter._rules["root"] = root
     if "char" in converter._rules:
         converter._rules["char"] = _JSON_CHAR
-    return str(converter.format_grammar())  # type: ignore[no-untyped-call]
+    text = str(converter.format_grammar())  # type: ignore[no-untyped-call]
+    depth = _nesting(text)
+    if depth > MAX_GRAMMAR_NESTING:
+        raise BackendError("bad_params", f"the JSON Schemas make a grammar nested {depth} groups deep, over "
+                           f"{MAX_GRAMMAR_NESTING} (a pattern's repetition counts?)")
+    return text
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of parentheses in GBNF `text`, outside literals and classes."""
+    deepest = depth = 0
+    closing, at = "", 0
+    while at < len(text):
+        char = text[at]
+        if closing:  # inside "..." or [...]
+            if char == "\\":
+                at += 1
+            elif char == closing:
+                closing = ""
+        elif char in "\"[":
+            closing = "\"" if char == "\"" else "]"
+        elif char == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == ")":
+            depth -= 1
+        elif char == "\n":
+            depth = 0
+        at += 1
+    return deepest
 
 
 def _literal(text: str) -> str:
