@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
+import openai
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -141,3 +142,20 @@ async def test_arguments_that_break_the_schema_fail_the_task(server_url: str, fa
             await task.result()
     assert failed.value.code == "invalid_tool_call"
     assert "'get_weather'" in failed.value.message and "type at $.city" in failed.value.message
+
+
+async def test_the_openai_endpoint_answers_a_schema_breaking_call_500_invalid_tool_call(
+    server_url: str, fake_tools: FakeToolServer
+) -> None:
+    backend = OpenAIBackend(OpenAIConfig(base_url=fake_tools.base_url, model=MODEL))
+    async with (
+        running_worker(server_url, backend), AsyncClient(server_url) as client,
+        openai.AsyncOpenAI(base_url="http" + server_url[2:] + "/v1", api_key="unused", max_retries=0) as oai,
+    ):
+        await client.wait_for_workers(1, timeout_s=10)
+        with anyio.fail_after(20), pytest.raises(openai.InternalServerError) as failed:
+            await oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "INVALID"}],
+                                              tools=TOOLS, tool_choice="required")  # type: ignore[arg-type]
+    assert failed.value.status_code == 500 and failed.value.code == "invalid_tool_call"
+    assert isinstance(failed.value.body, dict) and failed.value.body["param"] == "tools"
+    assert "type at $.city" in failed.value.message
