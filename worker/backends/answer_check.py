@@ -62,7 +62,7 @@ class AnswerCheck:
     def check(self, text: str, finish_reason: str) -> None:
         """Raise `BackendError` (`invalid_tool_call`, `invalid_structured_output`) unless every
         call in `text` and its structured answer are valid. An answer cut short (`length`) that
-        is not complete JSON is left as it is: its `finish_reason` says so."""
+        is not whole JSON is left as it is: its `finish_reason` says so."""
         calls: list[ParsedCall] = []
         if self.tools:
             try:
@@ -81,7 +81,7 @@ class AnswerCheck:
                     f"{problem}"))
         if calls or self.structured is None:
             return
-        if finish_reason == "length":
+        if finish_reason != "stop":  # `length`, or the engine cancelled it
             try:
                 json.loads(text)
             except ValueError:
