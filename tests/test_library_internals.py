@@ -139,3 +139,12 @@ def test_llama_cpp_schema_converter_has_what_the_grammars_use() -> None:
     assert isinstance(converter._rules, dict) and name in converter._rules and "char" in converter._rules
     converter._rules["root"] = name
     assert f"root ::= {name}" in converter.format_grammar()
+    # grammars.py's `_Converter` names an integer-range rule as `visit` names its own, adds it
+    # with `_add_rule`, and uses the `space` rule every value ends with; `visit` recurses
+    # through `self.visit` (an override sees every nested schema), and the converter's own
+    # `integer` ignores bounds (else the override would be for nothing).
+    assert {"integer", "string", "number", "char"} <= grammar.RESERVED_NAMES
+    assert parameters(converter._add_rule) == ["name", "rule"] and converter._rules["space"] == '" "?'
+    assert "self.visit(" in inspect.getsource(grammar.SchemaConverter._build_object_rule)
+    bounded = grammar.SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)
+    assert bounded.visit({"type": "integer", "minimum": 0, "maximum": 9}, "n") == "integer"

@@ -83,6 +83,10 @@ _FAILURES: dict[str, tuple[int, str, str, str | None]] = {
     "input_too_long": (400, INVALID_REQUEST, "context_length_exceeded", "input"),
     "invalid_input": (400, INVALID_REQUEST, "invalid_value", "input"),
     "output_too_large": (400, INVALID_REQUEST, "invalid_value", "input"),
+    # The model (or the upstream) answered calls or JSON that break their schemas (docs/protocol.md
+    # section 14): the mesh failed, not the request; another sample may pass.
+    "invalid_tool_call": (500, SERVER_ERROR, "invalid_tool_call", "tools"),
+    "invalid_structured_output": (500, SERVER_ERROR, "invalid_structured_output", "response_format"),
 }
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import anyio
+import openai
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -42,7 +43,8 @@ def _logprobs(token: str) -> dict[str, Any]:
 @dataclass
 class FakeToolServer:
     """Streams text, then two calls in pieces (OpenAI's delta format), with logprobs; the last
-    turn "BROKEN" makes it stream arguments that are not a JSON object."""
+    turn "BROKEN" makes it stream arguments that are not a JSON object, "INVALID" arguments
+    that break the tool's schema."""
 
     requests: list[dict[str, Any]] = field(default_factory=list)
     base_url: str = ""
@@ -57,10 +59,10 @@ class FakeToolServer:
     async def chat(self, request: Request) -> Response:
         body = await request.json()
         self.requests.append(body)
-        broken = body["messages"][-1].get("content") == "BROKEN"
-        return StreamingResponse(self._events(broken), media_type="text/event-stream")
+        last = body["messages"][-1].get("content")
+        return StreamingResponse(self._events(last), media_type="text/event-stream")
 
-    async def _events(self, broken: bool) -> AsyncIterator[str]:
+    async def _events(self, last: str | None) -> AsyncIterator[str]:
         def chunk(delta: dict[str, Any], finish: str | None = None, logprobs: dict[str, Any] | None = None) -> str:
             choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
             return f"data: {json.dumps({'object': 'chat.completion.chunk', 'choices': [choice]})}\n\n"
@@ -71,7 +73,8 @@ class FakeToolServer:
 
         yield chunk({"role": "assistant", "content": "Let me check."}, logprobs=_logprobs("Let me check."))
         yield chunk(call(0, name="get_weather", arguments=""))
-        for piece in (['{"ci', 'ty": "Pa', 'ris"}'] if not broken else ['[1, 2]']):
+        pieces = {"BROKEN": ["[1, 2]"], "INVALID": ['{"city": ', "75001}"]}.get(last or "", ['{"ci', 'ty": "Pa', 'ris"}'])
+        for piece in pieces:
             await anyio.sleep(0.01)
             yield chunk(call(0, arguments=piece))
         yield chunk(call(1, name="now"))  # no arguments at all
@@ -127,3 +130,32 @@ async def test_arguments_that_are_not_an_object_fail_the_task(server_url: str, f
             await task.result()
     assert failed.value.code == "backend_error" and "not a JSON object" in failed.value.message
     assert "tool_choice" in fake_tools.requests[0] and fake_tools.requests[0]["tool_choice"] == "auto"
+
+
+async def test_arguments_that_break_the_schema_fail_the_task(server_url: str, fake_tools: FakeToolServer) -> None:
+    """The upstream is another server, which may not enforce the schemas: the worker checks."""
+    backend = OpenAIBackend(OpenAIConfig(base_url=fake_tools.base_url, model=MODEL))
+    async with running_worker(server_url, backend), AsyncClient(server_url) as client:
+        await client.wait_for_workers(1, timeout_s=10)
+        task = await client.submit("INVALID", tools=TOOLS, tool_choice="required")
+        with anyio.fail_after(20), pytest.raises(TaskFailedError) as failed:
+            await task.result()
+    assert failed.value.code == "invalid_tool_call"
+    assert "'get_weather'" in failed.value.message and "type at $.city" in failed.value.message
+
+
+async def test_the_openai_endpoint_answers_a_schema_breaking_call_500_invalid_tool_call(
+    server_url: str, fake_tools: FakeToolServer
+) -> None:
+    backend = OpenAIBackend(OpenAIConfig(base_url=fake_tools.base_url, model=MODEL))
+    async with (
+        running_worker(server_url, backend), AsyncClient(server_url) as client,
+        openai.AsyncOpenAI(base_url="http" + server_url[2:] + "/v1", api_key="unused", max_retries=0) as oai,
+    ):
+        await client.wait_for_workers(1, timeout_s=10)
+        with anyio.fail_after(20), pytest.raises(openai.InternalServerError) as failed:
+            await oai.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "INVALID"}],
+                                              tools=TOOLS, tool_choice="required")  # type: ignore[arg-type]
+    assert failed.value.status_code == 500 and failed.value.code == "invalid_tool_call"
+    assert isinstance(failed.value.body, dict) and failed.value.body["param"] == "tools"
+    assert "type at $.city" in failed.value.message

@@ -41,9 +41,8 @@ WEATHER = {"type": "function", "function": {
 ALARM = {"type": "function", "function": {
     "name": "set_alarm", "description": "Set an alarm",
     "parameters": {"type": "object", "properties": {
-        # No `minimum`/`maximum`: llama-cpp-python's schema converter (0.3.36) does not
-        # constrain numbers' ranges, so the grammar cannot promise them.
-        "hour": {"type": "integer"}, "label": {"type": "string"}},
+        # Integer bounds and string lengths: the grammar enforces both.
+        "hour": {"type": "integer", "minimum": 0, "maximum": 23}, "label": {"type": "string", "maxLength": 20}},
         "required": ["hour"]},
 }}
 TOOLS = [WEATHER, ALARM]

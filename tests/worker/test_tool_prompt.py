@@ -22,6 +22,16 @@ from worker.backends.llama_sampler import free_sampler, grammar_sampler
 from worker.backends.tool_prompt import TOOLS_INSTRUCTION
 
 WEATHER = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+# Lengths the converter would nest one group per repetition for (llama.cpp's parser refuses
+# some thousand levels and overflows its stack at 20,000): left to the check after generation.
+LONG = {"type": "object", "properties": {
+    "s": {"type": "string", "maxLength": 20_000}, "t": {"type": "string", "minLength": 10**9},
+    "a": {"type": "array", "items": {"type": "integer"}, "minItems": 1, "maxItems": 50_000},
+    "p": {"type": "string", "pattern": "^a{0,1000000000}$"}, "q": {"type": "string", "pattern": "^[a-z]{2,8}$"}}}
+BOUNDED = {"type": "object", "properties": {  # integer ranges: worker/backends/integer_ranges.py
+    "hour": {"type": "integer", "minimum": 0, "maximum": 23}, "at": {"type": "integer", "exclusiveMinimum": -40},
+    "integer": {"type": "integer", "maximum": -7}, "days": {"type": "array", "items": {"type": "integer", "minimum": 1}},
+    "either": {"anyOf": [{"type": "integer", "minimum": 100}, {"type": "string", "maxLength": 3}]}}}
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather now", "parameters": WEATHER}},
          {"type": "function", "function": {"name": "now"}}]
 LOOP = [
@@ -92,6 +102,9 @@ def vocab(bundled_gguf: Path) -> Any:
     {"tools": TOOLS, "response_format": {"type": "json_object"}},
     {"response_format": {"type": "json_schema", "json_schema": {"name": "a", "schema": WEATHER}}},
     {"response_format": {"type": "json_object"}},
+    {"tools": [{"type": "function", "function": {"name": "b", "parameters": BOUNDED}}], "tool_choice": "required"},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "b", "schema": BOUNDED}}},
+    {"response_format": {"type": "json_schema", "json_schema": {"name": "long", "schema": LONG}}},
 ])
 def test_every_grammar_llama_cpp_accepts(vocab: Any, fields: dict[str, Any]) -> None:
     grammar = grammar_for(request(**fields))
@@ -118,4 +131,39 @@ def test_remote_refs_are_refused_before_the_converter_sees_them() -> None:
         "type": "object", "properties": {"x": {"$ref": "https://example.com/x.json"}}}}}]
     with pytest.raises(BackendError, match="only local \\$ref") as caught:
         grammar_for(request(tools=tools, tool_choice="required"))
+    assert caught.value.code == "bad_params"
+
+
+def test_integer_bounds_become_range_rules() -> None:
+    grammar = grammar_for(request(response_format={"type": "json_schema", "json_schema": {"name": "b", "schema": BOUNDED}}))
+    assert grammar is not None
+    rules = dict(line.split(" ::= ", 1) for line in grammar.text.splitlines())
+    assert rules["json-hour"] == '([0-9] | "1" [0-9] | "2" [0-3]) space'
+    assert rules["json-integer"].startswith('("-" [7-9] | "-" [1-9] [0-9] |')  # not the converter's `integer`
+    assert rules["json-days-item"].startswith("([1-9] | [1-9] [0-9] |")  # an array's items too
+    assert '[1-9] [0-9] [0-9]' in grammar.text  # anyOf's integer branch: from 100 on
+
+
+def test_an_integer_range_without_integers_fails_the_task() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 5, "exclusiveMaximum": 5}}}
+    with pytest.raises(BackendError, match="no integer") as caught:
+        grammar_for(request(tools=[{"type": "function", "function": {"name": "f", "parameters": schema}}],
+                            tool_choice="required"))
+    assert caught.value.code == "bad_params"
+
+
+def test_long_lengths_are_left_out_of_the_grammar_short_ones_kept() -> None:
+    grammar = grammar_for(request(response_format={"type": "json_schema", "json_schema": {"name": "l", "schema": LONG}}))
+    assert grammar is not None and len(grammar.text) < 10_000
+    rules = dict(line.split(" ::= ", 1) for line in grammar.text.splitlines())
+    for name in "stp":  # any string: checked after generation
+        assert rules[f"json-{name}-kv"].endswith(" string")
+    assert rules["json-a"] == '"[" space integer ("," space integer)* "]" space'  # one item or more
+    assert rules["json-q"].startswith('"\\"" json-q-1 json-q-1 (')  # a short quantifier stays
+
+
+def test_a_grammar_nested_too_deep_is_refused_before_llama_cpp() -> None:
+    deep = {"type": "object", "properties": {"p": {"type": "string", "pattern": "^" + "(" * 600 + "a" + ")" * 600 + "$"}}}
+    with pytest.raises(BackendError, match="nested") as caught:
+        grammar_for(request(response_format={"type": "json_schema", "json_schema": {"name": "d", "schema": deep}}))
     assert caught.value.code == "bad_params"

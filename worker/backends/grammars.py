@@ -12,22 +12,26 @@ arguments, so that a call is exactly `kanbanmesh.board.tool_calls.render_call`'s
 With `tool_choice` `auto` the grammar is lazy: free text until the model writes `<tool_call>`,
 the grammar from there on (llama.cpp's `llama_sampler_init_grammar_lazy_patterns`). With a
 `response_format` and `auto`, the answer is that JSON or calls (`root ::= json | calls`).
-Once the grammar is complete the sampler allows only the end of generation.
+Once the grammar is complete the sampler allows only the end of generation. The converter
+ignores numeric bounds; an integer's are enforced by `_Converter` (worker/backends/integer_ranges.py),
+and what no grammar enforces is checked after generation (worker/backends/answer_check.py).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from llama_cpp.llama_grammar import SchemaConverter
+from llama_cpp.llama_grammar import RESERVED_NAMES, SchemaConverter
 
 from kanbanmesh.board.tool_calls import CLOSE, OPEN
 from kanbanmesh.board.tool_schema import ResponseFormat
 from kanbanmesh.errors import BackendError
 from worker.backends.base import GenerationRequest
+from worker.backends.integer_ranges import integer_bounds, integer_range
 
 # What makes a lazy grammar start: the whole text so far, the first `<tool_call>` in it being
 # where the grammar begins (llama.cpp matches the pattern against all the text generated, and
@@ -82,8 +86,59 @@ def _response_schema(response_format: ResponseFormat | None) -> dict[str, Any] |
     return _ANY_OBJECT
 
 
+class _Converter(SchemaConverter):
+    """The converter, with integer bounds: its own `integer` is any integer (`minimum` and
+    `maximum` ignored), so an integer with bounds gets a rule of exactly its range
+    (worker/backends/integer_ranges.py). Fractional bounds of a `number` are not enforced here:
+    the check after generation (worker/backends/answer_check.py) fails an answer that breaks them.
+    Lengths of strings and arrays beyond `MAX_GRAMMAR_REPEAT` are left to that check too: the
+    converter nests one group per optional repetition, and llama.cpp's recursive parser refuses
+    a grammar nested some thousand levels deep, or overflows its stack on deeper ones."""
+
+    def visit(self, schema: dict[str, Any], name: str) -> str:
+        schema = _long_lengths_dropped(schema)
+        if schema.get("type") == "integer" and not _BEFORE_TYPE.intersection(schema):
+            low, high = integer_bounds(schema)
+            if low is not None or high is not None:
+                try:
+                    rule = integer_range(low, high)
+                except ValueError as exc:
+                    raise BackendError("bad_params", f"an integer schema no integer satisfies: {exc}") from exc
+                # The rule's name as the converter names its own (a reserved name gets a "-").
+                rule_name = name + "-" if name in RESERVED_NAMES else name or "root"
+                return str(self._add_rule(rule_name, f"{rule} space"))  # type: ignore[no-untyped-call]
+        return str(super().visit(schema, name))  # type: ignore[no-untyped-call]
+
+
+# What the converter looks at before an integer's type (and then ignores the type for).
+_BEFORE_TYPE = frozenset({"$ref", "oneOf", "anyOf", "const", "enum"})
+MAX_GRAMMAR_REPEAT = 256
+# Deeper grammars are refused before llama.cpp parses them (a pattern's `{0,20000}`, ...).
+MAX_GRAMMAR_NESTING = 512
+
+
+def _long_lengths_dropped(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` without the length bounds the grammar leaves to the check (a copy if any)."""
+    dropped = dict(schema)
+    for low_key, high_key in (("minLength", "maxLength"), ("minItems", "maxItems")):
+        low, high = schema.get(low_key, 0), schema.get(high_key)
+        if not isinstance(low, int) or isinstance(low, bool) or low > MAX_GRAMMAR_REPEAT:
+            dropped.pop(low_key, None)
+            low = 0
+        if high is not None and (not isinstance(high, int) or isinstance(high, bool) or high - low > MAX_GRAMMAR_REPEAT):
+            dropped.pop(high_key, None)
+    pattern = schema.get("pattern")
+    counts = _COUNTS.findall(pattern) if isinstance(pattern, str) else []
+    if any(len(n) > 6 or int(n) > MAX_GRAMMAR_REPEAT for quantifier in counts for n in re.findall(r"\d+", quantifier)):
+        dropped.pop("pattern")  # the converter would unroll `{0,1000000}` into the grammar
+    return dropped if len(dropped) != len(schema) else schema
+
+
+_COUNTS = re.compile(r"\{([\d\s,]*)\}")  # a regex quantifier's inside
+
+
 def _converter() -> SchemaConverter:
-    return SchemaConverter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)  # type: ignore[no-untyped-call]
+    return _Converter(prop_order={}, allow_fetch=False, dotall=False, raw_pattern=False)  # type: ignore[no-untyped-call]
 
 
 def _visit(converter: SchemaConverter, schema: dict[str, Any], name: str, what: str) -> str:
@@ -95,6 +150,8 @@ def _visit(converter: SchemaConverter, schema: dict[str, Any], name: str, what: 
     try:
         resolved = converter.resolve_refs(copy, name)
         return str(converter.visit(resolved, name))  # type: ignore[no-untyped-call]
+    except BackendError:
+        raise
     except Exception as exc:  # the converter raises what it meets: ValueError, KeyError, ...
         raise BackendError(
             "bad_params", f"{what}: the JSON Schema cannot be compiled to a grammar: {type(exc).__name__}: {exc}"[:500]
@@ -123,7 +180,36 @@ def _format(converter: SchemaConverter, *, root: str) -> str:
     converter._rules["root"] = root
     if "char" in converter._rules:
         converter._rules["char"] = _JSON_CHAR
-    return str(converter.format_grammar())  # type: ignore[no-untyped-call]
+    text = str(converter.format_grammar())  # type: ignore[no-untyped-call]
+    depth = _nesting(text)
+    if depth > MAX_GRAMMAR_NESTING:
+        raise BackendError("bad_params", f"the JSON Schemas make a grammar nested {depth} groups deep, over "
+                           f"{MAX_GRAMMAR_NESTING} (a pattern's repetition counts?)")
+    return text
+
+
+def _nesting(text: str) -> int:
+    """The deepest nesting of parentheses in GBNF `text`, outside literals and classes."""
+    deepest = depth = 0
+    closing, at = "", 0
+    while at < len(text):
+        char = text[at]
+        if closing:  # inside "..." or [...]
+            if char == "\\":
+                at += 1
+            elif char == closing:
+                closing = ""
+        elif char in "\"[":
+            closing = "\"" if char == "\"" else "]"
+        elif char == "(":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == ")":
+            depth -= 1
+        elif char == "\n":
+            depth = 0
+        at += 1
+    return deepest
 
 
 def _literal(text: str) -> str:

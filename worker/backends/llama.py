@@ -29,6 +29,7 @@ from llama_cpp._internals import LlamaModel
 from kanbanmesh.board.prefix import MAX_DIGEST_ENTRIES, prefix_hashes
 from kanbanmesh.board.schema import ChatMessage, TaskParams
 from kanbanmesh.errors import BackendError
+from worker.backends.answer_check import AnswerCheck
 from worker.backends.base import Finished, GenerationEvent, GenerationRequest, TextChunk
 from worker.backends.chat_format import ChatFormat, Prompt, resolve_chat_format
 from worker.backends.feed import Feed
@@ -241,6 +242,8 @@ class LlamaBackend:
                 "(answer included); shorten the prompt or start the worker with a larger --n-ctx",
             )
         grammar = grammar_for(request)
+        check = AnswerCheck.of(request)  # what the grammar cannot enforce, checked at the end
+        answer: list[str] = []
         feed: Feed[str | Finished | BaseException] = Feed()
         seed = decoding.seed if decoding.seed is not None else secrets.randbelow(_RANDOM_SEED)
         job = Job(
@@ -263,12 +266,15 @@ class LlamaBackend:
             while True:
                 texts, end = await _take(feed)
                 if texts:
-                    yield TextChunk("".join(texts), tokens=len(texts))
+                    answer.append("".join(texts))
+                    yield TextChunk(answer[-1], tokens=len(texts))
                 if isinstance(end, BaseException):
                     finished = True
                     _reraise(end)
                 if end is not None:
                     finished = True
+                    if check is not None:
+                        check.check("".join(answer), end.finish_reason)
                     yield end
                     return
         finally:

@@ -30,6 +30,7 @@ from kanbanmesh.board.schema import ChatMessage, Usage
 from kanbanmesh.board.tool_calls import CLOSE, OPEN
 from kanbanmesh.board.tool_schema import Logprobs, TokenLogprob
 from kanbanmesh.errors import BackendError
+from worker.backends.answer_check import AnswerCheck
 from worker.backends.base import Finished, GenerationEvent, GenerationRequest, TextChunk
 from worker.backends.sampling import sampling_from
 from worker.backends.sse import aiter_events
@@ -165,6 +166,9 @@ class OpenAIBackend(OpenAIServer):
         if self._client is None:
             raise BackendError("not_ready", "the backend is not started")
         body = self._body(request)
+        # The upstream is another server, which may not enforce the schemas: checked at the end.
+        check = AnswerCheck.of(request)
+        answer: list[str] = []
         usage: Usage | None = None
         reason = "stop"
         produced = 0
@@ -189,6 +193,7 @@ class OpenAIBackend(OpenAIServer):
                             text += calls.feed(call)
                         if text:
                             produced += 1
+                            answer.append(text)
                             yield TextChunk(text)
                         if logprobs is not None and choice.logprobs is not None:
                             logprobs.extend(choice.logprobs.content or ())
@@ -199,7 +204,10 @@ class OpenAIBackend(OpenAIServer):
             raise _transport_error(self._base, exc) from exc
         tail = calls.close()
         if tail:
+            answer.append(tail)
             yield TextChunk(tail, tokens=0)
+        if check is not None:
+            check.check("".join(answer), reason)
         if usage is None:  # a server that ignores stream_options: count what streamed
             usage = Usage(completion_tokens=produced, total_tokens=produced)
         yield Finished(usage, reason, logprobs=Logprobs(content=logprobs) if logprobs is not None else None)
