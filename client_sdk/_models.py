@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-import numpy.typing as npt
 from pydantic import BaseModel, Field
 
 from awareness.states import PeerPresence, WorkerPresence
 from kanbanmesh.board.embeddings import decode_vectors
 from kanbanmesh.board.schema import TaskEntry, Usage
 from kanbanmesh.errors import InvalidTaskError
+
+if TYPE_CHECKING:  # numpy only for embed results: the LibreOffice extension's Python has none
+    import numpy as np
+    import numpy.typing as npt
 
 
 class BoardSnapshot(BaseModel):

@@ -13,13 +13,17 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Sequence
-
-import numpy as np
-import numpy.typing as npt
+from typing import TYPE_CHECKING
 
 from kanbanmesh.errors import InvalidTaskError
 
-Vectors = npt.NDArray[np.float32]
+# numpy only where vectors are encoded or decoded: the board's schema imports this module's
+# bounds, and a client that never embeds (the LibreOffice extension's Python) has no numpy.
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    Vectors = npt.NDArray[np.float32]
 
 # Inputs in one task, as OpenAI's `/v1/embeddings` allows in one request.
 MAX_EMBED_INPUTS = 2048
@@ -31,11 +35,13 @@ MAX_TOKEN_ID = 2**31 - 1
 # Dimensions a task may ask for (OpenAI's largest model gives 3072).
 MAX_EMBED_DIMENSIONS = 16_384
 
-_LITTLE_F32 = np.dtype("<f4")
+_LITTLE_F32 = "<f4"
 
 
 def encode_vector(vector: npt.ArrayLike) -> str:
     """One vector as the board holds it: base64 of its little-endian float32 values."""
+    import numpy as np
+
     return base64.b64encode(np.ascontiguousarray(vector, dtype=_LITTLE_F32).tobytes()).decode("ascii")
 
 
@@ -49,6 +55,8 @@ def decode_vectors(encoded: Sequence[str], dimensions: int) -> Vectors:
     float32); raises `InvalidTaskError` for a string that is not base64 of `dimensions`
     little-endian float32 values, or holds a value that is not finite (NaN, infinity: no
     vector a caller can use, and no number JSON can carry)."""
+    import numpy as np
+
     out = np.empty((len(encoded), dimensions), dtype=np.float32)
     for row, text in enumerate(encoded):
         try:
