@@ -35,7 +35,7 @@ ALARM = {
 TOOLS = [{"type": "function", "function": {"name": "set_alarm", "description": "Set an alarm", "parameters": ALARM}}]
 ASK = [{"role": "user", "content": "Set an alarm at hour 25, minute 75, UTC offset -20, snooze 99 minutes, "
                                    "labelled 'wake up everyone in the whole house now'."}]
-SEEDS = range(8)
+SEEDS = range(5)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ from worker.backends.llama import LlamaBackend
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 SLOTS = 4
-SEEDS = range(8)
+SEEDS = range(5)
 WEATHER = {
     "type": "object",
     "properties": {"city": {"type": "string", "maxLength": 24}, "unit": {"enum": ["celsius", "fahrenheit"]}},
@@ -145,7 +145,7 @@ async def test_auto_answers_text_or_valid_calls(backend: LlamaBackend) -> None:
 @pytest.mark.timeout(600)
 async def test_json_schema_answers_parse_and_validate_over_seeds(backend: LlamaBackend) -> None:
     fmt = {"type": "json_schema", "json_schema": {"name": "event", "schema": EVENT}}
-    requests = [request(response_format=fmt, params=sampled(seed)) for seed in range(12)]
+    requests = [request(response_format=fmt, params=sampled(seed)) for seed in range(8)]
     for text, finished in await run_all(backend, requests):
         assert finished.finish_reason == "stop", text
         jsonschema.validate(json.loads(text), EVENT)
@@ -226,7 +226,7 @@ SCHEMA_CLASS = st.recursive(
 
 
 @pytest.mark.timeout(600)
-@settings(max_examples=16, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(schema=SCHEMA_CLASS, seed=st.integers(0, 1000))
 def test_calls_are_valid_for_a_class_of_schemas(backend: LlamaBackend, schema: dict[str, Any], seed: int) -> None:
     """Arbitrary nested schemas (enums, consts, unions, arrays, optional fields): the named
