@@ -23,7 +23,7 @@ from kanbanmesh.board.schema import ChatMessage, TaskParams
 from kanbanmesh.errors import BackendError
 from tests.conftest import cli
 from tests.e2e.backend_workers import running_worker
-from tests.support.asgi_server import serving
+from tests.support.asgi import serving
 from worker.backends.base import Finished, GenerationRequest, TextChunk
 from worker.backends.openai_http import OpenAIBackend, OpenAIConfig
 

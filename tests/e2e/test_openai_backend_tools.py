@@ -24,7 +24,7 @@ from starlette.routing import Route
 from client_sdk import AsyncClient, TaskFailedError
 from kanbanmesh.board.tool_calls import call_id, split_output
 from tests.e2e.backend_workers import running_worker
-from tests.support.asgi_server import serving
+from tests.support.asgi import serving
 from worker.backends.openai_http import OpenAIBackend, OpenAIConfig
 
 pytestmark = pytest.mark.anyio
