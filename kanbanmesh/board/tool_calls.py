@@ -103,7 +103,6 @@ class ToolCallStream:
     _state: _State = _State.TEXT
     _held: str = ""  # text not yet decided (a possible prefix of a marker or a key)
     _calls: int = 0
-    _name: str = ""
     _depth: int = 0  # nesting of the arguments' JSON value
     _in_string: bool = False
     _escaped: bool = False
@@ -204,7 +203,6 @@ class ToolCallStream:
             name = json.loads(text[: end + 1])
         except ValueError as exc:
             raise MalformedToolCall("a tool call's name is not a valid JSON string") from exc
-        self._name = name
         self._held = text[end + 1:]
         self._state = _State.ARGUMENTS_KEY
         self._events.append(CallStart(self._calls, name))
@@ -263,7 +261,6 @@ class ToolCallStream:
         self._calls += 1
         self._state = _State.TEXT
         self._started = False
-        self._name = ""
         return True
 
 
