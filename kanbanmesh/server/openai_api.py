@@ -20,7 +20,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -266,37 +266,12 @@ class _Answer:
         """The whole answer, once every task is done. A client that hangs up meanwhile cancels
         them (the ASGI receive channel says `http.disconnect`), and so does one failed task
         its siblings: the answer is that failure."""
-        entries: list[TaskEntry | None] = [None] * len(self.followers)
-        failure: ApiError | None = None
-        try:
-            async with anyio.create_task_group() as tg:
-
-                async def cancel_on_disconnect() -> None:
-                    await wait_disconnect(receive)
-                    tg.cancel_scope.cancel()
-
-                async def finish(i: int, follower: _Follower) -> None:
-                    nonlocal failure
-                    try:
-                        entries[i] = await follower.finished()
-                    except ApiError as exc:
-                        failure = failure or exc
-                        tg.cancel_scope.cancel()
-
-                tg.start_soon(cancel_on_disconnect)
-                async with anyio.create_task_group() as choices:
-                    for i, follower in enumerate(self.followers):
-                        choices.start_soon(finish, i, follower)
-                tg.cancel_scope.cancel()
-        finally:
-            for follower in self.followers:
-                follower.cancel_unless_done()
-        if failure is not None:
-            return failure.response()
-        done = [e for e in entries if e is not None]
-        if len(done) < len(entries):
+        outcome = await finished_or_gone(receive, self.followers)
+        if outcome is None:
             return Response(status_code=499)  # the client hung up: nobody reads this
-        return JSONResponse(self._final_object(done))
+        if isinstance(outcome, ApiError):
+            return outcome.response()
+        return JSONResponse(self._final_object(outcome))
 
     def _final_object(self, entries: list[TaskEntry]) -> dict[str, Any]:
         choice = message_choice if self.chat else text_choice
@@ -376,11 +351,14 @@ class _Answer:
                 follower.cancel_unless_done()
 
 
-async def finished_or_gone(receive: Receive, follower: _Follower) -> TaskEntry | ApiError | None:
-    """One task's entry once it succeeded, the error it answers otherwise; None when the
-    client hung up first, which cancels the task (the ASGI receive channel says
-    `http.disconnect`)."""
-    outcome: TaskEntry | ApiError | None = None
+async def finished_or_gone(
+    receive: Receive, followers: Sequence[_Follower]
+) -> list[TaskEntry] | ApiError | None:
+    """The tasks' entries, in order, once every one succeeded; the error the first failed
+    one answers otherwise (which cancels its siblings); None when the client hung up first,
+    which cancels them all (the ASGI receive channel says `http.disconnect`)."""
+    entries: list[TaskEntry | None] = [None] * len(followers)
+    failure: ApiError | None = None
     try:
         async with anyio.create_task_group() as tg:
 
@@ -388,16 +366,26 @@ async def finished_or_gone(receive: Receive, follower: _Follower) -> TaskEntry |
                 await wait_disconnect(receive)
                 tg.cancel_scope.cancel()
 
+            async def finish(i: int, follower: _Follower) -> None:
+                nonlocal failure
+                try:
+                    entries[i] = await follower.finished()
+                except ApiError as exc:
+                    failure = failure or exc
+                    tg.cancel_scope.cancel()
+
             tg.start_soon(cancel_on_disconnect)
-            try:
-                outcome = await follower.finished()
-            except ApiError as exc:
-                outcome = exc
+            async with anyio.create_task_group() as tasks:
+                for i, follower in enumerate(followers):
+                    tasks.start_soon(finish, i, follower)
             tg.cancel_scope.cancel()
     finally:
-        follower.cancel_unless_done()
-    return outcome
-
+        for follower in followers:
+            follower.cancel_unless_done()
+    if failure is not None:
+        return failure
+    done = [e for e in entries if e is not None]
+    return done if len(done) == len(entries) else None
 
 class _TaskStream(StreamingResponse):
     """Server-sent events of a request's tasks, cancelled however the response ends. The

@@ -115,12 +115,12 @@ def embedding_routes(
         _check_model(room, body.model)
         task = _task(identity, body)
         _create(room, [task], identity)
-        outcome = await finished_or_gone(request.receive, _Follower(room, task.id, queue_timeout_s))
+        outcome = await finished_or_gone(request.receive, [_Follower(room, task.id, queue_timeout_s)])
         if outcome is None:
             return Response(status_code=499)  # the client hung up: nobody reads this
         if isinstance(outcome, ApiError):
             return outcome.response()
-        return JSONResponse(_answer(outcome, body, room))
+        return JSONResponse(_answer(outcome[0], body, room))
 
     return [_route(EMBEDDINGS_PATH, embeddings, "POST")]
 
